@@ -1,0 +1,298 @@
+"""The agent process: assignments in, checks on schedule, results out through the outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+import uuid
+from collections.abc import Coroutine
+from typing import Any
+
+from prometheus_client import start_http_server
+from pydantic import ValidationError
+
+import shared
+from agent import probes
+from agent.curl import CurlEngine
+from agent.link import AgentLink
+from agent.metrics import AgentMetrics
+from agent.netaddr import agent_addresses
+from agent.outbox import Outbox
+from agent.probes.base import Outcome, Probe, ProbeContext
+from agent.scheduler import Scheduled, Scheduler
+from agent.settings import AgentSettings
+from shared import monitors
+from shared.errors import ErrorCode
+from shared.messages import Ack, Assignment, CheckResult, Hello, RunRequest, Sync
+from shared.settings import parse_broker_url, parse_listen
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings, curl: CurlEngine) -> None:
+        self.settings = settings
+        self.id = settings.agent_id
+        self.metrics = AgentMetrics()
+        broker = parse_broker_url(settings.broker_url)
+        self.ipv4, self.ipv6 = agent_addresses(
+            settings.agent_ipv4, settings.agent_ipv6, broker.host, broker.port
+        )
+        self.outbox = Outbox(settings.data_dir / "outbox" / self.id, self.id)
+        self.curl = curl
+        self.probes: dict[str, Probe] = probes.build(
+            ProbeContext(curl=curl, max_body_bytes=settings.max_body_bytes)
+        )
+        self.scheduler = Scheduler(self._start_scheduled, self.metrics.slots_skipped.inc)
+        self.link = AgentLink(settings.broker_url, self.id, self, self.metrics)
+        self._checks: set[asyncio.Task[None]] = set()
+        self._results: list[CheckResult] = []
+        self._send_wake = asyncio.Event()
+        self._update_outbox_metrics()
+
+    # --- LinkHandler ------------------------------------------------------------------------
+
+    def hello(self) -> Hello:
+        return Hello(
+            agent=self.id,
+            checkpoint=self.settings.checkpoint,
+            region=self.settings.region,
+            ipv4=self.ipv4,
+            ipv6=self.ipv6,
+            version=shared.__version__,
+            probe_types=probes.probe_types(),
+            capacity=self.settings.max_concurrency,
+        )
+
+    async def on_connected(self) -> None:
+        self.outbox.mark_unsent()
+        self._send_wake.set()
+
+    def on_assignment(self, monitor_guid: str, assignment: Assignment | None) -> None:
+        if assignment is None:
+            if self.scheduler.remove(monitor_guid):
+                log.info("agent %s: monitor %s unassigned", self.id, monitor_guid)
+            self.metrics.assignments.set(len(self.scheduler))
+            return
+        definition = assignment.monitor
+        model = monitors.model_for(str(definition.get("MonitorType", "")))
+        if model is None or str(definition.get("MonitorType")) not in self.probes:
+            log.error(
+                "agent %s: monitor %s has type %r this agent cannot run",
+                self.id,
+                monitor_guid,
+                definition.get("MonitorType"),
+            )
+            self.metrics.dropped.labels("unsupported_type").inc()
+            return
+        try:
+            monitor = model.model_validate(definition)
+        except ValidationError as exc:
+            log.error("agent %s: monitor %s invalid: %s", self.id, monitor_guid, exc)
+            self.metrics.dropped.labels("malformed").inc()
+            return
+        interval = float(assignment.schedule.interval_seconds)
+        offset = assignment.schedule.offset_seconds % interval
+        entry = Scheduled(monitor_guid, assignment.revision, monitor, interval, offset)
+        known = self.scheduler.get(monitor_guid)
+        if known is None or known.revision != assignment.revision:
+            log.info(
+                "agent %s: monitor %s (%s) every %gs",
+                self.id,
+                monitor_guid,
+                monitor.Name,
+                interval,
+            )
+        self.scheduler.put(entry)
+        self.metrics.assignments.set(len(self.scheduler))
+
+    def on_sync(self, sync: Sync) -> None:
+        for guid in self.scheduler.guids():
+            if guid not in sync.monitors:
+                self.scheduler.remove(guid)
+                log.info("agent %s: monitor %s no longer assigned (sync)", self.id, guid)
+        self.metrics.assignments.set(len(self.scheduler))
+
+    def on_run(self, request: RunRequest) -> None:
+        entry = self.scheduler.get(request.monitor_guid)
+        if entry is None:
+            log.warning(
+                "agent %s: run request for unknown monitor %s", self.id, request.monitor_guid
+            )
+            return
+        self._spawn(self._run_check(entry, time.time(), confirms=request.confirms))
+
+    def on_ack(self, ack: Ack) -> None:
+        if self.outbox.acked(ack.batch_ids):
+            self._update_outbox_metrics()
+            self._send_wake.set()
+
+    # --- checks -----------------------------------------------------------------------------
+
+    def _start_scheduled(self, entry: Scheduled, slot: float) -> None:
+        self._spawn(self._run_check(entry, slot, confirms=None))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+
+    async def _run_check(self, entry: Scheduled, scheduled_at: float, confirms: str | None) -> None:
+        monitor = entry.monitor
+        started = time.time()
+        if confirms is None:
+            self.metrics.lateness.observe(max(0.0, started - scheduled_at))
+        self.metrics.in_flight.inc()
+        clock = time.perf_counter()
+        try:
+            outcome = await self.probes[monitor.MonitorType].check(monitor)
+        except Exception as exc:  # a probe bug: report it as data, keep the agent alive
+            log.exception("agent %s: monitor %s: probe failed", self.id, entry.guid)
+            outcome = Outcome(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        finally:
+            self.metrics.in_flight.dec()
+        self.metrics.check_duration.labels(monitor.MonitorType).observe(time.perf_counter() - clock)
+        self.metrics.checks.labels(monitor.MonitorType, "ok" if outcome.ok else "error").inc()
+        body = None
+        if not outcome.ok and outcome.body:
+            body = outcome.body[: self.settings.failed_body_bytes].decode("utf-8", "replace")
+        if not outcome.ok:
+            log.info(
+                "agent %s checkpoint %s: monitor %s (%s) failed: %s %s",
+                self.id,
+                self.settings.checkpoint,
+                entry.guid,
+                monitor.Name,
+                outcome.description,
+                outcome.error_message,
+            )
+        self._results.append(
+            CheckResult(
+                uid=uuid.uuid4().hex,
+                monitor_guid=entry.guid,
+                monitor_revision=entry.revision,
+                monitor_type=monitor.MonitorType,
+                scheduled_at=scheduled_at,
+                started_at=started,
+                error_code=int(outcome.error_code),
+                error_description=outcome.description,
+                error_message=outcome.error_message,
+                http_status_code=outcome.http_status_code,
+                total_bytes=outcome.total_bytes,
+                resolved_ip=outcome.resolved_ip,
+                timings_ms=outcome.timings_ms,
+                response_body=body,
+                is_confirmation=confirms is not None,
+                confirms=confirms,
+            )
+        )
+        if len(self._results) >= self.settings.batch_size:
+            self._flush()
+
+    # --- results ----------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        if not self._results:
+            return
+        results, self._results = self._results, []
+        self.outbox.add(results)
+        self._update_outbox_metrics()
+        self._send_wake.set()
+
+    def _update_outbox_metrics(self) -> None:
+        self.metrics.outbox_results.set(self.outbox.results)
+        self.metrics.outbox_batches.set(len(self.outbox))
+
+    async def _flush_loop(self) -> None:
+        interval = self.settings.batch_interval_ms / 1000.0
+        while True:
+            await asyncio.sleep(interval)
+            self._flush()
+
+    async def _send_loop(self) -> None:
+        resend_after = self.settings.ack_timeout_seconds
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._send_wake.wait(), timeout=1.0)
+            self._send_wake.clear()
+            if not self.link.session.connected.is_set():
+                continue
+            due = self.outbox.due(
+                time.monotonic(), resend_after, self.settings.max_batches_in_flight
+            )
+            for batch in due:
+                if not await self.link.publish_results(batch.payload):
+                    break
+                batch.sent_at = time.monotonic()
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        host, port = parse_listen(self.settings.metrics_listen, 9465)
+        server, thread = start_http_server(port, host, registry=self.metrics.registry)
+        log.info(
+            "agent %s at checkpoint %s (region %s): metrics on http://%s:%d/metrics, broker %s",
+            self.id,
+            self.settings.checkpoint,
+            self.settings.region,
+            host,
+            port,
+            parse_broker_url(self.settings.broker_url),
+        )
+        background = [
+            asyncio.create_task(self.link.run(), name="link"),
+            asyncio.create_task(self.scheduler.run(), name="scheduler"),
+            asyncio.create_task(self._flush_loop(), name="flush"),
+            asyncio.create_task(self._send_loop(), name="send"),
+        ]
+        try:
+            waiter = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait([waiter, *background], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            for task in done:
+                if task is not waiter and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            log.info("agent %s: stopping", self.id)
+            await _cancel(background[1:])  # no new checks, flushes or sends
+            await _cancel(list(self._checks))  # checks cut short produce no result
+            self._flush()  # every finished result is on disk now
+            if self.link.session.connected.is_set():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.link.say_offline(), 2)
+            await _cancel(background[:1])
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=2)
+            log.info(
+                "agent %s: stopped; %d results wait in the outbox", self.id, self.outbox.results
+            )
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
+async def serve(settings: AgentSettings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    curl = CurlEngine(settings.max_concurrency)
+    try:
+        await Agent(settings, curl).run(stop)
+    finally:
+        curl.close()
+
+
+def main(settings: AgentSettings) -> None:
+    import uvloop
+
+    uvloop.run(serve(settings))

@@ -1,0 +1,55 @@
+"""The agent's Prometheus metrics, served on PICKET_METRICS_LISTEN."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENESS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class AgentMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.checks = Counter(
+            "picket_agent_checks_total", "Checks run", ["type", "outcome"], registry=r
+        )
+        self.check_duration = Histogram(
+            "picket_agent_check_duration_seconds",
+            "Wall time of a check",
+            ["type"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.lateness = Histogram(
+            "picket_agent_schedule_lateness_seconds",
+            "How late a scheduled check started after its slot time",
+            buckets=LATENESS_BUCKETS,
+            registry=r,
+        )
+        self.slots_skipped = Counter(
+            "picket_agent_slots_skipped_total",
+            "Slots not run because the agent was more than one interval late",
+            registry=r,
+        )
+        self.in_flight = Gauge("picket_agent_checks_in_flight", "Checks running", registry=r)
+        self.assignments = Gauge("picket_agent_assignments", "Monitors assigned", registry=r)
+        self.outbox_results = Gauge(
+            "picket_agent_outbox_results", "Results waiting for the controller's ack", registry=r
+        )
+        self.outbox_batches = Gauge(
+            "picket_agent_outbox_batches", "Batches waiting for the controller's ack", registry=r
+        )
+        self.reconnects = Counter(
+            "picket_agent_mqtt_reconnects_total", "MQTT connection losses", registry=r
+        )
+        self.dropped = Counter(
+            "picket_agent_mqtt_messages_dropped_total",
+            "MQTT messages dropped",
+            ["reason"],
+            registry=r,
+        )
+        self.connected = Gauge(
+            "picket_agent_mqtt_connected", "1 while connected to the broker", registry=r
+        )

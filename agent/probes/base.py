@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from agent.curl import CurlEngine
+from shared.errors import DESCRIPTIONS, ErrorCode
+from shared.monitors import MonitorBase
+
+
+@dataclass(frozen=True)
+class ProbeContext:
+    curl: CurlEngine
+    max_body_bytes: int
+
+
+@dataclass
+class Outcome:
+    """What a probe saw. A failing target is an Outcome with an error code, never an exception."""
+
+    error_code: ErrorCode = ErrorCode.OK
+    error_message: str = ""
+    http_status_code: int | None = None
+    total_bytes: int = 0
+    resolved_ip: str = ""
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    body: bytes | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error_code == ErrorCode.OK
+
+    @property
+    def description(self) -> str:
+        return DESCRIPTIONS[self.error_code]
+
+
+class Probe(ABC):
+    type_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, ctx: ProbeContext) -> None:
+        self.ctx = ctx
+
+    @abstractmethod
+    async def check(self, monitor: MonitorBase) -> Outcome:
+        """Run one check. Must not raise for anything the target does."""

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import socket
+
+from pydantic import Field, field_validator
+
+from shared import topics
+from shared.settings import PicketSettings, parse_broker_url, parse_listen
+
+
+def _default_agent_id() -> str:
+    name = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in socket.gethostname())
+    return (name or "agent")[:64]
+
+
+class AgentSettings(PicketSettings):
+    broker_url: str = "mqtt://127.0.0.1:1883"
+    agent_id: str = Field(default_factory=_default_agent_id)
+    checkpoint: str = "Local"
+    region: str = "Local"
+    agent_ipv4: str = ""  # comma-separated; empty: the address used to reach the broker
+    agent_ipv6: str = ""
+    metrics_listen: str = "127.0.0.1:9465"
+    max_concurrency: int = Field(default=1000, ge=1, le=100_000)
+    batch_size: int = Field(default=200, ge=1, le=10_000)
+    batch_interval_ms: int = Field(default=200, ge=1, le=60_000)
+    ack_timeout_seconds: float = Field(default=10.0, gt=0)
+    max_batches_in_flight: int = Field(default=32, ge=1)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)  # kept for content matching
+    failed_body_bytes: int = Field(default=65_536, ge=0)  # sent with a failed check
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker(cls, value: str) -> str:
+        parse_broker_url(value)
+        return value
+
+    @field_validator("agent_id")
+    @classmethod
+    def _agent_id(cls, value: str) -> str:
+        if not topics.AGENT_ID_PATTERN.fullmatch(value):
+            raise ValueError("1-64 characters: letters, digits, '.', '_' and '-'")
+        return value
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_listen(value, 9465)
+        return value
+
+    @field_validator("checkpoint", "region")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value.strip()

@@ -1,0 +1,1 @@
+"""The Picket controller: REST API, storage, assignment of monitors to agents, result ingest."""

@@ -1,0 +1,14 @@
+"""REST API v4, one module per resource; each module exports `routes`."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from controller.api import checkpoints, checks, monitors, register
+
+RESOURCES = (register, monitors, checks, checkpoints)
+
+
+def setup(app: web.Application) -> None:
+    for module in RESOURCES:
+        app.add_routes(module.routes)

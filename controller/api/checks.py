@@ -1,0 +1,177 @@
+"""MonitorCheck: raw check results, paged with opaque cursors as Uptrends does."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from controller.api.common import PREFIX, controller, fail, ok
+from controller.assigner import Assigner
+from controller.db.store import CheckRow
+from controller.ingest import LEVEL_NAMES, LEVELS_BY_NAME
+from shared.timefmt import iso, parse
+
+routes = web.RouteTableDef()
+
+MAX_TAKE = 100
+INTERNAL_ATTRIBUTES = frozenset({"MonitorRevision", "AgentId", "ConfirmsCheckUid"})
+HOUR = 3600.0
+DAY = 24 * HOUR
+PRESET_SECONDS = {
+    **{f"Last{n}Hours": n * HOUR for n in (2, 6, 12, 24, 48)},
+    **{f"Last{n}Days": n * DAY for n in (7, 30, 60, 90, 365)},
+}
+
+
+def represent(row: CheckRow, assigner: Assigner) -> dict[str, Any]:
+    srv = assigner.server_by_id(row.server_id)
+    attributes = {k: v for k, v in row.attributes.items() if k not in INTERNAL_ATTRIBUTES}
+    attributes.update(
+        {
+            "MonitorGuid": row.monitor_guid,
+            "Timestamp": iso(row.ts_us / 1e6),
+            "ScheduledTime": iso(row.scheduled_us / 1e6),
+            "ErrorCode": row.error_code,
+            "ErrorLevel": LEVEL_NAMES.get(row.error_level, "NoError"),
+            "ServerId": row.server_id,
+            "CheckpointId": srv.checkpoint_id if srv else None,
+            "IsPartialCheck": False,
+            "IsConcurrentCheck": False,
+        }
+    )
+    return {
+        "Id": row.id,
+        "Type": "MonitorCheck",
+        "Attributes": attributes,
+        "Links": {"Self": f"{PREFIX}/MonitorCheck/{row.id}"},
+    }
+
+
+def _encode_cursor(row: CheckRow) -> str:
+    raw = json.dumps([row.ts_us, row.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(text: str) -> tuple[int, int]:
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        ts, ident = json.loads(raw)
+        return int(ts), int(ident)
+    except (binascii.Error, ValueError, TypeError):
+        fail(400, "Cursor: is not a cursor this API returned", "Cursor")
+
+
+def _time_param(request: web.Request, name: str) -> float | None:
+    text = request.query.get(name)
+    if not text:
+        return None
+    try:
+        return parse(text)
+    except ValueError as exc:
+        fail(400, f"{name}: {exc}", name)
+
+
+def _period(request: web.Request, now: float) -> tuple[float | None, float | None]:
+    start = _time_param(request, "Start")
+    end = _time_param(request, "End")
+    preset = request.query.get("PresetPeriod")
+    if preset and (start is not None or end is not None):
+        fail(400, "PresetPeriod: give PresetPeriod or Start/End, not both", "PresetPeriod")
+    if start is not None or end is not None:
+        if start is not None and end is not None and end <= start:
+            fail(400, "End: must be later than Start", "End")
+        return start, end
+    preset = preset or "Last24Hours"
+    if preset == "All":
+        return None, None
+    if preset == "CurrentDay":
+        midnight = datetime.fromtimestamp(now, UTC).replace(
+            hour=0, minute=0, second=0, microsecond=0
+        )
+        return midnight.timestamp(), None
+    if preset not in PRESET_SECONDS:
+        supported = ", ".join(["All", "CurrentDay", *PRESET_SECONDS])
+        fail(
+            400,
+            f"PresetPeriod: {preset!r} is not supported (supported: {supported})",
+            "PresetPeriod",
+        )
+    return now - PRESET_SECONDS[preset], None
+
+
+@routes.get(PREFIX + "/MonitorCheck/Monitor/{monitorGuid}")
+async def monitor_checks(request: web.Request) -> web.Response:
+    ctl = controller(request)
+    guid = request.match_info["monitorGuid"].lower()
+    if await ctl.store.monitor(guid) is None:
+        fail(404, f"Monitor {request.match_info['monitorGuid']} not found", "monitorGuid")
+    q = request.query
+    try:
+        take = int(q.get("Take", MAX_TAKE))
+    except ValueError:
+        fail(400, "Take: must be a whole number from 0 to 100", "Take")
+    if not 0 <= take <= MAX_TAKE:
+        fail(400, "Take: must be a whole number from 0 to 100", "Take")
+    sorting = q.get("Sorting", "Descending")
+    if sorting not in ("Ascending", "Descending"):
+        fail(400, "Sorting: must be Ascending or Descending", "Sorting")
+    level_name = q.get("ErrorLevel", "NoError")
+    if level_name not in LEVELS_BY_NAME:
+        fail(400, "ErrorLevel: must be NoError, Unconfirmed or Confirmed", "ErrorLevel")
+    now = time.time()
+    start, end = _period(request, now)
+    after = _decode_cursor(q["Cursor"]) if q.get("Cursor") else None
+    rows = await ctl.store.checks_page(
+        guid,
+        start_us=int(start * 1e6) if start is not None else None,
+        end_us=int(end * 1e6) if end is not None else None,
+        min_level=LEVELS_BY_NAME[level_name],
+        descending=sorting == "Descending",
+        after=after,
+        limit=take + 1,
+    )
+    page, more = rows[:take], len(rows) > take
+    links: dict[str, str] = {"Self": str(request.rel_url)}
+    cursors: dict[str, str] = {}
+    if q.get("Cursor"):
+        cursors["Self"] = q["Cursor"]
+    if page:
+        last = _encode_cursor(page[-1])
+        # an ascending reader keeps the last cursor to poll for new checks later
+        if more or sorting == "Ascending":
+            cursors["Next"] = last
+            links["Next"] = str(request.rel_url.update_query({"Cursor": last}))
+    period: dict[str, str | None] = {
+        "From": iso(start) if start is not None else None,
+        "To": iso(end) if end is not None else None,
+    }
+    return ok(
+        {
+            "Data": [represent(r, ctl.assigner) for r in page],
+            "Links": links,
+            "Cursors": cursors,
+            "Meta": {"Timestamp": iso(now), "Period": period},
+        }
+    )
+
+
+@routes.get(PREFIX + "/MonitorCheck/{monitorCheckId}")
+async def one_check(request: web.Request) -> web.Response:
+    ctl = controller(request)
+    text = request.match_info["monitorCheckId"]
+    try:
+        check_id = int(text)
+    except ValueError:
+        fail(400, "monitorCheckId: must be a whole number", "monitorCheckId")
+    if not 0 < check_id < 2**63:
+        fail(404, f"MonitorCheck {text} not found", "monitorCheckId")
+    row = await ctl.store.check(check_id)
+    if row is None:
+        fail(404, f"MonitorCheck {text} not found", "monitorCheckId")
+    return ok({"Data": represent(row, ctl.assigner)})

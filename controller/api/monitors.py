@@ -1,0 +1,152 @@
+"""Monitor: GET/POST /Monitor, GET/PUT/PATCH/DELETE /Monitor/{monitorGuid}."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from controller.api.common import PREFIX, controller, fail, invalid, json_body, ok
+from controller.db.store import MonitorRow, NameTaken, now_us
+from shared import monitors
+from shared.timefmt import iso
+
+routes = web.RouteTableDef()
+
+
+def revision_of(definition: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def validate(raw: dict[str, Any]) -> monitors.MonitorBase:
+    monitor_type = raw.get("MonitorType")
+    if not isinstance(monitor_type, str) or not monitor_type:
+        fail(400, "MonitorType: is required", "MonitorType")
+    model = monitors.model_for(monitor_type)
+    if model is None:
+        supported = ", ".join(monitors.monitor_types())
+        fail(
+            400,
+            f"MonitorType: {monitor_type!r} is not supported (supported: {supported})",
+            "MonitorType",
+        )
+    payload = {k: v for k, v in raw.items() if k not in monitors.READ_ONLY_FIELDS}
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise invalid(exc) from None
+
+
+def represent(row: MonitorRow) -> dict[str, Any]:
+    body = {"MonitorGuid": row.guid, **row.definition}
+    # GET returns the interval field that was set, not both
+    for key in ("CheckInterval", "CheckIntervalSeconds"):
+        if body.get(key) is None:
+            body.pop(key, None)
+    body["Hash"] = row.revision
+    body["CreatedDate"] = iso(row.created_us / 1e6)
+    body["LastModifiedDate"] = iso(row.modified_us / 1e6)
+    return body
+
+
+def _row(guid: str, model: monitors.MonitorBase, created_us: int) -> MonitorRow:
+    definition = model.definition()
+    return MonitorRow(
+        guid=guid,
+        name=model.Name,
+        monitor_type=model.MonitorType,
+        is_active=model.IsActive,
+        definition=definition,
+        revision=revision_of(definition),
+        created_us=created_us,
+        modified_us=now_us(),
+    )
+
+
+async def _existing(request: web.Request) -> MonitorRow:
+    guid = request.match_info["monitorGuid"]
+    row = await controller(request).store.monitor(guid.lower())
+    if row is None:
+        fail(404, f"Monitor {guid} not found", "monitorGuid")
+    return row
+
+
+def _check_body_guid(body: dict[str, Any], guid: str) -> None:
+    given = body.get("MonitorGuid")
+    if given is not None and str(given).lower() != guid:
+        fail(400, "MonitorGuid: does not match the monitor in the URL", "MonitorGuid")
+
+
+async def _save(request: web.Request, row: MonitorRow, create: bool) -> None:
+    ctl = controller(request)
+    try:
+        await ctl.store.save_monitor(row, create)
+    except NameTaken:
+        fail(400, f"Name: a monitor named {row.name!r} exists already", "Name")
+    await ctl.assigner.monitor_changed(row, row.guid)
+
+
+@routes.get(PREFIX + "/Monitor")
+async def list_monitors(request: web.Request) -> web.Response:
+    rows = await controller(request).store.monitors()
+    items = [represent(r) for r in rows]
+    wanted = [f.strip() for f in request.query.get("filter", "").split(",") if f.strip()]
+    if wanted:
+        items = [{k: item[k] for k in wanted if k in item} for item in items]
+    return ok(items)
+
+
+@routes.post(PREFIX + "/Monitor")
+async def create_monitor(request: web.Request) -> web.Response:
+    model = validate(await json_body(request))
+    stamp = now_us()
+    row = _row(str(uuid.uuid4()), model, stamp)
+    await _save(request, row, create=True)
+    return ok(represent(row), status=201)
+
+
+@routes.get(PREFIX + "/Monitor/{monitorGuid}")
+async def get_monitor(request: web.Request) -> web.Response:
+    return ok(represent(await _existing(request)))
+
+
+@routes.put(PREFIX + "/Monitor/{monitorGuid}")
+async def replace_monitor(request: web.Request) -> web.Response:
+    current = await _existing(request)
+    body = await json_body(request)
+    _check_body_guid(body, current.guid)
+    body.setdefault("MonitorType", current.monitor_type)
+    if body["MonitorType"] != current.monitor_type:
+        fail(400, "MonitorType: cannot be changed", "MonitorType")
+    await _save(request, _row(current.guid, validate(body), current.created_us), create=False)
+    return web.Response(status=204)
+
+
+@routes.patch(PREFIX + "/Monitor/{monitorGuid}")
+async def update_monitor(request: web.Request) -> web.Response:
+    current = await _existing(request)
+    body = await json_body(request)
+    _check_body_guid(body, current.guid)
+    if body.get("MonitorType", current.monitor_type) != current.monitor_type:
+        fail(400, "MonitorType: cannot be changed", "MonitorType")
+    merged = {**current.definition, **body}
+    # switching between minutes and seconds: the field sent wins
+    if "CheckInterval" in body and "CheckIntervalSeconds" not in body:
+        merged["CheckIntervalSeconds"] = None
+    if "CheckIntervalSeconds" in body and "CheckInterval" not in body:
+        merged["CheckInterval"] = None
+    await _save(request, _row(current.guid, validate(merged), current.created_us), create=False)
+    return web.Response(status=204)
+
+
+@routes.delete(PREFIX + "/Monitor/{monitorGuid}")
+async def delete_monitor(request: web.Request) -> web.Response:
+    current = await _existing(request)
+    ctl = controller(request)
+    await ctl.store.delete_monitor(current.guid)
+    await ctl.assigner.monitor_changed(None, current.guid)
+    return web.Response(status=204)

@@ -1,0 +1,175 @@
+"""The controller process: aiohttp API, storage, the MQTT bus, assignment and ingest."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from controller import api
+from controller.api.checkpoints import PUBLIC_PATHS
+from controller.api.common import CONTROLLER, PRINCIPAL, ApiError
+from controller.assigner import Assigner
+from controller.auth import Authenticator, ensure_admin
+from controller.bus import ControllerBus
+from controller.db.store import Store
+from controller.ingest import Ingest
+from controller.metrics import ControllerMetrics
+from controller.settings import ControllerSettings
+from shared.messages import Hello, ResultBatch
+from shared.settings import parse_broker_url, parse_listen
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Controller:
+    """Everything the API handlers and the bus share; also the bus's message handler."""
+
+    def __init__(self, settings: ControllerSettings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = ControllerMetrics()
+        self.auth = Authenticator(store, settings.credential_cache_seconds)
+        self.bus = ControllerBus(settings.broker_url, self, self.metrics)
+        self.assigner = Assigner(store, self.bus, self.metrics)
+        self.ingest = Ingest(
+            store,
+            self.bus,
+            self.assigner,
+            self.metrics,
+            settings.failed_body_bytes,
+            settings.ingest_batch_max,
+        )
+
+    async def on_connected(self) -> None:
+        await self.assigner.sync_all()
+
+    async def on_hello(self, hello: Hello) -> None:
+        await self.assigner.on_hello(hello)
+
+    async def on_state(self, agent_id: str, online: bool) -> None:
+        await self.assigner.on_state(agent_id, online)
+
+    async def on_results(self, batch: ResultBatch) -> None:
+        await self.ingest.submit(batch)
+
+
+def _route_name(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = ApiError(exc.status, [(None, exc.reason)]).response()
+    except Exception:
+        log.exception("API %s %s failed", request.method, request.path)
+        response = ApiError(500, [(None, "Internal server error")]).response()
+    metrics = request.app[CONTROLLER].metrics
+    route = _route_name(request)
+    metrics.api_requests.labels(request.method, route, str(response.status)).inc()
+    metrics.api_duration.labels(route).observe(time.perf_counter() - started)
+    return response
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in PUBLIC_PATHS or request.path == "/metrics" or request.path == "/":
+        return await handler(request)
+    ctl = request.app[CONTROLLER]
+    principal = await ctl.auth.authenticate(request.headers.get("Authorization"))
+    if principal is None:
+        raise ApiError(401, [(None, "Valid Basic credentials are required")])
+    request[PRINCIPAL] = principal
+    return await handler(request)
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    data = generate_latest(request.app[CONTROLLER].metrics.registry)
+    return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def index(request: web.Request) -> web.Response:
+    return web.json_response(
+        {"Name": "Picket", "Api": "/api/v4", "Metrics": "/metrics"}, status=200
+    )
+
+
+def _background(ctl: Controller) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        await ensure_admin(ctl.store, ctl.settings.data_dir, ctl.settings.admin_password)
+        await ctl.assigner.load()
+        await ctl.ingest.load()
+        tasks = [
+            asyncio.create_task(ctl.bus.run(), name="bus"),
+            asyncio.create_task(ctl.ingest.run(), name="ingest"),
+        ]
+        yield
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return ctx
+
+
+def create_app(ctl: Controller) -> web.Application:
+    app = web.Application(middlewares=[errors_and_metrics, authenticate])
+    app[CONTROLLER] = ctl
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/", index)
+    api.setup(app)
+    app.cleanup_ctx.append(_background(ctl))
+    return app
+
+
+async def serve(settings: ControllerSettings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    store = await Store.open(settings.resolved_database_url())
+    try:
+        ctl = Controller(settings, store)
+        runner = web.AppRunner(create_app(ctl), access_log=None)
+        await runner.setup()
+        host, port = parse_listen(settings.api_listen, 8080)
+        await web.TCPSite(runner, host, port).start()
+        display = f"[{host}]" if ":" in host else host
+        log.info(
+            "controller: API on http://%s:%d/api/v4, metrics on http://%s:%d/metrics, broker %s",
+            display,
+            port,
+            display,
+            port,
+            parse_broker_url(settings.broker_url),
+        )
+        await stop.wait()
+        log.info("controller: stopping")
+        await runner.cleanup()
+    finally:
+        await store.close()
+    log.info("controller: stopped")
+
+
+def main(settings: ControllerSettings) -> None:
+    import uvloop
+
+    uvloop.run(serve(settings))

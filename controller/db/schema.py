@@ -1,0 +1,107 @@
+"""Tables (SQLAlchemy Core). Change them only together with a migration in migrations/versions."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+region = sa.Table(
+    "region",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(100), nullable=False, unique=True),
+)
+
+checkpoint = sa.Table(
+    "checkpoint",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(100), nullable=False, unique=True),
+    sa.Column("code", sa.String(100), nullable=False),
+    sa.Column("region_id", sa.Integer, sa.ForeignKey("region.id"), nullable=False),
+)
+
+server = sa.Table(
+    "server",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("agent_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("checkpoint_id", sa.Integer, sa.ForeignKey("checkpoint.id"), nullable=False),
+    sa.Column("ipv4", sa.Text, nullable=False, server_default="[]"),  # JSON list
+    sa.Column("ipv6", sa.Text, nullable=False, server_default="[]"),
+    sa.Column("version", sa.String(50), nullable=False, server_default=""),
+    sa.Column("probe_types", sa.Text, nullable=False, server_default="[]"),
+    sa.Column("capacity", sa.Integer, nullable=False, server_default="1000"),
+    sa.Column("online", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("first_seen_us", sa.BigInteger, nullable=False),
+    sa.Column("last_seen_us", sa.BigInteger, nullable=False),
+)
+
+operator = sa.Table(
+    "operator",
+    metadata,
+    sa.Column("guid", sa.String(36), primary_key=True),
+    sa.Column("username", sa.String(200), nullable=False, unique=True),
+    sa.Column("full_name", sa.String(200), nullable=False),
+    sa.Column("password_hash", sa.String(300), nullable=False),
+    sa.Column("is_admin", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_us", sa.BigInteger, nullable=False),
+)
+
+api_account = sa.Table(
+    "api_account",
+    metadata,
+    sa.Column("username", sa.String(64), primary_key=True),
+    sa.Column("password_hash", sa.String(300), nullable=False),
+    sa.Column(
+        "operator_guid",
+        sa.String(36),
+        sa.ForeignKey("operator.guid", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("description", sa.String(200), nullable=False, server_default="API"),
+    sa.Column("created_us", sa.BigInteger, nullable=False),
+)
+
+monitor = sa.Table(
+    "monitor",
+    metadata,
+    sa.Column("guid", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("monitor_type", sa.String(40), nullable=False),
+    sa.Column("is_active", sa.Boolean, nullable=False),
+    sa.Column("definition", sa.Text, nullable=False),  # JSON, Uptrends field names
+    sa.Column("revision", sa.String(32), nullable=False),
+    sa.Column("created_us", sa.BigInteger, nullable=False),
+    sa.Column("modified_us", sa.BigInteger, nullable=False),
+)
+
+assignment = sa.Table(
+    "assignment",
+    metadata,
+    sa.Column("monitor_guid", sa.String(36), primary_key=True),
+    sa.Column("agent_id", sa.String(64), primary_key=True),
+    sa.Column("revision", sa.String(32), nullable=False),
+)
+
+monitor_check = sa.Table(
+    "monitor_check",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("uid", sa.String(32), nullable=False, unique=True),  # the agent's result id
+    sa.Column("monitor_guid", sa.String(36), nullable=False),
+    sa.Column("server_id", sa.Integer, nullable=True),
+    sa.Column("ts_us", sa.BigInteger, nullable=False),  # when the check started
+    sa.Column("scheduled_us", sa.BigInteger, nullable=False),
+    sa.Column(
+        "error_level", sa.SmallInteger, nullable=False
+    ),  # 0 NoError, 1 Unconfirmed, 2 Confirmed
+    sa.Column("error_code", sa.Integer, nullable=False),
+    sa.Column("attributes", sa.Text, nullable=False),  # JSON: timings and the rest
+    sa.Column("response_body", sa.Text, nullable=True),  # failed checks only, truncated
+    sa.Index("ix_monitor_check_monitor_ts", "monitor_guid", "ts_us", "id"),
+)

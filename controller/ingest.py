@@ -1,0 +1,145 @@
+"""Result batches in, rows committed, acks out; the controller decides each check's ErrorLevel.
+
+A batch is acknowledged only after its transaction commits; a replayed batch stores nothing
+twice (unique result uid). With one checkpoint a failed check is re-run at once by the same
+agent: the first failure is Unconfirmed, a failing re-check Confirmed. While a monitor is in a
+confirmed error, further failures are Confirmed without another re-check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from controller.assigner import Assigner
+from controller.bus import ControllerBus
+from controller.db.store import Store
+from controller.metrics import ControllerMetrics
+from shared.messages import CheckResult, ResultBatch, RunRequest
+
+log = logging.getLogger(__name__)
+
+NO_ERROR, UNCONFIRMED, CONFIRMED = 0, 1, 2
+LEVEL_NAMES = {NO_ERROR: "NoError", UNCONFIRMED: "Unconfirmed", CONFIRMED: "Confirmed"}
+LEVELS_BY_NAME = {name: level for level, name in LEVEL_NAMES.items()}
+
+
+def error_level(result: CheckResult, current: int) -> int:
+    if result.error_code == 0:
+        return NO_ERROR
+    if result.is_confirmation or current == CONFIRMED:
+        return CONFIRMED
+    return UNCONFIRMED
+
+
+class Ingest:
+    def __init__(
+        self,
+        store: Store,
+        bus: ControllerBus,
+        assigner: Assigner,
+        metrics: ControllerMetrics,
+        failed_body_bytes: int,
+        batch_max: int,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.assigner = assigner
+        self.metrics = metrics
+        self.failed_body_bytes = failed_body_bytes
+        self.batch_max = batch_max
+        self.queue: asyncio.Queue[ResultBatch] = asyncio.Queue(maxsize=10_000)
+        self.levels: dict[str, int] = {}
+
+    async def load(self) -> None:
+        self.levels = await self.store.last_levels()
+
+    async def submit(self, batch: ResultBatch) -> None:
+        await self.queue.put(batch)
+
+    async def run(self) -> None:
+        while True:
+            batches = [await self.queue.get()]
+            while len(batches) < self.batch_max and not self.queue.empty():
+                batches.append(self.queue.get_nowait())
+            try:
+                await self.process(batches)
+            except Exception:
+                # not acknowledged: the agents keep the batches and send them again
+                self.metrics.ingest_errors.inc()
+                log.exception("ingest of %d batches failed; agents will resend", len(batches))
+                await asyncio.sleep(1.0)
+
+    async def process(self, batches: list[ResultBatch]) -> None:
+        rows: list[dict[str, Any]] = []
+        results: dict[str, tuple[ResultBatch, CheckResult, int]] = {}
+        levels = dict(self.levels)
+        ordered = sorted(
+            ((b, r) for b in batches for r in b.results), key=lambda pair: pair[1].started_at
+        )
+        for batch, result in ordered:
+            if result.uid in results:
+                continue
+            level = error_level(result, levels.get(result.monitor_guid, NO_ERROR))
+            levels[result.monitor_guid] = level
+            results[result.uid] = (batch, result, level)
+            rows.append(self._row(batch.agent, result, level))
+        inserted = await self.store.insert_checks(rows)
+        now = time.time()
+        for uid in inserted:
+            batch, result, level = results[uid]
+            self.levels[result.monitor_guid] = level
+            self.metrics.results.labels(LEVEL_NAMES[level]).inc()
+            self.metrics.ingest_lag.observe(max(0.0, now - result.started_at))
+        self.metrics.duplicates.inc(len(rows) - len(inserted))
+        by_agent: dict[str, list[str]] = {}
+        for batch in batches:
+            by_agent.setdefault(batch.agent, []).append(batch.batch_id)
+        for agent, batch_ids in by_agent.items():
+            await self.bus.ack(agent, batch_ids)
+        self.metrics.batches.inc(len(batches))
+        for uid in sorted(inserted, key=lambda u: results[u][1].started_at):
+            batch, result, level = results[uid]
+            if level == UNCONFIRMED and not result.is_confirmation:
+                self.metrics.confirmations.inc()
+                await self.bus.run_now(
+                    batch.agent, RunRequest(monitor_guid=result.monitor_guid, confirms=uid)
+                )
+
+    def _row(self, agent_id: str, result: CheckResult, level: int) -> dict[str, Any]:
+        srv = self.assigner.server(agent_id)
+        monitor = self.assigner.monitors.get(result.monitor_guid)
+        staging = bool(monitor and monitor.definition.get("MonitorMode") == "Staging")
+        attributes: dict[str, Any] = {
+            **result.timings_ms,
+            "MonitorType": result.monitor_type,
+            "ErrorDescription": result.error_description,
+            "ErrorMessage": result.error_message,
+            "HttpStatusCode": result.http_status_code,
+            "TotalBytes": result.total_bytes,
+            "ResolvedIpAddress": result.resolved_ip,
+            "StagingMode": staging,
+            "IsConfirmation": result.is_confirmation,
+            "ConfirmsCheckUid": result.confirms,
+            "MonitorRevision": result.monitor_revision,
+            "AgentId": agent_id,
+        }
+        body = result.response_body
+        if body is not None and result.error_code != 0:
+            body = body[: self.failed_body_bytes]
+        else:
+            body = None
+        return {
+            "uid": result.uid,
+            "monitor_guid": result.monitor_guid,
+            "server_id": srv.id if srv else None,
+            "ts_us": int(result.started_at * 1_000_000),
+            "scheduled_us": int(result.scheduled_at * 1_000_000),
+            "error_level": level,
+            "error_code": result.error_code,
+            "attributes": json.dumps(attributes),
+            "response_body": body,
+        }

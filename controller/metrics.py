@@ -1,0 +1,54 @@
+"""The controller's Prometheus metrics, served on its API port at /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+
+
+class ControllerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.api_requests = Counter(
+            "picket_api_requests_total",
+            "API requests answered",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.api_duration = Histogram(
+            "picket_api_request_duration_seconds",
+            "API request handling time",
+            ["route"],
+            registry=r,
+        )
+        self.results = Counter(
+            "picket_results_ingested_total", "Check results stored", ["error_level"], registry=r
+        )
+        self.duplicates = Counter(
+            "picket_results_duplicate_total",
+            "Results received again and not stored twice",
+            registry=r,
+        )
+        self.batches = Counter(
+            "picket_result_batches_total", "Result batches committed and acknowledged", registry=r
+        )
+        self.ingest_errors = Counter(
+            "picket_ingest_errors_total", "Failed ingest transactions (agents resend)", registry=r
+        )
+        self.ingest_lag = Histogram(
+            "picket_ingest_lag_seconds",
+            "From the start of a check to its result being committed",
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.agents_online = Gauge("picket_agents_online", "Agents connected", registry=r)
+        self.dropped = Counter(
+            "picket_mqtt_messages_dropped_total", "MQTT messages dropped", ["reason"], registry=r
+        )
+        self.confirmations = Counter(
+            "picket_confirmation_requests_total",
+            "Re-checks requested to confirm an error",
+            registry=r,
+        )

@@ -1,0 +1,43 @@
+"""Error codes of a MonitorCheck: what the agent saw. The controller derives ErrorLevel from them.
+
+The table is documented in docs/results.md; numbers are stable once released.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ErrorCode(IntEnum):
+    OK = 0
+    INTERNAL = 1  # the agent could not run the check (a bug on our side, never the target's)
+    DNS_FAILURE = 100
+    CONNECTION_REFUSED = 110
+    CONNECTION_FAILED = 111  # unreachable, reset during connect, ...
+    TIMEOUT = 120
+    TLS_ERROR = 130
+    CERTIFICATE_INVALID = 131
+    SEND_FAILED = 140
+    RECEIVE_FAILED = 141  # empty reply, reset mid-response, malformed response
+    TOO_MANY_REDIRECTS = 142
+    INVALID_URL = 150
+    HTTP_STATUS_MISMATCH = 200
+    CONTENT_MISMATCH = 210
+
+
+DESCRIPTIONS: dict[ErrorCode, str] = {
+    ErrorCode.OK: "OK",
+    ErrorCode.INTERNAL: "Internal error while running the check",
+    ErrorCode.DNS_FAILURE: "DNS lookup failed",
+    ErrorCode.CONNECTION_REFUSED: "Connection refused",
+    ErrorCode.CONNECTION_FAILED: "Connection failed",
+    ErrorCode.TIMEOUT: "Timed out",
+    ErrorCode.TLS_ERROR: "TLS handshake failed",
+    ErrorCode.CERTIFICATE_INVALID: "Certificate not valid",
+    ErrorCode.SEND_FAILED: "Sending the request failed",
+    ErrorCode.RECEIVE_FAILED: "Receiving the response failed",
+    ErrorCode.TOO_MANY_REDIRECTS: "Too many redirects",
+    ErrorCode.INVALID_URL: "Invalid URL",
+    ErrorCode.HTTP_STATUS_MISMATCH: "HTTP status code not as expected",
+    ErrorCode.CONTENT_MISMATCH: "Content check failed",
+}

@@ -1,0 +1,186 @@
+"""Monitor definitions with Uptrends v4 field names, one pydantic model per monitor type.
+
+A new monitor type is one model class plus one `register()` call; the API validates every
+definition against its type's model, and the agent receives the validated definition.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+READ_ONLY_FIELDS = frozenset({"MonitorGuid", "Hash", "CreatedDate", "LastModifiedDate"})
+DEFAULT_CHECK_INTERVAL_MINUTES = 5
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class RequestHeader(_Strict):
+    Name: Annotated[str, Field(min_length=1, max_length=256)]
+    Value: str = ""
+
+    @field_validator("Name")
+    @classmethod
+    def _token(cls, name: str) -> str:
+        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+            raise ValueError("must be an HTTP header name (letters, digits and !#$%&'*+.^_`|~-)")
+        return name
+
+    @field_validator("Value")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        if "\r" in value or "\n" in value:
+            raise ValueError("must not contain line breaks")
+        return value
+
+
+class CustomField(_Strict):
+    Name: str
+    Value: str = ""
+
+
+class SelectedCheckpoints(_Strict):
+    Checkpoints: list[int] = Field(default_factory=list)
+    Regions: list[int] = Field(default_factory=list)
+    ExcludeLocations: list[int] = Field(default_factory=list)
+
+
+ErrorConditionType = Literal["HttpStatus", "ContentMatch"]
+MatchType = Literal[
+    "ErrorWhenContains",
+    "ErrorWhenNotContains",
+    "ErrorWhenContainsRegex",
+    "ErrorWhenNotContainsRegex",
+]
+
+
+class ErrorCondition(_Strict):
+    ErrorConditionType: ErrorConditionType
+    Value: str = ""
+    Percentage: str | None = None
+    Level: Literal["Info", "Warning", "Error"] | None = None
+    MatchType: MatchType | None = None
+    Effect: Literal["Indicate", "Error"] | None = None
+
+    @model_validator(mode="after")
+    def _check_value(self) -> ErrorCondition:
+        if self.ErrorConditionType == "HttpStatus":
+            if not re.fullmatch(r"[1-5][0-9][0-9]", self.Value.strip()):
+                raise ValueError("HttpStatus needs Value: an HTTP status code such as 200")
+        elif self.ErrorConditionType == "ContentMatch":
+            if not self.Value:
+                raise ValueError("ContentMatch needs Value: the text or pattern to match")
+            if (self.MatchType or "").endswith("Regex"):
+                try:
+                    re.compile(self.Value)
+                except re.error as exc:
+                    raise ValueError(f"Value is not a valid regular expression: {exc}") from None
+        return self
+
+
+class MonitorBase(_Strict):
+    """Fields every monitor type has."""
+
+    type_names: ClassVar[tuple[str, ...]] = ()
+
+    MonitorGuid: str | None = None
+    Name: Annotated[str, Field(min_length=1, max_length=200)]
+    MonitorType: str
+    IsActive: bool = True
+    GenerateAlert: bool = True
+    MonitorMode: Literal["Development", "Staging", "Production"] = "Production"
+    CheckInterval: Annotated[int, Field(ge=1, le=240)] | None = None
+    CheckIntervalSeconds: Annotated[int, Field(ge=1, le=14_400)] | None = None
+    TimeoutSeconds: Annotated[int, Field(ge=1, le=120)] = 30
+    SelectedCheckpoints: SelectedCheckpoints = Field(default_factory=SelectedCheckpoints)
+    Notes: str = ""
+    CustomFields: list[CustomField] = Field(default_factory=list)
+    Hash: str | None = None
+    CreatedDate: str | None = None
+    LastModifiedDate: str | None = None
+
+    @field_validator("Name")
+    @classmethod
+    def _name_not_blank(cls, name: str) -> str:
+        if not name.strip():
+            raise ValueError("must not be blank")
+        return name
+
+    @field_validator("CheckIntervalSeconds")
+    @classmethod
+    def _one_interval(cls, seconds: int | None, info: ValidationInfo) -> int | None:
+        if seconds is not None and info.data.get("CheckInterval") is not None:
+            raise ValueError("give CheckInterval (minutes) or CheckIntervalSeconds, not both")
+        return seconds
+
+    @model_validator(mode="after")
+    def _default_interval(self) -> MonitorBase:
+        if self.CheckInterval is None and self.CheckIntervalSeconds is None:
+            self.CheckInterval = DEFAULT_CHECK_INTERVAL_MINUTES
+        return self
+
+    @property
+    def interval_seconds(self) -> int:
+        if self.CheckIntervalSeconds is not None:
+            return self.CheckIntervalSeconds
+        return (self.CheckInterval or DEFAULT_CHECK_INTERVAL_MINUTES) * 60
+
+    def definition(self) -> dict[str, Any]:
+        """What is stored and sent to agents: every field but the server-set ones."""
+        return self.model_dump(mode="json", exclude=set(READ_ONLY_FIELDS))
+
+
+class HttpMonitor(MonitorBase):
+    type_names = ("Http", "Https")
+
+    MonitorType: Literal["Http", "Https"]
+    Url: Annotated[str, Field(min_length=1, max_length=4096)]
+    HttpMethod: Literal["Get", "Post", "Put", "Patch", "Delete", "Head", "Options"] = "Get"
+    RequestHeaders: list[RequestHeader] = Field(default_factory=list)
+    RequestBody: str = ""
+    UserAgent: str = ""
+    ErrorConditions: list[ErrorCondition] = Field(default_factory=list)
+
+    @field_validator("Url")
+    @classmethod
+    def _url_matches_type(cls, url: str, info: ValidationInfo) -> str:
+        monitor_type = info.data.get("MonitorType", "Http")
+        scheme = "https" if monitor_type == "Https" else "http"
+        match = re.fullmatch(r"(?i)(https?)://([^/?#\s]+)[^\s]*", url)
+        if match is None:
+            raise ValueError(f"must be an absolute {scheme}:// URL")
+        if match.group(1).lower() != scheme:
+            raise ValueError(f"a {monitor_type} monitor needs a {scheme}:// URL")
+        return url
+
+
+_REGISTRY: dict[str, type[MonitorBase]] = {}
+
+
+def register(model: type[MonitorBase]) -> None:
+    for name in model.type_names:
+        if name in _REGISTRY:
+            raise RuntimeError(f"monitor type {name} registered twice")
+        _REGISTRY[name] = model
+
+
+def model_for(monitor_type: str) -> type[MonitorBase] | None:
+    return _REGISTRY.get(monitor_type)
+
+
+def monitor_types() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+register(HttpMonitor)

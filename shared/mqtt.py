@@ -1,0 +1,164 @@
+"""The one module that imports aiomqtt: a resilient MQTT session both sides build on.
+
+It reconnects with backoff, re-subscribes, drops (and counts) messages on topics it did not
+subscribe to (amqtt hands a new client other clients' retained messages), and turns the
+library's errors into a boolean from `publish`. agent/link.py and controller/bus.py give it
+their topics and handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiomqtt
+
+from shared.settings import BrokerTarget
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Inbound:
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+@dataclass(frozen=True)
+class LastWill:
+    topic: str
+    payload: bytes
+    retain: bool = True
+
+
+OnConnect = Callable[[], Awaitable[None]]
+OnMessage = Callable[[Inbound], Awaitable[None]]
+
+
+def topic_matches(topic: str, pattern: str) -> bool:
+    return aiomqtt.Topic(topic).matches(pattern)
+
+
+class MqttSession:
+    def __init__(
+        self,
+        target: BrokerTarget,
+        client_id: str,
+        subscriptions: list[str],
+        on_message: OnMessage,
+        on_connect: OnConnect | None = None,
+        on_disconnect: Callable[[], None] | None = None,
+        on_drop: Callable[[str], None] | None = None,
+        will: LastWill | None = None,
+        keepalive: int = 15,
+        max_backoff: float = 5.0,
+        tls_ca_file: str | None = None,
+    ) -> None:
+        self._target = target
+        self._client_id = client_id
+        self._subscriptions = subscriptions
+        self._on_message = on_message
+        self._on_connect = on_connect
+        self._on_disconnect = on_disconnect
+        self._on_drop = on_drop
+        self._will = will
+        self._keepalive = keepalive
+        self._max_backoff = max_backoff
+        self._tls_ca_file = tls_ca_file
+        self._client: aiomqtt.Client | None = None
+        self.connected = asyncio.Event()
+
+    def _new_client(self) -> aiomqtt.Client:
+        tls_context = None
+        if self._target.tls:
+            tls_context = ssl.create_default_context(cafile=self._tls_ca_file)
+        will = None
+        if self._will is not None:
+            will = aiomqtt.Will(
+                self._will.topic, self._will.payload, qos=1, retain=self._will.retain
+            )
+        return aiomqtt.Client(
+            self._target.host,
+            self._target.port,
+            username=self._target.username,
+            password=self._target.password,
+            identifier=self._client_id,
+            will=will,
+            clean_session=True,
+            keepalive=self._keepalive,
+            timeout=10,
+            tls_context=tls_context,
+            logger=logging.getLogger("aiomqtt." + self._client_id),
+        )
+
+    async def run(self) -> None:
+        """Stay connected until cancelled."""
+        delay = 0.2
+        while True:
+            try:
+                async with self._new_client() as client:
+                    for pattern in self._subscriptions:
+                        await client.subscribe(pattern, qos=1, timeout=10)
+                    self._client = client
+                    self.connected.set()
+                    log.info("mqtt %s: connected to %s", self._client_id, self._target)
+                    delay = 0.2
+                    if self._on_connect is not None:
+                        await self._on_connect()
+                    async for message in client.messages:
+                        await self._dispatch(message)
+            except aiomqtt.MqttError as exc:
+                was_connected = self._client is not None
+                self._client = None
+                self.connected.clear()
+                if was_connected and self._on_disconnect is not None:
+                    self._on_disconnect()
+                log.warning(
+                    "mqtt %s: %s; reconnecting to %s in %.1fs",
+                    self._client_id,
+                    exc,
+                    self._target,
+                    delay,
+                )
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, self._max_backoff)
+            finally:
+                self._client = None
+                self.connected.clear()
+
+    async def _dispatch(self, message: aiomqtt.Message) -> None:
+        topic = message.topic.value
+        if not any(message.topic.matches(p) for p in self._subscriptions):
+            self._drop("foreign_topic", topic)
+            return
+        payload = message.payload
+        if not isinstance(payload, bytes | bytearray):
+            payload = b"" if payload is None else str(payload).encode()
+        try:
+            await self._on_message(Inbound(topic, bytes(payload), bool(message.retain)))
+        except Exception:
+            # a handler bug must not take the connection down with it
+            log.exception("mqtt %s: handler failed on %s", self._client_id, topic)
+            self._drop("handler_error", topic)
+
+    def _drop(self, reason: str, topic: str) -> None:
+        log.debug("mqtt %s: dropped message on %s (%s)", self._client_id, topic, reason)
+        if self._on_drop is not None:
+            self._on_drop(reason)
+
+    async def publish(self, topic: str, payload: bytes, retain: bool = False) -> bool:
+        """QoS 1 publish; False when not connected or the broker did not take it."""
+        client = self._client
+        if client is None:
+            return False
+        try:
+            await client.publish(topic, payload, qos=1, retain=retain, timeout=10)
+        except aiomqtt.MqttError as exc:
+            log.warning("mqtt %s: publish to %s failed: %s", self._client_id, topic, exc)
+            return False
+        return True

@@ -1,0 +1,52 @@
+"""The MQTT topic tree of contract v1 (see docs/mqtt.md)."""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "picket/v1"
+AGENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def hello(agent: str) -> str:
+    return f"{PREFIX}/agents/{agent}/hello"
+
+
+def state(agent: str) -> str:
+    return f"{PREFIX}/agents/{agent}/state"
+
+
+def assignment(agent: str, monitor: str) -> str:
+    return f"{PREFIX}/agents/{agent}/monitors/{monitor}"
+
+
+def assignments_of(agent: str) -> str:
+    return f"{PREFIX}/agents/{agent}/monitors/+"
+
+
+def run(agent: str) -> str:
+    return f"{PREFIX}/agents/{agent}/run"
+
+
+def ack(agent: str) -> str:
+    return f"{PREFIX}/agents/{agent}/ack"
+
+
+def sync(agent: str) -> str:
+    return f"{PREFIX}/agents/{agent}/sync"
+
+
+def results(agent: str) -> str:
+    return f"{PREFIX}/results/{agent}"
+
+
+ALL_HELLOS = f"{PREFIX}/agents/+/hello"
+ALL_STATES = f"{PREFIX}/agents/+/state"
+ALL_RESULTS = f"{PREFIX}/results/+"
+
+
+def split(topic: str) -> list[str]:
+    """The levels below the prefix, or [] for a topic outside the tree."""
+    if not topic.startswith(PREFIX + "/"):
+        return []
+    return topic[len(PREFIX) + 1 :].split("/")

@@ -1,0 +1,230 @@
+"""`picket up`: a private MQTT broker, the controller and one local agent as child processes
+(so they use both cores), supervised: if one dies the rest are stopped, and a signal stops
+them in order (agent first, so it writes its unsent results to its outbox)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import field_validator
+
+from shared.settings import PicketSettings, parse_listen
+
+log = logging.getLogger("picket.up")
+
+
+class UpSettings(PicketSettings):
+    embedded_broker: Literal["auto", "mosquitto", "amqtt"] = "auto"
+    embedded_broker_listen: str = "127.0.0.1:18830"
+    api_listen: str = "127.0.0.1:8080"
+    metrics_listen: str = "127.0.0.1:9465"
+    admin_password: str = ""
+
+    @field_validator("embedded_broker_listen", "api_listen", "metrics_listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_listen(value, 0)
+        return value
+
+
+def _die_with_parent() -> None:
+    """Children get SIGTERM if `picket up` itself is killed (Linux)."""
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def mosquitto_config(broker_dir: Path, host: str, port: int) -> Path:
+    broker_dir.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"listener {port} {host}",
+        "allow_anonymous true",
+        "persistence true",
+        f"persistence_location {broker_dir}/",
+        "log_dest stderr",
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+    ]
+    if os.geteuid() == 0:
+        # mosquitto drops root to user `mosquitto`, which could not write our data dir
+        lines.append("user root")
+    path = broker_dir / "mosquitto.conf"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class Child:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.proc: asyncio.subprocess.Process | None = None
+        self.tail: collections.deque[str] = collections.deque(maxlen=15)
+        self._pump: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv,
+            env=self.env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # a terminal's Ctrl-C reaches `picket up` only
+            preexec_fn=_die_with_parent,
+        )
+        self._pump = asyncio.create_task(self._forward())
+
+    async def _forward(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            self.tail.append(line)
+            sys.stderr.write(f"[{self.name}] {line}\n")
+
+    async def wait(self) -> int:
+        assert self.proc is not None
+        code = await self.proc.wait()
+        if self._pump is not None:
+            await self._pump
+        return code
+
+    async def stop(self, grace: float = 15.0) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.wait(), grace)
+        except TimeoutError:
+            log.warning("%s did not stop in %.0fs; killing it", self.name, grace)
+            self.proc.kill()
+            await self.wait()
+
+    def why(self, code: int) -> str:
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        last = next((line for line in reversed(self.tail) if line.strip()), "")
+        return f"{how}" + (f"; its last words: {last}" if last else "")
+
+
+async def _wait_for_port(host: str, port: int, child: Child, deadline: float) -> bool:
+    while time.monotonic() < deadline:
+        if child.proc is not None and child.proc.returncode is not None:
+            return False
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            await asyncio.sleep(0.1)
+    return False
+
+
+def find_mosquitto() -> str | None:
+    # Debian installs it in /usr/sbin, which is not on every user's PATH
+    return shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+
+
+async def supervise(settings: UpSettings) -> int:
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    host, port = parse_listen(settings.embedded_broker_listen, 18830)
+    kind = settings.embedded_broker
+    mosquitto = find_mosquitto()
+    if kind == "auto":
+        kind = "mosquitto" if mosquitto else "amqtt"
+    if kind == "mosquitto" and not mosquitto:
+        log.error("PICKET_EMBEDDED_BROKER=mosquitto but no mosquitto binary is installed")
+        return 2
+    env = dict(os.environ)
+    broker_host = f"[{host}]" if ":" in host else host
+    env.update(
+        {
+            "PICKET_DATA_DIR": str(data_dir),
+            "PICKET_BROKER_URL": f"mqtt://{broker_host}:{port}",
+            "PICKET_API_LISTEN": settings.api_listen,
+            "PICKET_METRICS_LISTEN": settings.metrics_listen,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    if settings.admin_password:
+        env["PICKET_ADMIN_PASSWORD"] = settings.admin_password
+    env.setdefault("PICKET_AGENT_ID", "local")
+    env.setdefault("PICKET_CHECKPOINT", "Local")
+    env.setdefault("PICKET_REGION", "Local")
+    if kind == "mosquitto":
+        assert mosquitto is not None
+        config = mosquitto_config(data_dir / "broker", host, port)
+        broker = Child("broker", [mosquitto, "-c", str(config)], env)
+    else:
+        argv = [sys.executable, "-m", "controller.embedded_broker", settings.embedded_broker_listen]
+        broker = Child("broker", argv, env)
+    controller = Child("controller", [sys.executable, "-m", "shared.cli", "controller"], env)
+    agent = Child("agent", [sys.executable, "-m", "shared.cli", "agent"], env)
+    children = [broker, controller, agent]
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    log.info("starting %s broker on %s:%d", kind, host, port)
+    await broker.start()
+    if not await _wait_for_port(host, port, broker, time.monotonic() + 15):
+        code = broker.proc.returncode if broker.proc else None
+        log.error("the broker did not start: %s", broker.why(code) if code is not None else "")
+        await broker.stop()
+        return 1
+    await controller.start()
+    await agent.start()
+    api_host, api_port = parse_listen(settings.api_listen, 8080)
+    m_host, m_port = parse_listen(settings.metrics_listen, 9465)
+    password_note = (
+        "set by PICKET_ADMIN_PASSWORD"
+        if settings.admin_password
+        else f"in {data_dir / 'initial-admin-password'}"
+    )
+    log.info(
+        "Picket is up. API: http://%s:%d/api/v4  controller metrics: http://%s:%d/metrics  "
+        "agent metrics: http://%s:%d/metrics  operator 'admin', password %s",
+        api_host,
+        api_port,
+        api_host,
+        api_port,
+        m_host,
+        m_port,
+        password_note,
+    )
+
+    waits = {asyncio.create_task(c.wait()): c for c in children}
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([stopper, *waits], return_when=asyncio.FIRST_COMPLETED)
+    status = 0
+    for task in done:
+        if task is stopper:
+            continue
+        dead = waits[task]
+        status = 1
+        log.error("the %s %s; stopping the rest", dead.name, dead.why(task.result()))
+    if status == 0:
+        log.info("stopping: agent, controller, broker")
+    for child in (agent, controller, broker):
+        await child.stop()
+    stopper.cancel()
+    for task in waits:
+        task.cancel()
+    log.info("stopped")
+    return status
+
+
+def main(settings: UpSettings) -> int:
+    return asyncio.run(supervise(settings))
