@@ -87,6 +87,7 @@ class HttpResponse:
     total_bytes: int
     primary_ip: str
     marks: Marks
+    os_errno: int = 0  # the system error behind a failed connect, e.g. ECONNREFUSED
 
 
 @dataclass
@@ -193,6 +194,7 @@ class CurlEngine:
             total_bytes=t.total,
             primary_ip=str(c.getinfo(pycurl.PRIMARY_IP) or ""),
             marks=marks,
+            os_errno=int(c.getinfo(pycurl.OS_ERRNO)),
         )
 
     # --- libcurl <-> event loop -------------------------------------------------------------

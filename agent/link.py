@@ -57,8 +57,9 @@ class AgentLink:
         self._metrics.connected.set(1)
         online = AgentState(state="online").model_dump_json().encode()
         await self.session.publish(topics.state(self.agent_id), online, retain=True)
+        # retained, so a controller that starts after the agent still learns of it
         hello = self._handler.hello().model_dump_json().encode()
-        await self.session.publish(topics.hello(self.agent_id), hello)
+        await self.session.publish(topics.hello(self.agent_id), hello, retain=True)
         await self._handler.on_connected()
 
     def _on_disconnect(self) -> None:

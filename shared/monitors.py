@@ -50,14 +50,14 @@ class CustomField(_Strict):
     Value: str = ""
 
 
-class SelectedCheckpoints(_Strict):
+class CheckpointSelection(_Strict):
     Checkpoints: list[int] = Field(default_factory=list)
     Regions: list[int] = Field(default_factory=list)
     ExcludeLocations: list[int] = Field(default_factory=list)
 
 
-ErrorConditionType = Literal["HttpStatus", "ContentMatch"]
-MatchType = Literal[
+ConditionTypeName = Literal["HttpStatus", "ContentMatch"]
+MatchTypeName = Literal[
     "ErrorWhenContains",
     "ErrorWhenNotContains",
     "ErrorWhenContainsRegex",
@@ -66,11 +66,11 @@ MatchType = Literal[
 
 
 class ErrorCondition(_Strict):
-    ErrorConditionType: ErrorConditionType
+    ErrorConditionType: ConditionTypeName
     Value: str = ""
     Percentage: str | None = None
     Level: Literal["Info", "Warning", "Error"] | None = None
-    MatchType: MatchType | None = None
+    MatchType: MatchTypeName | None = None
     Effect: Literal["Indicate", "Error"] | None = None
 
     @model_validator(mode="after")
@@ -103,7 +103,7 @@ class MonitorBase(_Strict):
     CheckInterval: Annotated[int, Field(ge=1, le=240)] | None = None
     CheckIntervalSeconds: Annotated[int, Field(ge=1, le=14_400)] | None = None
     TimeoutSeconds: Annotated[int, Field(ge=1, le=120)] = 30
-    SelectedCheckpoints: SelectedCheckpoints = Field(default_factory=SelectedCheckpoints)
+    SelectedCheckpoints: CheckpointSelection = Field(default_factory=CheckpointSelection)
     Notes: str = ""
     CustomFields: list[CustomField] = Field(default_factory=list)
     Hash: str | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno as os_errors
 import re
 
 from agent import curl
@@ -10,13 +11,13 @@ from shared.errors import ErrorCode
 from shared.monitors import ErrorCondition, HttpMonitor, MonitorBase
 
 
-def curl_error_code(errno: int, message: str) -> ErrorCode:
+def curl_error_code(errno: int, os_errno: int) -> ErrorCode:
     if errno in curl.DNS_ERRORS:
         return ErrorCode.DNS_FAILURE
     if errno in curl.CONNECT_ERRORS:
-        if "refused" in message.lower():
+        if os_errno == os_errors.ECONNREFUSED:
             return ErrorCode.CONNECTION_REFUSED
-        if "timed out" in message.lower():
+        if os_errno == os_errors.ETIMEDOUT:
             return ErrorCode.TIMEOUT
         return ErrorCode.CONNECTION_FAILED
     if errno in curl.TIMEOUT_ERRORS:
@@ -90,7 +91,7 @@ class HttpProbe(Probe):
             body=response.body,
         )
         if response.curl_error:
-            outcome.error_code = curl_error_code(response.curl_error, response.curl_message)
+            outcome.error_code = curl_error_code(response.curl_error, response.os_errno)
             outcome.error_message = response.curl_message or f"libcurl error {response.curl_error}"
             return outcome
         failed = evaluate(monitor.ErrorConditions, response.status or 0, response.body)

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+
+from tests.helpers import Mosquitto, Target
+
+PG_DSN = os.environ.get("PICKET_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    if not (shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto")):
+        pytest.fail("mosquitto is not installed (Debian package `mosquitto`; .ci/run installs it)")
+    broker = Mosquitto(tmp_path / "mosquitto")
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+async def target() -> AsyncIterator[Target]:
+    server = Target()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """Each test using it runs on SQLite and on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'picket.db'}"
+        return
+    async with fresh_postgres() as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def fresh_postgres() -> AsyncIterator[str]:
+    """A new PostgreSQL database, dropped afterwards."""
+    name = f"picket_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = await asyncpg.connect(PG_DSN)
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.fail(f"PostgreSQL at {PG_DSN} does not answer ({exc}); .ci/run starts it")
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        base = PG_DSN.rsplit("/", 1)[0]
+        yield f"{base.replace('postgresql://', 'postgresql+asyncpg://')}/{name}"
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()

@@ -1,0 +1,226 @@
+"""Shared test machinery: free ports, condition polling, real servers and processes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+from aiohttp import web
+
+T = TypeVar("T")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_for(
+    probe: Callable[[], Awaitable[T | None]],
+    what: str,
+    within: float = 60.0,
+    interval: float = 0.2,
+) -> T:
+    """Poll until `probe` returns something truthy; fail naming `what` after `within` seconds."""
+    deadline = time.monotonic() + within
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = await probe()
+            if value:
+                return value
+        except (aiohttp.ClientError, OSError) as exc:
+            last_error = exc
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {within}s waiting for {what} (last error: {last_error})")
+
+
+class Mosquitto:
+    """A private mosquitto on a free port, with its own config, ACL file and data dir."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        acl = self.dir / "acl"
+        acl.write_text("topic readwrite picket/v1/#\n")
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",
+            f"acl_file {acl}",
+            "persistence true",
+            f"persistence_location {self.dir}/",
+            f"log_dest file {self.dir / 'mosquitto.log'}",
+            "log_type error",
+            "log_type warning",
+        ]
+        if os.geteuid() == 0:
+            lines.append("user root")
+        self.config = self.dir / "mosquitto.conf"
+        self.config.write_text("\n".join(lines) + "\n")
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        binary = "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else "mosquitto"
+        self.proc = subprocess.Popen(
+            [binary, "-c", str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"mosquitto exited: {self.log()}") from None
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not listen in 15s")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log(self) -> str:
+        path = self.dir / "mosquitto.log"
+        return path.read_text() if path.exists() else ""
+
+
+class Process:
+    """A `picket ...` child with its output in a file, stopped with SIGTERM."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], workdir: Path) -> None:
+        self.name = name
+        self.log_path = workdir / f"{name}.log"
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("PICKET_")}
+        full_env.update(env)
+        full_env["PYTHONUNBUFFERED"] = "1"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", *args],
+            env=full_env,
+            cwd=REPO,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return int(self.proc.returncode)
+
+
+class Target:
+    """A real HTTP server on loopback: /ok, /slow?ms=N (delay before the response), /status/N."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.hits = 0
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _ok(self, request: web.Request) -> web.Response:
+        self.hits += 1
+        return web.Response(text="all good: picket-target\n")
+
+    async def _slow(self, request: web.Request) -> web.Response:
+        self.hits += 1
+        await asyncio.sleep(int(request.query.get("ms", "100")) / 1000)
+        return web.Response(text="slow but good\n")
+
+    async def _status(self, request: web.Request) -> web.Response:
+        self.hits += 1
+        return web.Response(status=int(request.match_info["code"]), text="scripted status\n")
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/ok", self._ok)
+        app.router.add_get("/slow", self._slow)
+        app.router.add_get("/status/{code}", self._status)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+class Api:
+    def __init__(self, session: aiohttp.ClientSession, base: str, user: str, password: str) -> None:
+        self.session = session
+        self.base = base
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.headers = {"Authorization": f"Basic {token}"}
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        kwargs["headers"] = {**self.headers, **kwargs.get("headers", {})}
+        async with self.session.request(method, self.base + path, **kwargs) as resp:
+            text = await resp.text()
+            if resp.content_type == "application/json" and text:
+                return resp.status, await resp.json()
+            return resp.status, text
+
+    async def checks(self, guid: str, **params: str) -> list[dict[str, Any]]:
+        """Every stored check of a monitor, oldest first, following the cursors."""
+        found: list[dict[str, Any]] = []
+        query = {"Take": "100", "Sorting": "Ascending", "PresetPeriod": "All", **params}
+        while True:
+            status, body = await self.call(
+                "GET", f"/api/v4/MonitorCheck/Monitor/{guid}", params=query
+            )
+            assert status == 200, body
+            found.extend(body["Data"])
+            if not body["Data"] or "Next" not in body["Cursors"]:
+                return found
+            query["Cursor"] = body["Cursors"]["Next"]
+
+
+async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """A Prometheus text page as {'name{labels}': value}."""
+    async with session.get(url) as resp:
+        text = await resp.text()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
