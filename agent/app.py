@@ -232,7 +232,12 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         host, port = parse_listen(self.settings.metrics_listen, 9465)
-        server, thread = start_http_server(port, host, registry=self.metrics.registry)
+        try:
+            server, thread = start_http_server(port, host, registry=self.metrics.registry)
+        except OSError as exc:
+            raise SystemExit(
+                f"agent {self.id}: cannot serve metrics on {self.settings.metrics_listen}: {exc}"
+            ) from None
         log.info(
             "agent %s at checkpoint %s (region %s): metrics on http://%s:%d/metrics, broker %s",
             self.id,

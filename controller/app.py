@@ -150,20 +150,28 @@ async def serve(settings: ControllerSettings) -> None:
         ctl = Controller(settings, store)
         runner = web.AppRunner(create_app(ctl), access_log=None)
         await runner.setup()
-        host, port = parse_listen(settings.api_listen, 8080)
-        await web.TCPSite(runner, host, port).start()
-        display = f"[{host}]" if ":" in host else host
-        log.info(
-            "controller: API on http://%s:%d/api/v4, metrics on http://%s:%d/metrics, broker %s",
-            display,
-            port,
-            display,
-            port,
-            parse_broker_url(settings.broker_url),
-        )
-        await stop.wait()
-        log.info("controller: stopping")
-        await runner.cleanup()
+        try:
+            host, port = parse_listen(settings.api_listen, 8080)
+            try:
+                await web.TCPSite(runner, host, port).start()
+            except OSError as exc:
+                raise SystemExit(
+                    f"controller: cannot listen on {settings.api_listen}: {exc}"
+                ) from None
+            display = f"[{host}]" if ":" in host else host
+            log.info(
+                "controller: API on http://%s:%d/api/v4, metrics on http://%s:%d/metrics, "
+                "broker %s",
+                display,
+                port,
+                display,
+                port,
+                parse_broker_url(settings.broker_url),
+            )
+            await stop.wait()
+            log.info("controller: stopping")
+        finally:
+            await runner.cleanup()
     finally:
         await store.close()
     log.info("controller: stopped")
