@@ -145,7 +145,8 @@ class Process:
 
 
 class Target:
-    """A real HTTP server on loopback: /ok, /slow?ms=N (delay before the response), /status/N."""
+    """A real HTTP server on loopback: /ok, /slow?ms=N (delay before the response), /status/N,
+    /redirect/N (N hops, then /ok), /big?bytes=N."""
 
     def __init__(self) -> None:
         self.port = free_port()
@@ -169,8 +170,19 @@ class Target:
         self.hits += 1
         return web.Response(status=int(request.match_info["code"]), text="scripted status\n")
 
+    async def _redirect(self, request: web.Request) -> web.Response:
+        self.hits += 1
+        hops = int(request.match_info["hops"])
+        raise web.HTTPFound("/ok" if hops <= 1 else f"/redirect/{hops - 1}")
+
+    async def _big(self, request: web.Request) -> web.Response:
+        self.hits += 1
+        return web.Response(body=b"x" * int(request.query.get("bytes", "100000")))
+
     async def start(self) -> None:
         app = web.Application()
+        app.router.add_get("/redirect/{hops}", self._redirect)
+        app.router.add_get("/big", self._big)
         app.router.add_get("/ok", self._ok)
         app.router.add_get("/slow", self._slow)
         app.router.add_get("/status/{code}", self._status)

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 PREFIX = "/api/v4"
 CONTROLLER: web.AppKey[Controller] = web.AppKey("controller")
-PRINCIPAL = "picket.principal"
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 
 
 class ApiError(Exception):
@@ -67,10 +67,10 @@ def controller(request: web.Request) -> Controller:
 
 
 def principal(request: web.Request) -> Principal:
-    found = request.get(PRINCIPAL)
-    if not isinstance(found, Principal):
+    try:
+        return request[PRINCIPAL]
+    except KeyError:
         fail(401, "Authentication required")
-    return found
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:

@@ -1,0 +1,172 @@
+"""The REST API in-process over real localhost sockets, on SQLite, with no broker reachable."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from controller.app import Controller, create_app
+from controller.db.store import Store
+from controller.settings import ControllerSettings
+from tests.helpers import free_port
+
+PASSWORD = "unit-test-password"
+
+
+def _auth(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+ADMIN = _auth("admin", PASSWORD)
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
+    settings = ControllerSettings(
+        data_dir=tmp_path,
+        admin_password=PASSWORD,
+        broker_url=f"mqtt://127.0.0.1:{free_port()}",  # nobody there: publishes are refused
+    )
+    store = await Store.open(settings.resolved_database_url())
+    app = create_app(Controller(settings, store))
+    async with TestClient(TestServer(app)) as test_client:
+        yield test_client
+    await store.close()
+
+
+MONITOR = {
+    "Name": "api test",
+    "MonitorType": "Https",
+    "Url": "https://127.0.0.1:9/health",
+    "CheckInterval": 1,
+}
+
+
+async def test_auth_and_errors(client: TestClient[Any, Any]) -> None:
+    resp = await client.get("/api/v4/Monitor")
+    assert resp.status == 401 and resp.headers["WWW-Authenticate"].startswith("Basic")
+    assert (await resp.json())["Messages"][0]["Message"]
+    resp = await client.get("/api/v4/Monitor", headers=_auth("admin", "wrong"))
+    assert resp.status == 401
+    resp = await client.get("/api/v4/Nothing", headers=ADMIN)
+    assert resp.status == 404 and "Messages" in await resp.json()
+    resp = await client.get("/api/v4/Checkpoint/Server/Ipv6")  # anonymous
+    assert resp.status == 200 and (await resp.json())["Data"] == []
+
+
+async def test_register_gives_a_working_api_account(client: TestClient[Any, Any]) -> None:
+    resp = await client.post("/api/v4/Register?description=ci", headers=ADMIN)
+    assert resp.status == 201
+    account = await resp.json()
+    assert account["OperatorName"] == "Administrator" and account["AccountId"]
+    api = _auth(account["UserName"], account["Password"])
+    resp = await client.get("/api/v4/Monitor", headers=api)
+    assert resp.status == 200 and await resp.json() == []
+    resp = await client.post("/api/v4/Register", headers=api)
+    assert resp.status == 403  # an API account cannot mint more accounts
+
+
+async def test_monitor_lifecycle(client: TestClient[Any, Any]) -> None:
+    resp = await client.post("/api/v4/Monitor", json=MONITOR, headers=ADMIN)
+    assert resp.status == 201, await resp.text()
+    created = await resp.json()
+    guid = created["MonitorGuid"]
+    assert created["CheckInterval"] == 1 and "CheckIntervalSeconds" not in created
+    assert created["CreatedDate"].endswith("Z") and created["Hash"]
+
+    resp = await client.patch(
+        f"/api/v4/Monitor/{guid}", json={"CheckIntervalSeconds": 30}, headers=ADMIN
+    )
+    assert resp.status == 204
+    got = await (await client.get(f"/api/v4/Monitor/{guid}", headers=ADMIN)).json()
+    assert got["CheckIntervalSeconds"] == 30 and "CheckInterval" not in got
+    assert got["Hash"] != created["Hash"] and got["Url"] == MONITOR["Url"]
+
+    resp = await client.put(
+        f"/api/v4/Monitor/{guid}", json={**MONITOR, "Name": "renamed"}, headers=ADMIN
+    )
+    assert resp.status == 204
+    got = await (await client.get(f"/api/v4/Monitor/{guid}", headers=ADMIN)).json()
+    assert got["Name"] == "renamed" and got["CheckInterval"] == 1
+
+    listed = await (await client.get("/api/v4/Monitor?filter=Name", headers=ADMIN)).json()
+    assert listed == [{"Name": "renamed"}]
+
+    resp = await client.patch(
+        f"/api/v4/Monitor/{guid}", json={"MonitorType": "Http"}, headers=ADMIN
+    )
+    assert resp.status == 400
+    assert (await resp.json())["Messages"][0]["Field"] == "MonitorType"
+
+    resp = await client.delete(f"/api/v4/Monitor/{guid}", headers=ADMIN)
+    assert resp.status == 204
+    resp = await client.get(f"/api/v4/Monitor/{guid}", headers=ADMIN)
+    assert resp.status == 404
+    resp = await client.get(f"/api/v4/MonitorCheck/Monitor/{guid}", headers=ADMIN)
+    assert resp.status == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({**MONITOR, "Url": "http://127.0.0.1/"}, "Url"),
+        ({**MONITOR, "Name": ""}, "Name"),
+        ({**MONITOR, "MonitorType": "Gopher"}, "MonitorType"),
+        ({key: v for key, v in MONITOR.items() if key != "MonitorType"}, "MonitorType"),
+        ({**MONITOR, "TimeoutSeconds": 500}, "TimeoutSeconds"),
+        ({**MONITOR, "CheckIntervalSeconds": 10}, "CheckIntervalSeconds"),
+        ({**MONITOR, "RequestHeaders": [{"Name": "bad header"}]}, "RequestHeaders[0].Name"),
+        (
+            {**MONITOR, "ErrorConditions": [{"ErrorConditionType": "HttpStatus"}]},
+            "ErrorConditions[0]",
+        ),
+        ({**MONITOR, "Typo": True}, "Typo"),
+    ],
+)
+async def test_invalid_monitors_name_the_field(
+    client: TestClient[Any, Any], body: dict[str, Any], field: str
+) -> None:
+    resp = await client.post("/api/v4/Monitor", json=body, headers=ADMIN)
+    assert resp.status == 400
+    messages = (await resp.json())["Messages"]
+    assert field in [m["Field"] for m in messages], messages
+    assert all(m["Message"] for m in messages)
+
+
+async def test_bad_bodies_and_duplicates(client: TestClient[Any, Any]) -> None:
+    resp = await client.post("/api/v4/Monitor", data=b"{oops", headers=ADMIN)
+    assert resp.status == 400 and "not valid JSON" in (await resp.json())["Messages"][0]["Message"]
+    resp = await client.post("/api/v4/Monitor", json=[1], headers=ADMIN)
+    assert resp.status == 400
+    assert (await client.post("/api/v4/Monitor", json=MONITOR, headers=ADMIN)).status == 201
+    resp = await client.post("/api/v4/Monitor", json=MONITOR, headers=ADMIN)
+    assert resp.status == 400 and (await resp.json())["Messages"][0]["Field"] == "Name"
+
+
+async def test_check_queries_validate_their_parameters(client: TestClient[Any, Any]) -> None:
+    created = await (await client.post("/api/v4/Monitor", json=MONITOR, headers=ADMIN)).json()
+    path = f"/api/v4/MonitorCheck/Monitor/{created['MonitorGuid']}"
+    page = await (await client.get(path, headers=ADMIN)).json()
+    assert page["Data"] == [] and "Next" not in page["Cursors"] and page["Meta"]["Period"]["From"]
+    for query, field in [
+        ("Take=101", "Take"),
+        ("Take=x", "Take"),
+        ("Sorting=Up", "Sorting"),
+        ("Start=yesterday", "Start"),
+        ("Cursor=%%%", "Cursor"),
+        ("ErrorLevel=Bad", "ErrorLevel"),
+        ("PresetPeriod=Forever", "PresetPeriod"),
+        ("Start=2026-01-02T00:00:00&End=2026-01-01T00:00:00", "End"),
+    ]:
+        resp = await client.get(f"{path}?{query}", headers=ADMIN)
+        assert resp.status == 400, query
+        assert (await resp.json())["Messages"][0]["Field"] == field, query
+    resp = await client.get("/api/v4/MonitorCheck/12345", headers=ADMIN)
+    assert resp.status == 404
+    resp = await client.get("/api/v4/Checkpoint/7", headers=ADMIN)
+    assert resp.status == 404

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import asyncio
+import time
+
+from agent.scheduler import Scheduled, Scheduler, next_slot
+from shared.monitors import HttpMonitor
+
+
+def _monitor() -> HttpMonitor:
+    return HttpMonitor.model_validate(
+        {
+            "Name": "m",
+            "MonitorType": "Http",
+            "Url": "http://127.0.0.1:1/",
+            "CheckIntervalSeconds": 1,
+        }
+    )
+
+
+def test_next_slot_is_on_the_grid() -> None:
+    assert next_slot(100.0, 10.0, 3.0) == 103.0
+    assert next_slot(103.0, 10.0, 3.0) == 103.0  # a slot exactly now is due now
+    assert next_slot(103.001, 10.0, 3.0) == 113.0
+    assert next_slot(0.0, 60.0, 59.5) == 59.5
+
+
+async def test_each_slot_runs_once_across_updates() -> None:
+    started: list[tuple[str, float]] = []
+    scheduler = Scheduler(
+        lambda entry, slot: started.append((entry.revision, slot)), lambda n: None
+    )
+    task = asyncio.create_task(scheduler.run())
+    try:
+        interval = 0.05
+        offset = time.time() % interval
+        scheduler.put(Scheduled("m1", "r1", _monitor(), interval, offset))
+        scheduler.put(Scheduled("m1", "r1", _monitor(), interval, offset))  # resend: no-op
+        deadline = time.monotonic() + 10
+        while len(started) < 4 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        scheduler.put(Scheduled("m1", "r2", _monitor(), interval, offset))  # an update
+        while len([r for r, _ in started if r == "r2"]) < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        scheduler.remove("m1")
+        count = len(started)
+        slots = [slot for _, slot in started]
+        assert len(slots) == len(set(slots)), "a slot ran twice"
+        gaps = [round((b - a) / interval) for a, b in zip(slots, slots[1:], strict=False)]
+        assert all(g == 1 for g in gaps), gaps
+        await asyncio.sleep(3 * interval)
+        assert len(started) == count, "a removed monitor kept running"
+    finally:
+        task.cancel()
+
+
+async def test_lateness_is_small_when_idle() -> None:
+    late: list[float] = []
+    scheduler = Scheduler(lambda entry, slot: late.append(time.time() - slot), lambda n: None)
+    task = asyncio.create_task(scheduler.run())
+    try:
+        scheduler.put(Scheduled("m1", "r1", _monitor(), 0.02, 0.0))
+        deadline = time.monotonic() + 10
+        while len(late) < 10 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert len(late) >= 10
+        # generous bound: this asserts "runs on its slot", not a performance figure
+        assert sorted(late)[len(late) // 2] < 0.05, late
+    finally:
+        task.cancel()
