@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 from agent.scheduler import Scheduled, Scheduler, next_slot
@@ -46,7 +47,7 @@ async def test_each_slot_runs_once_across_updates() -> None:
         count = len(started)
         slots = [slot for _, slot in started]
         assert len(slots) == len(set(slots)), "a slot ran twice"
-        gaps = [round((b - a) / interval) for a, b in zip(slots, slots[1:], strict=False)]
+        gaps = [round((b - a) / interval) for a, b in itertools.pairwise(slots)]
         assert all(g == 1 for g in gaps), gaps
         await asyncio.sleep(3 * interval)
         assert len(started) == count, "a removed monitor kept running"
