@@ -5,7 +5,7 @@ import socket
 from pydantic import Field, field_validator
 
 from shared import topics
-from shared.settings import PicketSettings, parse_broker_url, parse_listen
+from shared.settings import BrokerUrl, ListenAddress, PicketSettings
 
 
 def _default_agent_id() -> str:
@@ -14,13 +14,13 @@ def _default_agent_id() -> str:
 
 
 class AgentSettings(PicketSettings):
-    broker_url: str = "mqtt://127.0.0.1:1883"
+    broker_url: BrokerUrl = "mqtt://127.0.0.1:1883"
     agent_id: str = Field(default_factory=_default_agent_id)
     checkpoint: str = "Local"
     region: str = "Local"
     agent_ipv4: str = ""  # comma-separated; empty: the address used to reach the broker
     agent_ipv6: str = ""
-    metrics_listen: str = "127.0.0.1:9465"
+    metrics_listen: ListenAddress = "127.0.0.1:9465"
     max_concurrency: int = Field(default=1000, ge=1, le=100_000)
     batch_size: int = Field(default=200, ge=1, le=10_000)
     batch_interval_ms: int = Field(default=200, ge=1, le=60_000)
@@ -29,23 +29,11 @@ class AgentSettings(PicketSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)  # kept for content matching
     failed_body_bytes: int = Field(default=65_536, ge=0)  # sent with a failed check
 
-    @field_validator("broker_url")
-    @classmethod
-    def _broker(cls, value: str) -> str:
-        parse_broker_url(value)
-        return value
-
     @field_validator("agent_id")
     @classmethod
     def _agent_id(cls, value: str) -> str:
         if not topics.AGENT_ID_PATTERN.fullmatch(value):
             raise ValueError("1-64 characters: letters, digits, '.', '_' and '-'")
-        return value
-
-    @field_validator("metrics_listen")
-    @classmethod
-    def _listen(cls, value: str) -> str:
-        parse_listen(value, 9465)
         return value
 
     @field_validator("checkpoint", "region")

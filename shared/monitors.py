@@ -18,6 +18,8 @@ from pydantic import (
     model_validator,
 )
 
+from shared.registry import Registry
+
 READ_ONLY_FIELDS = frozenset({"MonitorGuid", "Hash", "CreatedDate", "LastModifiedDate"})
 DEFAULT_CHECK_INTERVAL_MINUTES = 5
 
@@ -165,22 +167,19 @@ class HttpMonitor(MonitorBase):
         return url
 
 
-_REGISTRY: dict[str, type[MonitorBase]] = {}
+_MODELS: Registry[type[MonitorBase]] = Registry("monitor type")
 
 
 def register(model: type[MonitorBase]) -> None:
-    for name in model.type_names:
-        if name in _REGISTRY:
-            raise RuntimeError(f"monitor type {name} registered twice")
-        _REGISTRY[name] = model
+    _MODELS.register(model.type_names, model)
 
 
 def model_for(monitor_type: str) -> type[MonitorBase] | None:
-    return _REGISTRY.get(monitor_type)
+    return _MODELS.get(monitor_type)
 
 
 def monitor_types() -> list[str]:
-    return sorted(_REGISTRY)
+    return _MODELS.names()
 
 
 register(HttpMonitor)

@@ -5,11 +5,26 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from pydantic import ValidationError
+from pydantic import AfterValidator, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _valid_broker(value: str) -> str:
+    parse_broker_url(value)
+    return value
+
+
+def _valid_listen(value: str) -> str:
+    parse_listen(value, 0)
+    return value
+
+
+# setting types that are checked where they are read, with the variable named in the error
+BrokerUrl = Annotated[str, AfterValidator(_valid_broker)]
+ListenAddress = Annotated[str, AfterValidator(_valid_listen)]
 
 
 class PicketSettings(BaseSettings):

@@ -18,25 +18,17 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import field_validator
-
-from shared.settings import PicketSettings, parse_listen
+from shared.settings import ListenAddress, PicketSettings, parse_listen
 
 log = logging.getLogger("picket.up")
 
 
 class UpSettings(PicketSettings):
     embedded_broker: Literal["auto", "mosquitto", "amqtt"] = "auto"
-    embedded_broker_listen: str = "127.0.0.1:18830"
-    api_listen: str = "127.0.0.1:8080"
-    metrics_listen: str = "127.0.0.1:9465"
+    embedded_broker_listen: ListenAddress = "127.0.0.1:18830"
+    api_listen: ListenAddress = "127.0.0.1:8080"
+    metrics_listen: ListenAddress = "127.0.0.1:9465"
     admin_password: str = ""
-
-    @field_validator("embedded_broker_listen", "api_listen", "metrics_listen")
-    @classmethod
-    def _listen(cls, value: str) -> str:
-        parse_listen(value, 0)
-        return value
 
 
 def _die_with_parent() -> None:

@@ -4,25 +4,28 @@ from __future__ import annotations
 
 from agent.probes.base import Outcome, Probe, ProbeContext
 from agent.probes.http import HttpProbe
+from shared.registry import Registry
 
-_PROBES: dict[str, type[Probe]] = {}
+_PROBES: Registry[type[Probe]] = Registry("probe")
 
 
 def register(probe: type[Probe]) -> None:
-    for name in probe.type_names:
-        if name in _PROBES:
-            raise RuntimeError(f"probe for {name} registered twice")
-        _PROBES[name] = probe
+    _PROBES.register(probe.type_names, probe)
 
 
 def probe_types() -> list[str]:
-    return sorted(_PROBES)
+    return _PROBES.names()
 
 
 def build(ctx: ProbeContext) -> dict[str, Probe]:
     """One probe instance per type name, sharing the context (engines, limits)."""
     instances: dict[type[Probe], Probe] = {}
-    return {name: instances.setdefault(cls, cls(ctx)) for name, cls in _PROBES.items()}
+    by_name: dict[str, Probe] = {}
+    for name, cls in _PROBES.items():
+        if cls not in instances:
+            instances[cls] = cls(ctx)
+        by_name[name] = instances[cls]
+    return by_name
 
 
 register(HttpProbe)
