@@ -19,8 +19,8 @@ up: $(STAMP)
 	exec $(BIN)/picket up
 
 lint: $(STAMP)
-	$(BIN)/ruff check controller agent shared tests bench
-	$(BIN)/ruff format --check controller agent shared tests bench
+	$(BIN)/ruff check controller agent shared tests $(wildcard bench)
+	$(BIN)/ruff format --check controller agent shared tests $(wildcard bench)
 	$(BIN)/mypy
 
 test: lint
