@@ -50,17 +50,28 @@ async def wait_for(
 class Mosquitto:
     """A private mosquitto on a free port, with its own config, ACL file and data dir."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(
+        self, workdir: Path, acl: str | None = None, users: dict[str, str] | None = None
+    ) -> None:
+        """Anonymous access to picket/v1/# by default; with `users`, only those logins, and
+        `acl` (the text of an ACL file) deciding who may touch which topic."""
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
-        acl = self.dir / "acl"
-        acl.write_text("topic readwrite picket/v1/#\n")
+        acl_file = self.dir / "acl"
+        acl_file.write_text(acl or "topic readwrite picket/v1/#\n")
+        auth = ["allow_anonymous true"]
+        if users:
+            passwd = self.dir / "passwd"
+            passwd.touch(mode=0o600)
+            for user, password in users.items():
+                subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, password], check=True)
+            auth = ["allow_anonymous false", f"password_file {passwd}"]
         lines = [
             f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
-            f"acl_file {acl}",
+            *auth,
+            f"acl_file {acl_file}",
             "persistence true",
             f"persistence_location {self.dir}/",
             f"log_dest file {self.dir / 'mosquitto.log'}",
@@ -75,6 +86,9 @@ class Mosquitto:
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
+
+    def login_url(self, user: str, password: str) -> str:
+        return f"mqtt://{user}:{password}@127.0.0.1:{self.port}"
 
     def start(self) -> None:
         binary = "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else "mosquitto"
@@ -109,6 +123,54 @@ class Mosquitto:
     def log(self) -> str:
         path = self.dir / "mosquitto.log"
         return path.read_text() if path.exists() else ""
+
+
+class Proxy:
+    """A TCP relay the test can cut and restore: a network partition between two processes."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.port = free_port()
+        self.upstream_port = upstream_port
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        """Refuse new connections and drop the open ones."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update({writer, up_writer})
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers.difference_update({writer, up_writer})
 
 
 class Process:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -10,7 +11,7 @@ import aiomqtt
 import pytest
 
 from tests.e2e.conftest import Stack
-from tests.helpers import Api, Mosquitto, Target, scrape, wait_for
+from tests.helpers import Api, Mosquitto, Proxy, Target, scrape, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -270,3 +271,50 @@ async def test_agent_keeps_results_across_restart_without_broker(
         )
 
     await wait_for(delivered, "the restarted agent to deliver its saved results")
+
+
+async def test_agent_reconciles_assignments_after_a_partition(
+    stack: Stack, mosquitto: Mosquitto, target: Target, http: aiohttp.ClientSession
+) -> None:
+    """A monitor deleted while the agent is cut off stops when the agent reconnects (sync)."""
+    proxy = Proxy(mosquitto.port)
+    await proxy.start()
+    stack.controller(mosquitto.url, f"sqlite+aiosqlite:///{stack.workdir / 'picket.db'}")
+    stack.agent(proxy.url)
+    api = await _ready(stack, http)
+    guids = []
+    for name in ("kept", "deleted while away"):
+        status, monitor = await api.call(
+            "POST",
+            "/api/v4/Monitor",
+            json={
+                "Name": name,
+                "MonitorType": "Http",
+                "Url": f"{target.base}/ok",
+                "CheckIntervalSeconds": 1,
+            },
+        )
+        assert status == 201, monitor
+        guids.append(monitor["MonitorGuid"])
+
+    async def assignments() -> float:
+        return (await scrape(http, stack.agent_metrics))["picket_agent_assignments"]
+
+    await wait_for(lambda: _equals(assignments, 2), "two assignments on the agent")
+    await proxy.cut()
+
+    async def disconnected() -> bool:
+        return (await scrape(http, stack.agent_metrics))["picket_agent_mqtt_connected"] == 0
+
+    await wait_for(disconnected, "the agent to lose the broker")
+    status, _ = await api.call("DELETE", f"/api/v4/Monitor/{guids[1]}")
+    assert status == 204
+    assert await assignments() == 2  # it cannot know yet
+    await proxy.start()
+    await wait_for(lambda: _equals(assignments, 1), "the agent to drop the deleted monitor")
+    await wait_for(lambda: _at_least(api, guids[0], 3), "the kept monitor to go on")
+    await proxy.cut()
+
+
+async def _equals(probe: Callable[[], Awaitable[float]], value: float) -> bool:
+    return await probe() == value
