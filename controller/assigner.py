@@ -112,12 +112,15 @@ class Assigner:
         current = {agent for (g, agent) in self._published if g == guid}
         for agent in desired:
             assert monitor is not None
-            if self._published.get((guid, agent)) == monitor.revision and agent != force_agent:
+            unchanged = self._published.get((guid, agent)) == monitor.revision
+            if unchanged and agent != force_agent:
                 continue
-            if await self.bus.assign(agent, guid, self.assignment(monitor)):
+            if await self.bus.assign(agent, guid, self.assignment(monitor)) and not unchanged:
                 self._published[(guid, agent)] = monitor.revision
                 await self.store.set_assignment(guid, agent, monitor.revision)
-                log.info("monitor %s assigned to agent %s", guid, agent)
+                log.info(
+                    "monitor %s (revision %s) assigned to agent %s", guid, monitor.revision, agent
+                )
         for agent in current - desired:
             if await self.bus.assign(agent, guid, None):
                 self._published.pop((guid, agent), None)
