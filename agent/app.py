@@ -185,6 +185,8 @@ class Agent:
                 resolved_ip=outcome.resolved_ip,
                 timings_ms=outcome.timings_ms,
                 response_body=body,
+                warnings=outcome.warnings,
+                details=outcome.details,
                 is_confirmation=confirms is not None,
                 confirms=confirms,
             )

@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import pycurl
 
@@ -36,6 +37,29 @@ REDIRECT_ERRORS = frozenset({pycurl.E_TOO_MANY_REDIRECTS})
 URL_ERRORS = frozenset({pycurl.E_URL_MALFORMAT, pycurl.E_UNSUPPORTED_PROTOCOL})
 
 
+HTTP_VERSIONS = {
+    "Http1_1": pycurl.CURL_HTTP_VERSION_1_1,
+    "Http2": pycurl.CURL_HTTP_VERSION_2_0,
+    "Http3": pycurl.CURL_HTTP_VERSION_3,
+}
+AUTH_TYPES = {
+    "Basic": pycurl.HTTPAUTH_BASIC,
+    "Digest": pycurl.HTTPAUTH_DIGEST,
+    "NTLM": pycurl.HTTPAUTH_NTLM,
+}
+_V = pycurl
+TLS_VERSIONS = {  # Uptrends' TlsVersion -> libcurl's minimum | maximum
+    "Tls13": _V.SSLVERSION_TLSv1_3 | _V.SSLVERSION_MAX_TLSv1_3,
+    "Tls12": _V.SSLVERSION_TLSv1_2 | _V.SSLVERSION_MAX_TLSv1_2,
+    "Tls11": _V.SSLVERSION_TLSv1_1 | _V.SSLVERSION_MAX_TLSv1_1,
+    "Tls10": _V.SSLVERSION_TLSv1_0 | _V.SSLVERSION_MAX_TLSv1_0,
+    "Tls12_Tls11": _V.SSLVERSION_TLSv1_1 | _V.SSLVERSION_MAX_TLSv1_2,
+    "Tls11_Tls10": _V.SSLVERSION_TLSv1_0 | _V.SSLVERSION_MAX_TLSv1_1,
+    "Tls12_Tls11_Tls10": _V.SSLVERSION_TLSv1_0 | _V.SSLVERSION_MAX_TLSv1_2,
+    "Tls12_Tls11_Tls10_WithFallback": _V.SSLVERSION_TLSv1_0 | _V.SSLVERSION_MAX_TLSv1_2,
+}
+
+
 @dataclass(frozen=True)
 class HttpRequest:
     url: str
@@ -44,8 +68,17 @@ class HttpRequest:
     body: bytes | None = None
     user_agent: str = ""
     timeout_seconds: float = 30.0
-    max_redirects: int = 10
+    max_redirects: int = 0  # the HTTP probe follows redirects itself, one transfer per hop
     max_body_bytes: int = 1_048_576
+    auth: str = "None"  # None | Basic | Digest | NTLM
+    username: str = ""
+    password: str = ""
+    verify_tls: bool = True
+    ip_version: int = 0  # 0: either, 4 or 6
+    http_version: str = "Negotiate"
+    tls_version: str | None = None
+    client_cert: bytes | None = None  # PEM
+    client_key: bytes | None = None  # PEM
 
 
 @dataclass(frozen=True)
@@ -88,6 +121,14 @@ class HttpResponse:
     primary_ip: str
     marks: Marks
     os_errno: int = 0  # the system error behind a failed connect, e.g. ECONNREFUSED
+    http_version: str = ""  # of the response: "1.1", "2", "3"
+    raw_headers: str = ""  # the final response's header block, as received
+
+
+@dataclass
+class _Host:
+    slots: asyncio.Semaphore
+    users: int = 0
 
 
 @dataclass
@@ -104,9 +145,11 @@ class _Transfer:
 class CurlEngine:
     """Runs HTTP transfers concurrently on the running loop, at most `max_concurrency` at once."""
 
-    def __init__(self, max_concurrency: int) -> None:
+    def __init__(self, max_concurrency: int, max_per_host: int = 256) -> None:
         self._loop = asyncio.get_running_loop()
         self._slots = asyncio.Semaphore(max_concurrency)
+        self._max_per_host = max_per_host
+        self._hosts: dict[str, _Host] = {}
         self._multi = pycurl.CurlMulti()
         self._multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
         self._multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
@@ -121,8 +164,19 @@ class CurlEngine:
         return len(self._transfers)
 
     async def request(self, req: HttpRequest) -> HttpResponse:
-        async with self._slots:
-            return await self._perform(req)
+        """One transfer, waiting first for room on its host, then for room overall."""
+        host = urlsplit(req.url).hostname or ""
+        entry = self._hosts.get(host)
+        if entry is None:
+            entry = self._hosts[host] = _Host(asyncio.Semaphore(self._max_per_host))
+        entry.users += 1
+        try:
+            async with entry.slots, self._slots:
+                return await self._perform(req)
+        finally:
+            entry.users -= 1
+            if entry.users == 0:  # forget idle hosts: the table stays as small as the load
+                del self._hosts[host]
 
     async def _perform(self, req: HttpRequest) -> HttpResponse:
         if self._closed:
@@ -170,6 +224,27 @@ class CurlEngine:
             c.setopt(pycurl.CUSTOMREQUEST, method)
         if req.body is not None and method not in ("GET", "HEAD"):
             c.setopt(pycurl.POSTFIELDS, req.body)
+        if req.auth in AUTH_TYPES:
+            c.setopt(pycurl.HTTPAUTH, AUTH_TYPES[req.auth])
+            c.setopt(pycurl.USERNAME, req.username)
+            c.setopt(pycurl.PASSWORD, req.password)
+        if not req.verify_tls:
+            c.setopt(pycurl.SSL_VERIFYPEER, 0)
+            c.setopt(pycurl.SSL_VERIFYHOST, 0)
+        if req.ip_version:
+            c.setopt(
+                pycurl.IPRESOLVE,
+                pycurl.IPRESOLVE_V4 if req.ip_version == 4 else pycurl.IPRESOLVE_V6,
+            )
+        if req.http_version in HTTP_VERSIONS:
+            c.setopt(pycurl.HTTP_VERSION, HTTP_VERSIONS[req.http_version])
+        if req.tls_version in TLS_VERSIONS:
+            c.setopt(pycurl.SSLVERSION, TLS_VERSIONS[req.tls_version])
+        if req.client_cert:
+            c.setopt(pycurl.SSLCERT_BLOB, req.client_cert)
+            c.setopt(pycurl.SSLCERTTYPE, "PEM")
+            c.setopt(pycurl.SSLKEY_BLOB, req.client_key or req.client_cert)
+            c.setopt(pycurl.SSLKEYTYPE, "PEM")
         c.setopt(pycurl.WRITEFUNCTION, _writer(transfer))
         c.setopt(pycurl.HEADERFUNCTION, transfer.header_lines.append)
 
@@ -195,6 +270,8 @@ class CurlEngine:
             primary_ip=str(c.getinfo(pycurl.PRIMARY_IP) or ""),
             marks=marks,
             os_errno=int(c.getinfo(pycurl.OS_ERRNO)),
+            http_version=_RESPONSE_VERSIONS.get(int(c.getinfo(pycurl.INFO_HTTP_VERSION)), ""),
+            raw_headers=_last_block(t.header_lines),
         )
 
     # --- libcurl <-> event loop -------------------------------------------------------------
@@ -284,6 +361,22 @@ def _writer(t: _Transfer) -> Callable[[bytes], None]:
             t.kept += len(piece)
 
     return write
+
+
+_RESPONSE_VERSIONS = {
+    pycurl.CURL_HTTP_VERSION_1_0: "1.0",
+    pycurl.CURL_HTTP_VERSION_1_1: "1.1",
+    pycurl.CURL_HTTP_VERSION_2_0: "2",
+    pycurl.CURL_HTTP_VERSION_3: "3",
+}
+
+
+def _last_block(lines: list[bytes]) -> str:
+    start = 0
+    for index, raw in enumerate(lines):
+        if raw.startswith(b"HTTP/"):
+            start = index
+    return b"".join(lines[start:]).decode("latin-1").rstrip("\r\n")
 
 
 def _last_headers(lines: list[bytes]) -> list[tuple[str, str]]:

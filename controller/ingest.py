@@ -127,6 +127,8 @@ class Ingest:
             "MonitorRevision": result.monitor_revision,
             "AgentId": agent_id,
         }
+        if result.warnings:
+            attributes["Warnings"] = result.warnings
         body = result.response_body
         if body is not None and result.error_code != 0:
             body = body[: self.failed_body_bytes]
@@ -142,4 +144,5 @@ class Ingest:
             "error_code": result.error_code,
             "attributes": json.dumps(attributes),
             "response_body": body,
+            "details": json.dumps(result.details) if result.details else None,
         }

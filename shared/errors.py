@@ -23,6 +23,10 @@ class ErrorCode(IntEnum):
     INVALID_URL = 150
     HTTP_STATUS_MISMATCH = 200
     CONTENT_MISMATCH = 210
+    LOAD_TIME_EXCEEDED = 220
+    TIME_TO_FIRST_BYTE_EXCEEDED = 221
+    TOO_FEW_BYTES = 230
+    TOO_MANY_BYTES = 231
 
 
 DESCRIPTIONS: dict[ErrorCode, str] = {
@@ -40,4 +44,8 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.INVALID_URL: "Invalid URL",
     ErrorCode.HTTP_STATUS_MISMATCH: "HTTP status code not as expected",
     ErrorCode.CONTENT_MISMATCH: "Content check failed",
+    ErrorCode.LOAD_TIME_EXCEEDED: "Load time limit exceeded",
+    ErrorCode.TIME_TO_FIRST_BYTE_EXCEEDED: "Time to first byte limit exceeded",
+    ErrorCode.TOO_FEW_BYTES: "Response smaller than the minimum",
+    ErrorCode.TOO_MANY_BYTES: "Response larger than the maximum",
 }

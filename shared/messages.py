@@ -74,6 +74,8 @@ class CheckResult(Message):
     resolved_ip: str = ""
     timings_ms: dict[str, float] = Field(default_factory=dict)
     response_body: str | None = None
+    warnings: list[str] = Field(default_factory=list)
+    details: dict[str, Any] | None = None  # per type: HTTP headers and waterfall, ...
     is_confirmation: bool = False
     confirms: str | None = None
 

@@ -58,7 +58,19 @@ class CheckpointSelection(_Strict):
     ExcludeLocations: list[int] = Field(default_factory=list)
 
 
-ConditionTypeName = Literal["HttpStatus", "ContentMatch"]
+ConditionTypeName = Literal[
+    "HttpStatus",
+    "ContentMatch",
+    "LoadTimeLimit1",
+    "LoadTimeLimit2",
+    "TotalMinBytes",
+    "TotalMaxBytes",
+    "TimeToFirstByteMaximum",
+]
+# conditions whose Value is a whole number: milliseconds or bytes
+NUMERIC_CONDITIONS = frozenset(
+    {"LoadTimeLimit1", "LoadTimeLimit2", "TotalMinBytes", "TotalMaxBytes", "TimeToFirstByteMaximum"}
+)
 MatchTypeName = Literal[
     "ErrorWhenContains",
     "ErrorWhenNotContains",
@@ -88,13 +100,22 @@ class ErrorCondition(_Strict):
                     re.compile(self.Value)
                 except re.error as exc:
                     raise ValueError(f"Value is not a valid regular expression: {exc}") from None
+        elif not self.Value.strip().isdigit():
+            unit = "bytes" if "Bytes" in self.ErrorConditionType else "milliseconds"
+            raise ValueError(f"{self.ErrorConditionType} needs Value: a whole number of {unit}")
         return self
+
+    @property
+    def number(self) -> int:
+        return int(self.Value.strip())
 
 
 class MonitorBase(_Strict):
     """Fields every monitor type has."""
 
     type_names: ClassVar[tuple[str, ...]] = ()
+    # write-only: stored and sent to the agent, never returned by GET, never in results or logs
+    secret_fields: ClassVar[tuple[str, ...]] = ()
 
     MonitorGuid: str | None = None
     Name: Annotated[str, Field(min_length=1, max_length=200)]
@@ -143,8 +164,23 @@ class MonitorBase(_Strict):
         return self.model_dump(mode="json", exclude=set(READ_ONLY_FIELDS))
 
 
+TlsVersionName = Literal[
+    "Tls13",
+    "Tls12",
+    "Tls11",
+    "Tls10",
+    "Tls12_Tls11",
+    "Tls11_Tls10",
+    "Tls12_Tls11_Tls10",
+    "Tls12_Tls11_Tls10_WithFallback",
+]
+PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+PEM_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.+?-----END [A-Z ]*PRIVATE KEY-----", re.S)
+
+
 class HttpMonitor(MonitorBase):
     type_names = ("Http", "Https")
+    secret_fields = ("Password", "ClientCertificateKey")
 
     MonitorType: Literal["Http", "Https"]
     Url: Annotated[str, Field(min_length=1, max_length=4096)]
@@ -152,7 +188,43 @@ class HttpMonitor(MonitorBase):
     RequestHeaders: list[RequestHeader] = Field(default_factory=list)
     RequestBody: str = ""
     UserAgent: str = ""
+    AuthenticationType: Literal["None", "Basic", "NTLM", "Digest"] = "None"
+    Username: str = Field(default="", validate_default=True)
+    Password: str = ""
+    CheckCertificateErrors: bool = True
+    IpVersion: Literal["IpV4", "IpV6"] | None = None
+    HttpVersion: Literal["Negotiate", "Http1_1", "Http2", "Http3"] = "Negotiate"
+    TlsVersion: TlsVersionName | None = None
+    # Picket: a client certificate (PEM) and its key (PEM, write-only), until the Vault exists
+    ClientCertificate: str = ""
+    ClientCertificateKey: str = ""
     ErrorConditions: list[ErrorCondition] = Field(default_factory=list)
+
+    @field_validator("Username")
+    @classmethod
+    def _user_for_auth(cls, username: str, info: ValidationInfo) -> str:
+        if ":" in username:
+            raise ValueError("must not contain ':'")
+        auth = info.data.get("AuthenticationType", "None")
+        if auth != "None" and not username:
+            raise ValueError(f"is required with AuthenticationType {auth}")
+        return username
+
+    @field_validator("ClientCertificate")
+    @classmethod
+    def _certificate(cls, pem: str) -> str:
+        if pem and not PEM_CERTIFICATE.search(pem):
+            raise ValueError("must be a PEM certificate (-----BEGIN CERTIFICATE-----)")
+        return pem
+
+    @field_validator("ClientCertificateKey")
+    @classmethod
+    def _key(cls, pem: str, info: ValidationInfo) -> str:
+        if pem and not PEM_KEY.search(pem):
+            raise ValueError("must be a PEM private key (-----BEGIN PRIVATE KEY-----)")
+        if pem and not info.data.get("ClientCertificate"):
+            raise ValueError("needs ClientCertificate too")
+        return pem
 
     @field_validator("Url")
     @classmethod

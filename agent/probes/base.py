@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from agent.curl import CurlEngine
 from shared.errors import DESCRIPTIONS, ErrorCode
@@ -26,6 +26,8 @@ class Outcome:
     resolved_ip: str = ""
     timings_ms: dict[str, float] = field(default_factory=dict)
     body: bytes | None = None
+    warnings: list[str] = field(default_factory=list)  # NoError, but worth a look
+    details: dict[str, Any] | None = None  # per-type detail (HTTP: headers, waterfall)
 
     @property
     def ok(self) -> bool:

@@ -1,14 +1,35 @@
-"""HTTP(S) checks on libcurl, with Uptrends' HttpStatus and ContentMatch error conditions."""
+"""HTTP(S) checks on libcurl with Uptrends' error conditions.
+
+Redirects are followed here, hop by hop, one libcurl transfer per hop, so every hop has its
+own timings (the waterfall). Credentials go only to the origin the monitor names.
+"""
 
 from __future__ import annotations
 
 import errno as os_errors
 import re
+import time
+from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 from agent import curl
 from agent.probes.base import Outcome, Probe
 from shared.errors import ErrorCode
 from shared.monitors import ErrorCondition, HttpMonitor, MonitorBase
+
+MAX_REDIRECTS = 10
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# sent only to the monitor's own origin, and masked in the stored waterfall
+PRIVATE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+PHASES: tuple[str, ...] = (
+    "ResolveTime",
+    "ConnectionTime",
+    "HttpsHandshakeTime",
+    "SendTime",
+    "WaitTime",
+    "DownloadTime",
+    "TotalTime",
+)
 
 
 def curl_error_code(errno: int, os_errno: int) -> ErrorCode:
@@ -41,15 +62,45 @@ def _decode(body: bytes) -> str:
     return body.decode("utf-8", errors="replace")
 
 
-def evaluate(conditions: list[ErrorCondition], status: int, body: bytes) -> Outcome | None:
-    """The first error condition that fails, as an Outcome; None when all pass."""
-    expected_status = [c for c in conditions if c.ErrorConditionType == "HttpStatus"]
-    if expected_status:
-        want = int(expected_status[0].Value.strip())
-        if status != want:
-            return Outcome(ErrorCode.HTTP_STATUS_MISMATCH, f"HTTP status {status}, expected {want}")
+def evaluate(
+    conditions: list[ErrorCondition],
+    status: int,
+    body: bytes,
+    total_ms: float = 0.0,
+    first_byte_ms: float = 0.0,
+    total_bytes: int = 0,
+) -> Outcome | None:
+    """The first error condition that fails, as an Outcome (with LoadTimeLimit1 as a warning
+    on an OK outcome); None when all pass."""
+    by_type: dict[str, ErrorCondition] = {}
+    for cond in conditions:
+        by_type.setdefault(cond.ErrorConditionType, cond)
+    expected_status = by_type.get("HttpStatus")
+    if expected_status is not None:
+        if status != expected_status.number:
+            return Outcome(
+                ErrorCode.HTTP_STATUS_MISMATCH,
+                f"HTTP status {status}, expected {expected_status.number}",
+            )
     elif status >= 400:
         return Outcome(ErrorCode.HTTP_STATUS_MISMATCH, f"HTTP status {status}")
+    limit2 = by_type.get("LoadTimeLimit2")
+    if limit2 is not None and total_ms > limit2.number:
+        return Outcome(
+            ErrorCode.LOAD_TIME_EXCEEDED, f"Load time {total_ms:.0f} ms > {limit2.number} ms"
+        )
+    first_byte = by_type.get("TimeToFirstByteMaximum")
+    if first_byte is not None and first_byte_ms > first_byte.number:
+        return Outcome(
+            ErrorCode.TIME_TO_FIRST_BYTE_EXCEEDED,
+            f"Time to first byte {first_byte_ms:.0f} ms > {first_byte.number} ms",
+        )
+    least = by_type.get("TotalMinBytes")
+    if least is not None and total_bytes < least.number:
+        return Outcome(ErrorCode.TOO_FEW_BYTES, f"{total_bytes} bytes < {least.number} bytes")
+    most = by_type.get("TotalMaxBytes")
+    if most is not None and total_bytes > most.number:
+        return Outcome(ErrorCode.TOO_MANY_BYTES, f"{total_bytes} bytes > {most.number} bytes")
     text: str | None = None
     for cond in conditions:
         if cond.ErrorConditionType != "ContentMatch":
@@ -64,38 +115,162 @@ def evaluate(conditions: list[ErrorCondition], status: int, body: bytes) -> Outc
         if found == error_when_found:
             verb = "contains" if found else "does not contain"
             return Outcome(ErrorCode.CONTENT_MISMATCH, f"Response {verb} {cond.Value!r}")
+    limit1 = by_type.get("LoadTimeLimit1")
+    if limit1 is not None and total_ms > limit1.number:
+        return Outcome(
+            warnings=[f"Load time {total_ms:.0f} ms > {limit1.number} ms (LoadTimeLimit1)"]
+        )
     return None
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
 
 
 class HttpProbe(Probe):
     type_names = HttpMonitor.type_names
 
+    def _request(
+        self, monitor: HttpMonitor, url: str, method: str, body: bytes | None, timeout: float
+    ) -> curl.HttpRequest:
+        same_origin = _origin(url) == _origin(monitor.Url)
+        headers = tuple(
+            (h.Name, h.Value)
+            for h in monitor.RequestHeaders
+            if same_origin or h.Name.lower() not in PRIVATE_HEADERS
+        )
+        key = monitor.ClientCertificateKey
+        return curl.HttpRequest(
+            url=url,
+            method=method,
+            headers=headers,
+            body=body,
+            user_agent=monitor.UserAgent,
+            timeout_seconds=timeout,
+            max_body_bytes=self.ctx.max_body_bytes,
+            auth=monitor.AuthenticationType if same_origin else "None",
+            username=monitor.Username,
+            password=monitor.Password,
+            verify_tls=monitor.CheckCertificateErrors,
+            ip_version={"IpV4": 4, "IpV6": 6}.get(monitor.IpVersion or "", 0),
+            http_version=monitor.HttpVersion,
+            tls_version=monitor.TlsVersion,
+            client_cert=monitor.ClientCertificate.encode() if monitor.ClientCertificate else None,
+            client_key=key.encode() if key else None,
+        )
+
     async def check(self, monitor: MonitorBase) -> Outcome:
         assert isinstance(monitor, HttpMonitor)
-        request = curl.HttpRequest(
-            url=monitor.Url,
-            method=monitor.HttpMethod,
-            headers=tuple((h.Name, h.Value) for h in monitor.RequestHeaders),
-            body=monitor.RequestBody.encode() if monitor.RequestBody else None,
-            user_agent=monitor.UserAgent,
-            timeout_seconds=monitor.TimeoutSeconds,
-            max_redirects=10,
-            max_body_bytes=self.ctx.max_body_bytes,
-        )
-        response = await self.ctx.curl.request(request)
-        outcome = Outcome(
-            http_status_code=response.status,
-            total_bytes=response.total_bytes,
-            resolved_ip=response.primary_ip,
-            timings_ms=response.marks.phases_ms(),
-            body=response.body,
-        )
-        if response.curl_error:
-            outcome.error_code = curl_error_code(response.curl_error, response.os_errno)
-            outcome.error_message = response.curl_message or f"libcurl error {response.curl_error}"
+        method = monitor.HttpMethod.upper()
+        body = monitor.RequestBody.encode() if monitor.RequestBody else None
+        url = monitor.Url
+        began = time.perf_counter()
+        deadline = began + monitor.TimeoutSeconds
+        totals = dict.fromkeys(PHASES, 0.0)
+        waterfall: list[dict[str, Any]] = []
+        total_bytes = 0
+        outcome = Outcome()
+        response: curl.HttpResponse | None = None
+        for hop in range(MAX_REDIRECTS + 1):
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                outcome.error_code = ErrorCode.TIMEOUT
+                outcome.error_message = f"no answer within {monitor.TimeoutSeconds} s"
+                break
+            request = self._request(monitor, url, method, body, remaining)
+            start_ms = (time.perf_counter() - began) * 1000
+            response = await self.ctx.curl.request(request)
+            phases = response.marks.phases_ms()
+            for name in PHASES:
+                totals[name] += phases[name]
+            total_bytes += response.total_bytes
+            waterfall.append(_element(hop, request, response, phases, start_ms))
+            if response.curl_error:
+                outcome.error_code = curl_error_code(response.curl_error, response.os_errno)
+                outcome.error_message = (
+                    response.curl_message or f"libcurl error {response.curl_error}"
+                )
+                break
+            location = dict((k.lower(), v) for k, v in response.headers).get("location")
+            if response.status not in REDIRECT_STATUSES or not location:
+                break
+            if hop == MAX_REDIRECTS:
+                outcome.error_code = ErrorCode.TOO_MANY_REDIRECTS
+                outcome.error_message = f"more than {MAX_REDIRECTS} redirects"
+                break
+            url = urljoin(url, location)
+            if urlsplit(url).scheme.lower() not in ("http", "https"):
+                outcome.error_code = ErrorCode.INVALID_URL
+                outcome.error_message = f"redirect to a non-HTTP URL: {url}"
+                break
+            if response.status == 303 or (response.status in (301, 302) and method == "POST"):
+                method, body = "GET", None  # as browsers do
+        outcome.timings_ms = {k: round(v, 3) for k, v in totals.items()}
+        outcome.total_bytes = total_bytes
+        if response is not None:
+            outcome.http_status_code = response.status
+            outcome.resolved_ip = response.primary_ip
+            outcome.body = response.body
+            outcome.details = {
+                "Url": url,
+                "HttpVersion": response.http_version,
+                "ResponseHeaders": response.raw_headers,
+                "Waterfall": waterfall,
+            }
+        if not outcome.ok or response is None:
             return outcome
-        failed = evaluate(monitor.ErrorConditions, response.status or 0, response.body)
-        if failed is not None:
-            outcome.error_code = failed.error_code
-            outcome.error_message = failed.error_message
+        first_byte_ms = response.marks.starttransfer / 1000.0
+        verdict = evaluate(
+            monitor.ErrorConditions,
+            response.status or 0,
+            response.body,
+            total_ms=totals["TotalTime"],
+            first_byte_ms=first_byte_ms,
+            total_bytes=total_bytes,
+        )
+        if verdict is not None:
+            outcome.error_code = verdict.error_code
+            outcome.error_message = verdict.error_message
+            outcome.warnings = verdict.warnings
         return outcome
+
+
+def _element(
+    index: int,
+    request: curl.HttpRequest,
+    response: curl.HttpResponse,
+    phases: dict[str, float],
+    start_ms: float,
+) -> dict[str, Any]:
+    """One waterfall element with Uptrends' PageElement fields (ms, µs resolution)."""
+    sent = [f"{request.method} {request.url}"]
+    if request.user_agent:
+        sent.append(f"User-Agent: {request.user_agent}")
+    sent.extend(
+        f"{name}: {'***' if name.lower() in PRIVATE_HEADERS else value}"
+        for name, value in request.headers
+    )
+    return {
+        "Index": index,
+        "Url": request.url,
+        "ElementType": "Document",
+        "HttpStatusCode": response.status or 0,
+        "TotalBytes": response.total_bytes,
+        "StartTime": round(start_ms, 3),
+        "ResolveTime": phases["ResolveTime"],
+        "ConnectTime": phases["ConnectionTime"],
+        "StaleTime": 0.0,
+        "HttpsHandshakeTime": phases["HttpsHandshakeTime"],
+        "SendTime": phases["SendTime"],
+        "WaitTime": phases["WaitTime"],
+        "ReceiveTime": phases["DownloadTime"],
+        "TimeoutTime": phases["TotalTime"] if response.curl_error == 28 else 0.0,
+        "TotalTime": phases["TotalTime"],
+        "RequestHeaders": "\r\n".join(sent),
+        "ResponseHeaders": response.raw_headers,
+        "ResolvedIpAddress": response.primary_ip,
+        "HttpVersion": response.http_version,
+        "ErrorMessage": response.curl_message,
+        "UrlIsBlocked": False,
+    }

@@ -45,11 +45,19 @@ def represent(row: CheckRow, assigner: Assigner) -> dict[str, Any]:
             "IsConcurrentCheck": False,
         }
     )
+    self_link = f"{PREFIX}/MonitorCheck/{row.id}"
+    relationships = []
+    if row.details and "Waterfall" in row.details:
+        relationships = [
+            {"Id": row.id, "Type": kind, "Links": {"Self": f"{self_link}/{kind}"}}
+            for kind in ("Http", "Waterfall")
+        ]
     return {
         "Id": row.id,
         "Type": "MonitorCheck",
         "Attributes": attributes,
-        "Links": {"Self": f"{PREFIX}/MonitorCheck/{row.id}"},
+        "Relationships": relationships,
+        "Links": {"Self": self_link},
     }
 
 
@@ -163,15 +171,49 @@ async def monitor_checks(request: web.Request) -> web.Response:
 
 @routes.get(PREFIX + "/MonitorCheck/{monitorCheckId}")
 async def one_check(request: web.Request) -> web.Response:
-    ctl = controller(request)
+    row = await _check_for_detail(request)
+    return ok({"Data": represent(row, controller(request).assigner)})
+
+
+async def _check_for_detail(request: web.Request) -> CheckRow:
     text = request.match_info["monitorCheckId"]
     try:
         check_id = int(text)
     except ValueError:
         fail(400, "monitorCheckId: must be a whole number", "monitorCheckId")
-    if not 0 < check_id < 2**63:
-        fail(404, f"MonitorCheck {text} not found", "monitorCheckId")
-    row = await ctl.store.check(check_id)
+    row = await controller(request).store.check(check_id) if 0 < check_id < 2**63 else None
     if row is None:
         fail(404, f"MonitorCheck {text} not found", "monitorCheckId")
-    return ok({"Data": represent(row, ctl.assigner)})
+    return row
+
+
+def _http_details(row: CheckRow) -> dict[str, Any]:
+    details = row.details or {}
+    if "Waterfall" not in details:
+        fail(404, f"MonitorCheck {row.id} has no HTTP details", "monitorCheckId")
+    return details
+
+
+@routes.get(PREFIX + "/MonitorCheck/{monitorCheckId}/Http")
+async def http_details(request: web.Request) -> web.Response:
+    row = await _check_for_detail(request)
+    details = _http_details(row)
+    attributes = {
+        "ResponseBody": row.response_body or "",
+        "ResponseHeaders": details.get("ResponseHeaders", ""),
+        "Url": details.get("Url", ""),
+        "HttpVersion": details.get("HttpVersion", ""),
+    }
+    links = {"Self": f"{PREFIX}/MonitorCheck/{row.id}/Http"}
+    return ok({"Data": {"Id": row.id, "Type": "Http", "Attributes": attributes, "Links": links}})
+
+
+@routes.get(PREFIX + "/MonitorCheck/{monitorCheckId}/Waterfall")
+async def waterfall(request: web.Request) -> web.Response:
+    row = await _check_for_detail(request)
+    details = _http_details(row)
+    attributes = {"Elements": details["Waterfall"], "DomainGroupNames": []}
+    links = {"Self": f"{PREFIX}/MonitorCheck/{row.id}/Waterfall"}
+    return ok(
+        {"Data": {"Id": row.id, "Type": "Waterfall", "Attributes": attributes, "Links": links}}
+    )

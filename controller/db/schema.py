@@ -103,5 +103,6 @@ monitor_check = sa.Table(
     sa.Column("error_code", sa.Integer, nullable=False),
     sa.Column("attributes", sa.Text, nullable=False),  # JSON: timings and the rest
     sa.Column("response_body", sa.Text, nullable=True),  # failed checks only, truncated
+    sa.Column("details", sa.Text, nullable=True),  # JSON per type: headers, waterfall (0002)
     sa.Index("ix_monitor_check_monitor_ts", "monitor_guid", "ts_us", "id"),
 )

@@ -69,6 +69,7 @@ class CheckRow:
     error_code: int
     attributes: dict[str, Any]
     response_body: str | None
+    details: dict[str, Any] | None
 
 
 class NameTaken(Exception):
@@ -380,6 +381,7 @@ class Store:
             error_code=row.error_code,
             attributes=json.loads(row.attributes),
             response_body=row.response_body,
+            details=json.loads(row.details) if row.details else None,
         )
 
     async def check(self, check_id: int) -> CheckRow | None:
