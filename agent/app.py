@@ -292,7 +292,9 @@ async def serve(settings: AgentSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    curl = CurlEngine(settings.max_concurrency)
+    curl = CurlEngine(
+        settings.max_concurrency, settings.max_per_host, ca_file=settings.ca_file or None
+    )
     try:
         await Agent(settings, curl).run(stop)
     finally:

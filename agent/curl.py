@@ -145,7 +145,9 @@ class _Transfer:
 class CurlEngine:
     """Runs HTTP transfers concurrently on the running loop, at most `max_concurrency` at once."""
 
-    def __init__(self, max_concurrency: int, max_per_host: int = 256) -> None:
+    def __init__(
+        self, max_concurrency: int, max_per_host: int = 256, ca_file: str | None = None
+    ) -> None:
         self._loop = asyncio.get_running_loop()
         self._slots = asyncio.Semaphore(max_concurrency)
         self._max_per_host = max_per_host
@@ -156,7 +158,8 @@ class CurlEngine:
         self._timer: asyncio.TimerHandle | None = None
         self._transfers: dict[int, _Transfer] = {}
         self._watched: dict[int, int] = {}  # fd -> pycurl.POLL_* bitmask
-        self._ca_bundle = SYSTEM_CA_BUNDLE if os.path.exists(SYSTEM_CA_BUNDLE) else None
+        system = SYSTEM_CA_BUNDLE if os.path.exists(SYSTEM_CA_BUNDLE) else None
+        self._ca_bundle = ca_file or system
         self._closed = False
 
     @property
@@ -203,8 +206,10 @@ class CurlEngine:
         c.setopt(pycurl.NOSIGNAL, 1)
         c.setopt(pycurl.PROTOCOLS, HTTP_ONLY)
         c.setopt(pycurl.REDIR_PROTOCOLS, HTTP_ONLY)
-        c.setopt(pycurl.FOLLOWLOCATION, 1 if req.max_redirects > 0 else 0)
-        c.setopt(pycurl.MAXREDIRS, req.max_redirects)
+        if req.max_redirects > 0:
+            c.setopt(pycurl.FOLLOWLOCATION, 1)
+            c.setopt(pycurl.MAXREDIRS, req.max_redirects)
+        # (MAXREDIRS 0 would also forbid the second request of Digest and NTLM authentication)
         c.setopt(pycurl.TIMEOUT_MS, max(1, int(req.timeout_seconds * 1000)))
         c.setopt(pycurl.CONNECTTIMEOUT_MS, max(1, int(req.timeout_seconds * 1000)))
         # every check measures a whole connection: DNS, TCP and TLS each time

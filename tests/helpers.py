@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import os
+import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -213,11 +216,12 @@ class Target:
     def __init__(self) -> None:
         self.port = free_port()
         self.hits = 0
+        self.scheme = "http"
         self._runner: web.AppRunner | None = None
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     async def _ok(self, request: web.Request) -> web.Response:
         self.hits += 1
@@ -237,20 +241,73 @@ class Target:
         hops = int(request.match_info["hops"])
         raise web.HTTPFound("/ok" if hops <= 1 else f"/redirect/{hops - 1}")
 
+    async def _goto(self, request: web.Request) -> web.Response:
+        self.hits += 1
+        raise web.HTTPFound(request.query["url"])
+
     async def _big(self, request: web.Request) -> web.Response:
         self.hits += 1
         return web.Response(body=b"x" * int(request.query.get("bytes", "100000")))
 
-    async def start(self) -> None:
+    async def _basic(self, request: web.Request) -> web.Response:
+        self.hits += 1
+        expected = "Basic " + base64.b64encode(b"alice:wonder land").decode()
+        if request.headers.get("Authorization") != expected:
+            raise web.HTTPUnauthorized(headers={"WWW-Authenticate": 'Basic realm="t"'})
+        return web.Response(text="welcome alice\n")
+
+    async def _digest(self, request: web.Request) -> web.Response:
+        """RFC 7616 Digest (MD5, qop=auth) for user bob, password 'b0b'."""
+        self.hits += 1
+        header = request.headers.get("Authorization", "")
+        params = {
+            m.group(1): m.group(2) if m.group(2) is not None else m.group(3)
+            for m in re.finditer(r'(\w+)=(?:"([^"]*)"|([^,\s]*))', header)
+        }
+        if header.startswith("Digest ") and params.get("username") == "bob":
+
+            def md5(text: str) -> str:
+                return hashlib.md5(text.encode()).hexdigest()
+
+            ha1 = md5("bob:picket:b0b")
+            ha2 = md5(f"{request.method}:{params.get('uri', '')}")
+            expected = md5(
+                f"{ha1}:{params.get('nonce')}:{params.get('nc')}:{params.get('cnonce')}:auth:{ha2}"
+            )
+            if params.get("response") == expected:
+                return web.Response(text="welcome bob\n")
+        challenge = 'Digest realm="picket", qop="auth", nonce="0123456789abcdef", algorithm=MD5'
+        raise web.HTTPUnauthorized(headers={"WWW-Authenticate": challenge})
+
+    async def _echo(self, request: web.Request) -> web.Response:
+        self.hits += 1
+        peer = request.transport.get_extra_info("peercert") if request.transport else None
+        subject = dict(x[0] for x in peer["subject"]) if peer else {}
+        return web.json_response(
+            {
+                "method": request.method,
+                "headers": dict(request.headers),
+                "body": (await request.read()).decode(errors="replace"),
+                "client_cn": subject.get("commonName"),
+                "version": f"{request.version.major}.{request.version.minor}",
+            }
+        )
+
+    async def start(self, ssl_context: ssl.SSLContext | None = None) -> None:
         app = web.Application()
+        app.router.add_get("/basic", self._basic)
+        app.router.add_get("/digest", self._digest)
+        app.router.add_route("*", "/echo", self._echo)
         app.router.add_get("/redirect/{hops}", self._redirect)
+        app.router.add_get("/goto", self._goto)
         app.router.add_get("/big", self._big)
         app.router.add_get("/ok", self._ok)
         app.router.add_get("/slow", self._slow)
         app.router.add_get("/status/{code}", self._status)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=ssl_context).start()
+        self.scheme = "https" if ssl_context else "http"
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -78,6 +78,17 @@ async def test_monitor_end_to_end(
         assert abs(sum(a[p] for p in phases) - a["TotalTime"]) < 1.0, a
         assert a["ServerId"] in server_ids and a["MonitorGuid"] == guid
         assert a["Timestamp"].endswith("Z") and len(a["Timestamp"]) == 24
+    first_id = checks[0]["Id"]
+    status, waterfall = await api.call("GET", f"/api/v4/MonitorCheck/{first_id}/Waterfall")
+    assert status == 200, waterfall
+    (element,) = waterfall["Data"]["Attributes"]["Elements"]
+    assert (
+        element["Url"] == f"{target.base}/slow?ms={DELAY_MS}" and element["HttpStatusCode"] == 200
+    )
+    assert element["WaitTime"] == checks[0]["Attributes"]["WaitTime"]
+    status, details = await api.call("GET", f"/api/v4/MonitorCheck/{first_id}/Http")
+    assert status == 200 and "200" in details["Data"]["Attributes"]["ResponseHeaders"]
+    assert details["Data"]["Attributes"]["ResponseBody"] == ""  # bodies are kept for failures only
     status, one = await api.call("GET", f"/api/v4/MonitorCheck/{checks[0]['Id']}")
     assert (
         status == 200

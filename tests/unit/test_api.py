@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from controller.api.common import CONTROLLER
 from controller.app import Controller, create_app
 from controller.db.store import Store
 from controller.settings import ControllerSettings
@@ -170,3 +172,35 @@ async def test_check_queries_validate_their_parameters(client: TestClient[Any, A
     assert resp.status == 404
     resp = await client.get("/api/v4/Checkpoint/7", headers=ADMIN)
     assert resp.status == 404
+
+
+async def test_secrets_are_write_only(client: TestClient[Any, Any]) -> None:
+    body = {
+        **MONITOR,
+        "AuthenticationType": "Basic",
+        "Username": "svc",
+        "Password": "hunter2",
+    }
+    resp = await client.post("/api/v4/Monitor", json=body, headers=ADMIN)
+    assert resp.status == 201, await resp.text()
+    created = await resp.json()
+    assert "Password" not in created and created["Username"] == "svc"
+    guid = created["MonitorGuid"]
+    got = await (await client.get(f"/api/v4/Monitor/{guid}", headers=ADMIN)).json()
+    assert "hunter2" not in json.dumps(got)
+    # a GET-edit-PUT round trip keeps the secret it could not see
+    resp = await client.put(f"/api/v4/Monitor/{guid}", json={**got, "Notes": "x"}, headers=ADMIN)
+    assert resp.status == 204, await resp.text()
+    store = client.server.app[CONTROLLER].store
+    stored = await store.monitor(guid)
+    assert stored is not None and stored.definition["Password"] == "hunter2"
+    resp = await client.patch(f"/api/v4/Monitor/{guid}", json={"Password": "new"}, headers=ADMIN)
+    assert resp.status == 204
+    stored = await store.monitor(guid)
+    assert stored is not None and stored.definition["Password"] == "new"
+    resp = await client.post(
+        "/api/v4/Monitor",
+        json={**MONITOR, "Name": "n2", "AuthenticationType": "NTLM"},
+        headers=ADMIN,
+    )
+    assert resp.status == 400 and (await resp.json())["Messages"][0]["Field"] == "Username"
