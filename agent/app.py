@@ -187,6 +187,7 @@ class Agent:
                 response_body=body,
                 warnings=outcome.warnings,
                 details=outcome.details,
+                attributes=outcome.attributes,
                 is_confirmation=confirms is not None,
                 confirms=confirms,
             )

@@ -114,6 +114,7 @@ class Ingest:
         monitor = self.assigner.monitors.get(result.monitor_guid)
         staging = bool(monitor and monitor.definition.get("MonitorMode") == "Staging")
         attributes: dict[str, Any] = {
+            **result.attributes,
             **result.timings_ms,
             "MonitorType": result.monitor_type,
             "ErrorDescription": result.error_description,

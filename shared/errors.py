@@ -27,6 +27,11 @@ class ErrorCode(IntEnum):
     TIME_TO_FIRST_BYTE_EXCEEDED = 221
     TOO_FEW_BYTES = 230
     TOO_MANY_BYTES = 231
+    DNS_ANSWER_MISMATCH = 240
+    CERTIFICATE_EXPIRING = 250
+    CERTIFICATE_MISMATCH = 251
+    PACKET_LOSS = 260
+    ICMP_NOT_PERMITTED = 261
 
 
 DESCRIPTIONS: dict[ErrorCode, str] = {
@@ -48,4 +53,9 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.TIME_TO_FIRST_BYTE_EXCEEDED: "Time to first byte limit exceeded",
     ErrorCode.TOO_FEW_BYTES: "Response smaller than the minimum",
     ErrorCode.TOO_MANY_BYTES: "Response larger than the maximum",
+    ErrorCode.DNS_ANSWER_MISMATCH: "DNS answer not as expected",
+    ErrorCode.CERTIFICATE_EXPIRING: "Certificate expires soon",
+    ErrorCode.CERTIFICATE_MISMATCH: "Certificate not as expected",
+    ErrorCode.PACKET_LOSS: "All pings lost",
+    ErrorCode.ICMP_NOT_PERMITTED: "ICMP sockets not permitted",
 }

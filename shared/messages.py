@@ -76,6 +76,7 @@ class CheckResult(Message):
     response_body: str | None = None
     warnings: list[str] = Field(default_factory=list)
     details: dict[str, Any] | None = None  # per type: HTTP headers and waterfall, ...
+    attributes: dict[str, Any] = Field(default_factory=dict)  # per type, e.g. DnsAnswers
     is_confirmation: bool = False
     confirms: str | None = None
 

@@ -10,6 +10,7 @@ import re
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -19,6 +20,7 @@ from pydantic import (
 )
 
 from shared.registry import Registry
+from shared.settings import split_host_port
 
 READ_ONLY_FIELDS = frozenset({"MonitorGuid", "Hash", "CreatedDate", "LastModifiedDate"})
 DEFAULT_CHECK_INTERVAL_MINUTES = 5
@@ -239,6 +241,97 @@ class HttpMonitor(MonitorBase):
         return url
 
 
+HOST_PATTERN = re.compile(
+    r"^(\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]+|[A-Za-z0-9_.-]{1,253})$"
+)
+
+
+def _host(value: str) -> str:
+    text = value.strip()
+    if not text or not HOST_PATTERN.fullmatch(text):
+        raise ValueError("must be a host name or an IP address")
+    return text.strip("[]")
+
+
+HostName = Annotated[str, AfterValidator(_host)]
+
+DnsQueryName = Literal[
+    "ARecord",
+    "AaaaRecord",
+    "CnameRecord",
+    "MxRecord",
+    "NsRecord",
+    "TxtRecord",
+    "SoaRecord",
+    "SrvRecord",
+    "CaaRecord",
+]
+
+
+class DnsMonitor(MonitorBase):
+    type_names = ("DNS",)
+
+    MonitorType: Literal["DNS"]
+    DnsQuery: DnsQueryName = "ARecord"
+    DnsTestValue: Annotated[str, Field(min_length=1, max_length=253)]  # the name to look up
+    DnsServer: str = ""  # host or host:port; empty: the agent's system resolver
+    DnsExpectedResult: str = ""  # passes when the answer set contains it
+    IpVersion: Literal["IpV4", "IpV6"] | None = None  # to reach the DnsServer
+
+    @field_validator("DnsServer")
+    @classmethod
+    def _server(cls, value: str) -> str:
+        if value.strip():
+            host, _port = split_host_port(value, 53)
+            _host(host)
+        return value.strip()
+
+
+class ConnectMonitor(MonitorBase):
+    type_names = ("Connect",)
+
+    MonitorType: Literal["Connect"]
+    NetworkAddress: HostName
+    Port: Annotated[int, Field(ge=1, le=65535)]
+    IpVersion: Literal["IpV4", "IpV6"] | None = None
+    SendString: str = ""  # Picket: sent once connected ("\r\n" escapes allowed as is)
+    ExpectString: str = ""  # Picket: must appear in what the server sends back
+
+
+class CertificateMonitor(MonitorBase):
+    type_names = ("Certificate",)
+
+    MonitorType: Literal["Certificate"]
+    Url: Annotated[str, Field(min_length=1, max_length=4096)]  # https://host[:port]
+    IpVersion: Literal["IpV4", "IpV6"] | None = None
+    CheckCertificateErrors: bool = True  # chain and host name
+    CertificateExpirationWarningDays: Annotated[int, Field(ge=0, le=3650)] = 30
+    CertificateName: str = ""
+    CertificateOrganization: str = ""
+    CertificateOrganizationalUnit: str = ""
+    CertificateSerialNumber: str = ""
+    CertificateFingerprint: str = ""
+    CertificateIssuerName: str = ""
+    CertificateIssuerCompanyName: str = ""
+    CertificateIssuerOrganizationalUnit: str = ""
+
+    @field_validator("Url")
+    @classmethod
+    def _https(cls, url: str) -> str:
+        if not re.fullmatch(r"(?i)https://[^/?#\s]+[^\s]*", url):
+            raise ValueError("must be an https:// URL")
+        return url
+
+
+class PingMonitor(MonitorBase):
+    type_names = ("Ping",)
+
+    MonitorType: Literal["Ping"]
+    NetworkAddress: HostName
+    IpVersion: Literal["IpV4", "IpV6"] | None = None
+    PingCount: Annotated[int, Field(ge=1, le=20)] = 3  # Picket
+
+
 _MODELS: Registry[type[MonitorBase]] = Registry("monitor type")
 
 
@@ -254,4 +347,5 @@ def monitor_types() -> list[str]:
     return _MODELS.names()
 
 
-register(HttpMonitor)
+for _model in (HttpMonitor, DnsMonitor, ConnectMonitor, CertificateMonitor, PingMonitor):
+    register(_model)

@@ -99,8 +99,8 @@ def parse_broker_url(url: str) -> BrokerTarget:
     )
 
 
-def parse_listen(value: str, default_port: int) -> tuple[str, int]:
-    """`host:port`, `[v6]:port`, `host` or `:port`."""
+def split_host_port(value: str, default_port: int, min_port: int = 1) -> tuple[str, int]:
+    """`host`, `host:port`, `v6`, `[v6]:port` (and `:port`, with an empty host)."""
     text = value.strip()
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
@@ -109,7 +109,15 @@ def parse_listen(value: str, default_port: int) -> tuple[str, int]:
         host, _, port_text = text.partition(":")
     else:
         host, port_text = text, ""
+    if port_text and not port_text.isdigit():
+        raise ValueError("port must be a number")
     port = int(port_text) if port_text else default_port
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port {port} out of range")
+    if not min_port <= port <= 65535:
+        raise ValueError(f"port must be {min_port}-65535")
+    return host, port
+
+
+def parse_listen(value: str, default_port: int) -> tuple[str, int]:
+    """Where to listen: like split_host_port, the host defaulting to 127.0.0.1, port 0 allowed."""
+    host, port = split_host_port(value, default_port, min_port=0)
     return host or "127.0.0.1", port

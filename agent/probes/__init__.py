@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from agent.probes.base import Outcome, Probe, ProbeContext
+from agent.probes.dns import DnsProbe
 from agent.probes.http import HttpProbe
 from shared.registry import Registry
 
@@ -28,6 +29,7 @@ def build(ctx: ProbeContext) -> dict[str, Probe]:
     return by_name
 
 
-register(HttpProbe)
+for _probe in (HttpProbe, DnsProbe):
+    register(_probe)
 
 __all__ = ["Outcome", "Probe", "ProbeContext", "build", "probe_types", "register"]

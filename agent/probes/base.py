@@ -28,6 +28,7 @@ class Outcome:
     body: bytes | None = None
     warnings: list[str] = field(default_factory=list)  # NoError, but worth a look
     details: dict[str, Any] | None = None  # per-type detail (HTTP: headers, waterfall)
+    attributes: dict[str, Any] = field(default_factory=dict)  # per-type MonitorCheck attributes
 
     @property
     def ok(self) -> bool:
