@@ -44,7 +44,11 @@ class Agent:
         self.outbox = Outbox(settings.data_dir / "outbox" / self.id, self.id)
         self.curl = curl
         self.probes: dict[str, Probe] = probes.build(
-            ProbeContext(curl=curl, max_body_bytes=settings.max_body_bytes)
+            ProbeContext(
+                curl=curl,
+                max_body_bytes=settings.max_body_bytes,
+                ca_file=settings.ca_file or None,
+            )
         )
         self.scheduler = Scheduler(self._start_scheduled, self.metrics.slots_skipped.inc)
         self.link = AgentLink(settings.broker_url, self.id, self, self.metrics)

@@ -13,6 +13,7 @@ from shared.monitors import MonitorBase
 class ProbeContext:
     curl: CurlEngine
     max_body_bytes: int
+    ca_file: str | None = None  # trusted CAs for TLS outside libcurl; None: the system's
 
 
 @dataclass
@@ -37,6 +38,13 @@ class Outcome:
     @property
     def description(self) -> str:
         return DESCRIPTIONS[self.error_code]
+
+
+def span_ms(marks: dict[str, float], end: str, start: str) -> float:
+    """Milliseconds between two perf_counter marks (µs resolution); 0 if either is missing."""
+    if end not in marks or start not in marks:
+        return 0.0
+    return round((marks[end] - marks[start]) * 1000, 3)
 
 
 class Probe(ABC):

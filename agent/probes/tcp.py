@@ -1,0 +1,91 @@
+"""Connect checks: resolve, open a TCP connection, optionally send a line and expect a reply."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+
+from agent.probes.base import Outcome, Probe, span_ms
+from shared.errors import ErrorCode
+from shared.monitors import ConnectMonitor, MonitorBase
+
+MAX_REPLY_BYTES = 65_536
+FAMILIES = {"IpV4": socket.AF_INET, "IpV6": socket.AF_INET6}
+
+
+async def resolve(host: str, port: int, ip_version: str | None) -> tuple[socket.AddressFamily, str]:
+    """The first address of host (the loop's resolver runs in a thread: never blocks the loop)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(
+        host, port, family=FAMILIES.get(ip_version or "", 0), type=socket.SOCK_STREAM
+    )
+    family, _type, _proto, _name, sockaddr = infos[0]
+    return family, str(sockaddr[0])
+
+
+def connect_error(exc: OSError) -> ErrorCode:
+    if isinstance(exc, socket.gaierror):
+        return ErrorCode.DNS_FAILURE
+    if isinstance(exc, ConnectionRefusedError):
+        return ErrorCode.CONNECTION_REFUSED
+    return ErrorCode.CONNECTION_FAILED
+
+
+class ConnectProbe(Probe):
+    type_names = ConnectMonitor.type_names
+
+    async def check(self, monitor: MonitorBase) -> Outcome:
+        assert isinstance(monitor, ConnectMonitor)
+        outcome = Outcome()
+        marks = {"began": time.perf_counter()}
+        writer: asyncio.StreamWriter | None = None
+        received = b""
+        try:
+            async with asyncio.timeout(monitor.TimeoutSeconds):
+                family, address = await resolve(
+                    monitor.NetworkAddress, monitor.Port, monitor.IpVersion
+                )
+                outcome.resolved_ip = address
+                marks["resolved"] = time.perf_counter()
+                reader, writer = await asyncio.open_connection(address, monitor.Port, family=family)
+                marks["connected"] = time.perf_counter()
+                if monitor.SendString:
+                    writer.write(monitor.SendString.encode())
+                    await writer.drain()
+                    marks["sent"] = time.perf_counter()
+                if monitor.ExpectString:
+                    expected = monitor.ExpectString.encode()
+                    while expected not in received and len(received) < MAX_REPLY_BYTES:
+                        chunk = await reader.read(4096)
+                        if not chunk:
+                            break
+                        marks.setdefault("first_byte", time.perf_counter())
+                        received += chunk
+                    if expected not in received:
+                        outcome.error_code = ErrorCode.CONTENT_MISMATCH
+                        outcome.error_message = (
+                            f"the reply does not contain {monitor.ExpectString!r}"
+                        )
+        except TimeoutError:
+            outcome.error_code = ErrorCode.TIMEOUT
+            outcome.error_message = f"no connection or reply within {monitor.TimeoutSeconds} s"
+        except OSError as exc:
+            outcome.error_code = connect_error(exc)
+            outcome.error_message = str(exc) or type(exc).__name__
+        finally:
+            if writer is not None:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+        marks["done"] = time.perf_counter()
+        outcome.total_bytes = len(received)
+        outcome.body = received or None
+        after_connect = "sent" if "sent" in marks else "connected"
+        outcome.timings_ms = {
+            "ResolveTime": span_ms(marks, "resolved", "began"),
+            "ConnectionTime": span_ms(marks, "connected", "resolved"),
+            "WaitTime": span_ms(marks, "first_byte", after_connect),
+            "TotalTime": span_ms(marks, "done", "began"),
+        }
+        return outcome

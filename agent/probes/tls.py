@@ -1,0 +1,145 @@
+"""Certificate checks: the server's certificate, its chain and name, expiry, expected fields."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import ssl
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
+
+from agent.probes.base import Outcome, Probe, span_ms
+from agent.probes.tcp import connect_error, resolve
+from shared.errors import ErrorCode
+from shared.monitors import CertificateMonitor, MonitorBase
+from shared.timefmt import iso
+
+
+def _attr(name: x509.Name, oid: x509.ObjectIdentifier) -> str:
+    values = name.get_attributes_for_oid(oid)
+    return str(values[0].value) if values else ""
+
+
+def describe(cert: x509.Certificate) -> dict[str, Any]:
+    """The certificate in the fields of Uptrends' Certificate monitor."""
+    return {
+        "CertificateName": _attr(cert.subject, NameOID.COMMON_NAME),
+        "CertificateOrganization": _attr(cert.subject, NameOID.ORGANIZATION_NAME),
+        "CertificateOrganizationalUnit": _attr(cert.subject, NameOID.ORGANIZATIONAL_UNIT_NAME),
+        "CertificateSerialNumber": format(cert.serial_number, "X"),
+        "CertificateFingerprint": cert.fingerprint(hashes.SHA1()).hex().upper(),
+        "CertificateIssuerName": _attr(cert.issuer, NameOID.COMMON_NAME),
+        "CertificateIssuerCompanyName": _attr(cert.issuer, NameOID.ORGANIZATION_NAME),
+        "CertificateIssuerOrganizationalUnit": _attr(cert.issuer, NameOID.ORGANIZATIONAL_UNIT_NAME),
+        "CertificateNotAfter": iso(cert.not_valid_after_utc.timestamp()),
+        "CertificateSha256Fingerprint": cert.fingerprint(hashes.SHA256()).hex().upper(),
+    }
+
+
+def _same(field: str, expected: str, actual: str) -> bool:
+    if field in ("CertificateSerialNumber", "CertificateFingerprint"):
+
+        def clean(text: str) -> str:
+            return text.replace(":", "").replace(" ", "").lstrip("0").upper()
+
+        return clean(expected) == clean(actual)
+    return expected.strip().lower() == actual.strip().lower()
+
+
+EXPECTED_FIELDS = (
+    "CertificateName",
+    "CertificateOrganization",
+    "CertificateOrganizationalUnit",
+    "CertificateSerialNumber",
+    "CertificateFingerprint",
+    "CertificateIssuerName",
+    "CertificateIssuerCompanyName",
+    "CertificateIssuerOrganizationalUnit",
+)
+
+
+class CertificateProbe(Probe):
+    type_names = CertificateMonitor.type_names
+
+    def _context(self, verify: bool) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.ctx.ca_file)
+        if not verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    async def check(self, monitor: MonitorBase) -> Outcome:
+        assert isinstance(monitor, CertificateMonitor)
+        parts = urlsplit(monitor.Url)
+        host, port = parts.hostname or "", parts.port or 443
+        outcome = Outcome()
+        marks = {"began": time.perf_counter()}
+        der: bytes | None = None
+        writer: asyncio.StreamWriter | None = None
+        try:
+            async with asyncio.timeout(monitor.TimeoutSeconds):
+                family, address = await resolve(host, port, monitor.IpVersion)
+                outcome.resolved_ip = address
+                marks["resolved"] = time.perf_counter()
+                _reader, writer = await asyncio.open_connection(
+                    address,
+                    port,
+                    family=family,
+                    ssl=self._context(monitor.CheckCertificateErrors),
+                    server_hostname=host,
+                )
+                marks["handshake"] = time.perf_counter()
+                tls = writer.get_extra_info("ssl_object")
+                der = tls.getpeercert(binary_form=True) if tls is not None else None
+        except TimeoutError:
+            outcome.error_code = ErrorCode.TIMEOUT
+            outcome.error_message = f"no TLS handshake within {monitor.TimeoutSeconds} s"
+        except ssl.SSLCertVerificationError as exc:
+            outcome.error_code = ErrorCode.CERTIFICATE_INVALID
+            outcome.error_message = exc.verify_message or str(exc)
+        except ssl.SSLError as exc:
+            outcome.error_code = ErrorCode.TLS_ERROR
+            outcome.error_message = exc.reason or str(exc)
+        except OSError as exc:
+            outcome.error_code = connect_error(exc)
+            outcome.error_message = str(exc) or type(exc).__name__
+        finally:
+            if writer is not None:
+                writer.close()
+                with contextlib.suppress(OSError, ssl.SSLError):
+                    await writer.wait_closed()
+        marks["done"] = time.perf_counter()
+        outcome.timings_ms = {
+            "ResolveTime": span_ms(marks, "resolved", "began"),
+            "HttpsHandshakeTime": span_ms(marks, "handshake", "resolved"),
+            "TotalTime": span_ms(marks, "done", "began"),
+        }
+        if not outcome.ok or der is None:
+            if outcome.ok:
+                outcome.error_code = ErrorCode.TLS_ERROR
+                outcome.error_message = "the server sent no certificate"
+            return outcome
+        cert = x509.load_der_x509_certificate(der)
+        outcome.attributes = describe(cert)
+        left = cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
+        outcome.attributes["CertificateDaysLeft"] = left.days
+        if left.total_seconds() <= 0:
+            outcome.error_code = ErrorCode.CERTIFICATE_INVALID
+            outcome.error_message = f"expired on {outcome.attributes['CertificateNotAfter']}"
+        elif left.days < monitor.CertificateExpirationWarningDays:
+            outcome.error_code = ErrorCode.CERTIFICATE_EXPIRING
+            warn_days = monitor.CertificateExpirationWarningDays
+            outcome.error_message = f"expires in {left.days} days (warning at {warn_days})"
+        for field in EXPECTED_FIELDS:
+            expected = getattr(monitor, field)
+            actual = outcome.attributes[field]
+            if outcome.ok and expected and not _same(field, expected, actual):
+                outcome.error_code = ErrorCode.CERTIFICATE_MISMATCH
+                outcome.error_message = f"{field} is {actual!r}, expected {expected!r}"
+        return outcome

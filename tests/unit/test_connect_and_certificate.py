@@ -1,0 +1,137 @@
+"""Connect and Certificate checks against real loopback servers."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from agent.curl import CurlEngine
+from agent.probes.base import Outcome, ProbeContext
+from agent.probes.tcp import ConnectProbe
+from agent.probes.tls import CertificateProbe
+from shared.errors import ErrorCode
+from shared.monitors import CertificateMonitor, ConnectMonitor
+from tests.helpers import Target, free_port
+
+
+@pytest.fixture
+async def echo_port() -> AsyncIterator[int]:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 picket-echo ready\r\n")
+        while data := await reader.read(1024):
+            writer.write(b"echo: " + data)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+
+
+async def _context(ca_file: str | None = None) -> ProbeContext:
+    return ProbeContext(curl=CurlEngine(1), max_body_bytes=0, ca_file=ca_file)
+
+
+async def _connect(**fields: Any) -> Outcome:
+    monitor = ConnectMonitor.model_validate(
+        {"Name": "c", "MonitorType": "Connect", "NetworkAddress": "127.0.0.1", **fields}
+    )
+    ctx = await _context()
+    try:
+        return await ConnectProbe(ctx).check(monitor)
+    finally:
+        ctx.curl.close()
+
+
+async def test_connect(echo_port: int) -> None:
+    plain = await _connect(Port=echo_port)
+    assert plain.ok and plain.resolved_ip == "127.0.0.1"
+    assert plain.timings_ms["TotalTime"] >= plain.timings_ms["ConnectionTime"] > 0
+    talk = await _connect(Port=echo_port, SendString="PING\r\n", ExpectString="echo: PING")
+    assert talk.ok, talk
+    assert talk.timings_ms["WaitTime"] > 0
+    greeting = await _connect(Port=echo_port, ExpectString="220 picket-echo")
+    assert greeting.ok, greeting
+    wrong = await _connect(Port=echo_port, SendString="x\n", ExpectString="PONG", TimeoutSeconds=1)
+    assert wrong.error_code in (ErrorCode.CONTENT_MISMATCH, ErrorCode.TIMEOUT)
+    refused = await _connect(Port=free_port())
+    assert refused.error_code == ErrorCode.CONNECTION_REFUSED
+    v6 = await _connect(NetworkAddress="::1", Port=free_port(), IpVersion="IpV6")
+    assert v6.error_code in (ErrorCode.CONNECTION_REFUSED, ErrorCode.CONNECTION_FAILED)
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA(organization_name="Picket Test CA")
+
+
+async def _tls_server(cert: trustme.LeafCert) -> Target:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    server = Target()
+    await server.start(ssl_context=context)
+    return server
+
+
+async def _certificate(ca_file: str, url: str, **fields: Any) -> Outcome:
+    monitor = CertificateMonitor.model_validate(
+        {"Name": "t", "MonitorType": "Certificate", "Url": url, **fields}
+    )
+    ctx = await _context(ca_file)
+    try:
+        return await CertificateProbe(ctx).check(monitor)
+    finally:
+        ctx.curl.close()
+
+
+async def test_certificate(ca: trustme.CA, tmp_path: Path) -> None:
+    ca_file = str(tmp_path / "ca.pem")
+    ca.cert_pem.write_to_path(ca_file)
+    now = datetime.datetime.now(datetime.UTC)
+    good = await _tls_server(
+        ca.issue_cert(
+            "127.0.0.1",
+            common_name="picket.test",
+            organization_name="Picket",
+            not_after=now + datetime.timedelta(days=90),
+        )
+    )
+    soon = await _tls_server(ca.issue_cert("127.0.0.1", not_after=now + datetime.timedelta(days=5)))
+    wrong_host = await _tls_server(ca.issue_cert("elsewhere.test"))
+    try:
+        ok = await _certificate(ca_file, good.base, CertificateName="PICKET.test")
+        assert ok.ok, ok
+        a = ok.attributes
+        assert a["CertificateName"] == "picket.test" and a["CertificateOrganization"] == "Picket"
+        assert a["CertificateIssuerCompanyName"] == "Picket Test CA"
+        assert 88 <= a["CertificateDaysLeft"] <= 90 and a["CertificateNotAfter"].endswith("Z")
+        assert ok.timings_ms["HttpsHandshakeTime"] > 0
+        pinned = await _certificate(
+            ca_file, good.base, CertificateFingerprint=a["CertificateFingerprint"].lower()
+        )
+        assert pinned.ok
+        mismatch = await _certificate(ca_file, good.base, CertificateOrganization="Someone")
+        assert mismatch.error_code == ErrorCode.CERTIFICATE_MISMATCH
+        assert "CertificateOrganization" in mismatch.error_message
+        expiring = await _certificate(ca_file, soon.base, CertificateExpirationWarningDays=30)
+        assert expiring.error_code == ErrorCode.CERTIFICATE_EXPIRING
+        assert (await _certificate(ca_file, soon.base, CertificateExpirationWarningDays=3)).ok
+        host = await _certificate(ca_file, wrong_host.base)
+        assert host.error_code == ErrorCode.CERTIFICATE_INVALID and "mismatch" in host.error_message
+        relaxed = await _certificate(ca_file, wrong_host.base, CheckCertificateErrors=False)
+        assert relaxed.ok and relaxed.attributes["CertificateName"] == ""
+        other_ca = str(tmp_path / "other-ca.pem")
+        trustme.CA().cert_pem.write_to_path(other_ca)
+        stranger = await _certificate(other_ca, good.base)  # a CA the agent does not trust
+        assert stranger.error_code == ErrorCode.CERTIFICATE_INVALID, stranger
+    finally:
+        for server in (good, soon, wrong_host):
+            await server.stop()
