@@ -5,6 +5,7 @@ from __future__ import annotations
 from agent.probes.base import Outcome, Probe, ProbeContext
 from agent.probes.dns import DnsProbe
 from agent.probes.http import HttpProbe
+from agent.probes.ping import PingProbe
 from agent.probes.tcp import ConnectProbe
 from agent.probes.tls import CertificateProbe
 from shared.registry import Registry
@@ -31,7 +32,7 @@ def build(ctx: ProbeContext) -> dict[str, Probe]:
     return by_name
 
 
-for _probe in (HttpProbe, DnsProbe, ConnectProbe, CertificateProbe):
+for _probe in (HttpProbe, DnsProbe, ConnectProbe, CertificateProbe, PingProbe):
     register(_probe)
 
 __all__ = ["Outcome", "Probe", "ProbeContext", "build", "probe_types", "register"]
