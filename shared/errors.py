@@ -31,6 +31,8 @@ class ErrorCode(IntEnum):
     CERTIFICATE_EXPIRING = 250
     CERTIFICATE_MISMATCH = 251
     PACKET_LOSS = 260
+    ASSERTION_FAILED = 270
+    VARIABLE_UNDEFINED = 271
     ICMP_NOT_PERMITTED = 261
 
 
@@ -57,5 +59,7 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.CERTIFICATE_EXPIRING: "Certificate expires soon",
     ErrorCode.CERTIFICATE_MISMATCH: "Certificate not as expected",
     ErrorCode.PACKET_LOSS: "All pings lost",
+    ErrorCode.ASSERTION_FAILED: "Assertion failed",
+    ErrorCode.VARIABLE_UNDEFINED: "Variable not defined",
     ErrorCode.ICMP_NOT_PERMITTED: "ICMP sockets not permitted",
 }

@@ -6,6 +6,7 @@ definition against its type's model, and the agent receives the validated defini
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -19,6 +20,14 @@ from pydantic import (
     model_validator,
 )
 
+from shared.msa import (
+    MsaScript,
+    MsaStep,
+    PredefinedVariable,
+    keep_step_passwords,
+    parse_script,
+    redact_steps,
+)
 from shared.registry import Registry
 from shared.settings import split_host_port
 
@@ -164,6 +173,18 @@ class MonitorBase(_Strict):
     def definition(self) -> dict[str, Any]:
         """What is stored and sent to agents: every field but the server-set ones."""
         return self.model_dump(mode="json", exclude=set(READ_ONLY_FIELDS))
+
+    @classmethod
+    def redact(cls, definition: dict[str, Any]) -> dict[str, Any]:
+        """The definition as GET shows it: write-only secrets left out."""
+        return {k: v for k, v in definition.items() if k not in cls.secret_fields}
+
+    @classmethod
+    def keep_secrets(cls, new: dict[str, Any], old: dict[str, Any]) -> None:
+        """GET never shows secrets, so a GET-edit-PUT round trip must not erase them."""
+        for secret in cls.secret_fields:
+            if secret not in new and secret in old:
+                new[secret] = old[secret]
 
 
 TlsVersionName = Literal[
@@ -332,6 +353,58 @@ class PingMonitor(MonitorBase):
     PingCount: Annotated[int, Field(ge=1, le=20)] = 3  # Picket
 
 
+class MultiStepApiMonitor(MonitorBase):
+    type_names = ("MultiStepApi",)
+
+    MonitorType: Literal["MultiStepApi"]
+    MsaSteps: list[MsaStep] = Field(default_factory=list)
+    PredefinedVariables: list[PredefinedVariable] = Field(default_factory=list)
+    MultiStepApiTransactionScript: str = Field(default="", validate_default=True)
+
+    @field_validator("MultiStepApiTransactionScript")
+    @classmethod
+    def _script(cls, text: str, info: ValidationInfo) -> str:
+        if text.strip():
+            if info.data.get("MsaSteps"):
+                raise ValueError("give MsaSteps or MultiStepApiTransactionScript, not both")
+            script = parse_script(text)
+            if not script.MsaSteps:
+                raise ValueError("MsaSteps: at least one step is needed")
+        elif not info.data.get("MsaSteps"):
+            raise ValueError("give MsaSteps or MultiStepApiTransactionScript: no step found")
+        return text
+
+    @property
+    def script(self) -> MsaScript:
+        if self.MultiStepApiTransactionScript.strip():
+            return parse_script(self.MultiStepApiTransactionScript)
+        return MsaScript(MsaSteps=self.MsaSteps, PredefinedVariables=self.PredefinedVariables)
+
+    @classmethod
+    def redact(cls, definition: dict[str, Any]) -> dict[str, Any]:
+        shown = super().redact(definition)
+        shown["MsaSteps"] = redact_steps(shown.get("MsaSteps") or [])
+        script = shown.get("MultiStepApiTransactionScript")
+        if script:
+            parsed = json.loads(script)
+            parsed["MsaSteps"] = redact_steps(parsed.get("MsaSteps") or [])
+            shown["MultiStepApiTransactionScript"] = json.dumps(parsed)
+        return shown
+
+    @classmethod
+    def keep_secrets(cls, new: dict[str, Any], old: dict[str, Any]) -> None:
+        super().keep_secrets(new, old)
+        keep_step_passwords(new.get("MsaSteps") or [], old.get("MsaSteps") or [])
+        if new.get("MultiStepApiTransactionScript") and old.get("MultiStepApiTransactionScript"):
+            try:
+                new_script = json.loads(new["MultiStepApiTransactionScript"])
+                old_script = json.loads(old["MultiStepApiTransactionScript"])
+            except (json.JSONDecodeError, TypeError):
+                return  # validation names the problem
+            keep_step_passwords(new_script.get("MsaSteps") or [], old_script.get("MsaSteps") or [])
+            new["MultiStepApiTransactionScript"] = json.dumps(new_script)
+
+
 _MODELS: Registry[type[MonitorBase]] = Registry("monitor type")
 
 
@@ -347,5 +420,12 @@ def monitor_types() -> list[str]:
     return _MODELS.names()
 
 
-for _model in (HttpMonitor, DnsMonitor, ConnectMonitor, CertificateMonitor, PingMonitor):
+for _model in (
+    HttpMonitor,
+    DnsMonitor,
+    ConnectMonitor,
+    CertificateMonitor,
+    PingMonitor,
+    MultiStepApiMonitor,
+):
     register(_model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from agent.probes.api import MultiStepApiProbe
 from agent.probes.base import Outcome, Probe, ProbeContext
 from agent.probes.dns import DnsProbe
 from agent.probes.http import HttpProbe
@@ -32,7 +33,14 @@ def build(ctx: ProbeContext) -> dict[str, Probe]:
     return by_name
 
 
-for _probe in (HttpProbe, DnsProbe, ConnectProbe, CertificateProbe, PingProbe):
+for _probe in (
+    HttpProbe,
+    DnsProbe,
+    ConnectProbe,
+    CertificateProbe,
+    PingProbe,
+    MultiStepApiProbe,
+):
     register(_probe)
 
 __all__ = ["Outcome", "Probe", "ProbeContext", "build", "probe_types", "register"]

@@ -30,6 +30,7 @@ class Outcome:
     warnings: list[str] = field(default_factory=list)  # NoError, but worth a look
     details: dict[str, Any] | None = None  # per-type detail (HTTP: headers, waterfall)
     attributes: dict[str, Any] = field(default_factory=dict)  # per-type MonitorCheck attributes
+    description_override: str = ""  # ErrorDescription, when the code's own words say too little
 
     @property
     def ok(self) -> bool:
@@ -37,7 +38,7 @@ class Outcome:
 
     @property
     def description(self) -> str:
-        return DESCRIPTIONS[self.error_code]
+        return self.description_override or DESCRIPTIONS[self.error_code]
 
 
 def span_ms(marks: dict[str, float], end: str, start: str) -> float:

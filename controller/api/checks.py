@@ -46,12 +46,14 @@ def represent(row: CheckRow, assigner: Assigner) -> dict[str, Any]:
         }
     )
     self_link = f"{PREFIX}/MonitorCheck/{row.id}"
-    relationships = []
+    kinds: tuple[str, ...] = ()
     if row.details and "Waterfall" in row.details:
-        relationships = [
-            {"Id": row.id, "Type": kind, "Links": {"Self": f"{self_link}/{kind}"}}
-            for kind in ("Http", "Waterfall")
-        ]
+        kinds = ("Http", "Waterfall")
+    elif row.details and "StepResults" in row.details:
+        kinds = ("MultiStepAPI",)
+    relationships = [
+        {"Id": row.id, "Type": kind, "Links": {"Self": f"{self_link}/{kind}"}} for kind in kinds
+    ]
     return {
         "Id": row.id,
         "Type": "MonitorCheck",
@@ -216,4 +218,21 @@ async def waterfall(request: web.Request) -> web.Response:
     links = {"Self": f"{PREFIX}/MonitorCheck/{row.id}/Waterfall"}
     return ok(
         {"Data": {"Id": row.id, "Type": "Waterfall", "Attributes": attributes, "Links": links}}
+    )
+
+
+@routes.get(PREFIX + "/MonitorCheck/{monitorCheckId}/MultiStepAPI")
+async def multi_step_details(request: web.Request) -> web.Response:
+    row = await _check_for_detail(request)
+    details = row.details or {}
+    if "StepResults" not in details:
+        fail(404, f"MonitorCheck {row.id} is not a multi-step API check", "monitorCheckId")
+    attributes = {
+        "StepResults": details["StepResults"],
+        "TotalSteps": details.get("TotalSteps", len(details["StepResults"])),
+        "PassedSteps": details.get("PassedSteps", 0),
+    }
+    links = {"Self": f"{PREFIX}/MonitorCheck/{row.id}/MultiStepAPI"}
+    return ok(
+        {"Data": {"Id": row.id, "Type": "MultiStepAPI", "Attributes": attributes, "Links": links}}
     )

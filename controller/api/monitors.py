@@ -41,15 +41,12 @@ def validate(raw: dict[str, Any]) -> monitors.MonitorBase:
         raise invalid(exc) from None
 
 
-def _secrets(monitor_type: str) -> tuple[str, ...]:
-    model = monitors.model_for(monitor_type)
-    return model.secret_fields if model else ()
+def _model(monitor_type: str) -> type[monitors.MonitorBase]:
+    return monitors.model_for(monitor_type) or monitors.MonitorBase
 
 
 def represent(row: MonitorRow) -> dict[str, Any]:
-    body = {"MonitorGuid": row.guid, **row.definition}
-    for secret in _secrets(row.monitor_type):  # write-only
-        body.pop(secret, None)
+    body = {"MonitorGuid": row.guid, **_model(row.monitor_type).redact(row.definition)}
     # GET returns the interval field that was set, not both
     for key in ("CheckInterval", "CheckIntervalSeconds"):
         if body.get(key) is None:
@@ -129,10 +126,7 @@ async def replace_monitor(request: web.Request) -> web.Response:
     body.setdefault("MonitorType", current.monitor_type)
     if body["MonitorType"] != current.monitor_type:
         fail(400, "MonitorType: cannot be changed", "MonitorType")
-    # GET never shows secrets, so a GET-edit-PUT round trip must not erase them
-    for secret in _secrets(current.monitor_type):
-        if secret not in body and secret in current.definition:
-            body[secret] = current.definition[secret]
+    _model(current.monitor_type).keep_secrets(body, current.definition)
     await _save(request, _row(current.guid, validate(body), current.created_us), create=False)
     return web.Response(status=204)
 

@@ -1,0 +1,184 @@
+"""Multi-step API (MSA) definitions with Uptrends' field names: steps, variables, assertions.
+
+Steps come either as `MsaSteps` (+ `PredefinedVariables`) on the monitor, or inside the
+`MultiStepApiTransactionScript` JSON string (`{"MsaSteps": [...], "PredefinedVariables": [...],
+"Version": 2}`). Script-only step fields that Picket does not use (Encoding, discriminator, ...)
+are accepted and ignored so an exported script imports as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_.\-]+)\s*\}\}")
+
+SourceName = Literal[
+    "None",
+    "Constant",
+    "Variable",
+    "ResponseStatusCode",
+    "ResponseStatusDescription",
+    "ResponseBodyJson",
+    "ResponseCompleted",
+    "ResponseBodyText",
+    "Fail",
+    "ContentLengthCalculated",
+    "Duration",
+    "Sum",
+    "Concatenation",
+    "ToBase64",
+    "ToSHA1Hex",
+    "ToMD5Hex",
+    "ResponseBodyXml",
+    "ResponseHeader",
+    "Cookie",
+    "VariablesResolved",
+    "CumulativeDuration",
+    "ResponseHasException",
+]
+ComparisonName = Literal[
+    "Equal",
+    "DoesNotEqual",
+    "ContainsText",
+    "DoesNotContainText",
+    "ShouldBeIgnored",
+    "LessThan",
+    "GreaterThan",
+    "LessThanOrEqual",
+    "GreaterThanOrEqual",
+    "IsNotEmpty",
+    "IsEmpty",
+    "IsNotNull",
+    "IsNull",
+    "DoesNotExist",
+    "Exists",
+]
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ApiVariableDefinition(_Lenient):
+    Source: SourceName
+    Property: str = ""
+    Name: str = ""
+    Arguments: list[ApiVariableDefinition] = Field(default_factory=list)
+
+
+class ApiAssertion(_Lenient):
+    Source: SourceName
+    Property: str = ""
+    Comparison: ComparisonName
+    TargetValue: str = ""
+
+
+class ApiAuthenticationInfo(_Lenient):
+    Id: str | None = None
+    AuthenticationType: Literal["None", "Basic", "NTLM", "Digest"] = "None"
+    UserName: str = ""
+    Password: str = ""  # write-only
+    PasswordSpecified: bool = False
+
+
+class HeaderValue(_Lenient):
+    Key: Annotated[str, Field(min_length=1)]
+    Value: str = ""
+
+
+class MsaStep(_Lenient):
+    StepType: Literal["HttpRequest", "Delay"] = "HttpRequest"
+    Name: str = ""
+    Url: str = Field(default="", validate_default=True)
+    Method: str = "GET"
+    Body: str = ""
+    RequestHeaders: list[HeaderValue] = Field(default_factory=list)
+    Variables: list[ApiVariableDefinition] = Field(default_factory=list)
+    Assertions: list[ApiAssertion] = Field(default_factory=list)
+    Authentication: ApiAuthenticationInfo | None = None
+    IgnoreCertificateErrors: bool = False
+    Delay: Annotated[int, Field(ge=0, le=120_000)] = 0  # milliseconds
+    RetryUntilSuccessful: bool = False
+    MaxAttempts: Annotated[int, Field(ge=1, le=10)] = 1
+    RetryWaitMilliseconds: Annotated[int, Field(ge=0, le=60_000)] = 0
+
+    @field_validator("Method")
+    @classmethod
+    def _method(cls, method: str) -> str:
+        upper = method.upper()
+        if upper not in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"):
+            raise ValueError("must be GET, POST, PUT, PATCH, DELETE, HEAD or OPTIONS")
+        return upper
+
+    @field_validator("Url")
+    @classmethod
+    def _url(cls, url: str, info: ValidationInfo) -> str:
+        if info.data.get("StepType", "HttpRequest") == "HttpRequest" and not url:
+            raise ValueError("is required for an HttpRequest step")
+        if url and not re.match(r"(?i)(https?://|\{\{)", url):
+            raise ValueError("must start with http://, https:// or a {{variable}}")
+        return url
+
+
+class PredefinedVariable(_Lenient):
+    Key: Annotated[str, Field(min_length=1)]
+    Value: str = ""
+
+
+class MsaScript(_Lenient):
+    MsaSteps: list[MsaStep] = Field(default_factory=list)
+    PredefinedVariables: list[PredefinedVariable] = Field(default_factory=list)
+    Version: int = 2
+
+
+def parse_script(text: str) -> MsaScript:
+    """The MultiStepApiTransactionScript string; ValueError naming what is wrong."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"is not valid JSON: {exc}") from None
+    try:
+        return MsaScript.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in first["loc"])
+        where = where.replace(".[", "[")
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ValueError(f"{where}: {message}") from None
+
+
+def redact_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Steps as GET shows them: authentication passwords left out."""
+    shown = []
+    for step in steps:
+        auth = step.get("Authentication")
+        if isinstance(auth, dict) and auth.get("Password"):
+            step = {**step, "Authentication": {**auth, "Password": "", "PasswordSpecified": True}}
+        shown.append(step)
+    return shown
+
+
+def keep_step_passwords(new: list[dict[str, Any]], old: list[dict[str, Any]]) -> None:
+    """A step sent back without its password (as GET showed it) keeps the stored one."""
+    for index, step in enumerate(new):
+        auth = step.get("Authentication")
+        before = old[index].get("Authentication") if index < len(old) else None
+        if (
+            isinstance(auth, dict)
+            and isinstance(before, dict)
+            and not auth.get("Password")
+            and auth.get("UserName") == before.get("UserName")
+            and before.get("Password")
+        ):
+            auth["Password"] = before["Password"]

@@ -1,0 +1,247 @@
+"""Multi-step API checks against a real loopback API."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from agent.curl import CurlEngine
+from agent.probes.api import MultiStepApiProbe
+from agent.probes.assertions import MISSING, json_path
+from agent.probes.base import Outcome, ProbeContext
+from shared.errors import ErrorCode
+from shared.monitors import MultiStepApiMonitor
+from tests.servers.api import ApiTarget
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[ApiTarget]:
+    server = ApiTarget()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def _run(**fields: Any) -> Outcome:
+    monitor = MultiStepApiMonitor.model_validate(
+        {"Name": "msa", "MonitorType": "MultiStepApi", **fields}
+    )
+    curl = CurlEngine(10)
+    try:
+        return await MultiStepApiProbe(ProbeContext(curl=curl, max_body_bytes=1 << 20)).check(
+            monitor
+        )
+    finally:
+        curl.close()
+
+
+def _assert(source: str, comparison: str, target: str = "", prop: str = "") -> dict[str, str]:
+    return {"Source": source, "Property": prop, "Comparison": comparison, "TargetValue": target}
+
+
+def _steps(base: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "StepType": "HttpRequest",
+            "Name": "log in",
+            "Method": "POST",
+            "Url": "{{base}}/login",
+            "Body": '{"user": "{{who}}"}',
+            "RequestHeaders": [{"Key": "Content-Type", "Value": "application/json"}],
+            "Variables": [
+                {"Source": "ResponseBodyJson", "Property": "token", "Name": "token"},
+                {"Source": "ResponseBodyJson", "Property": "$.user.id", "Name": "uid"},
+                {"Source": "Cookie", "Property": "session", "Name": "session"},
+            ],
+            "Assertions": [
+                _assert("ResponseStatusCode", "Equal", "200"),
+                _assert("ResponseBodyJson", "Equal", "Ada", "user.name"),
+                _assert("ResponseHeader", "ContainsText", "json", "Content-Type"),
+            ],
+        },
+        {"StepType": "Delay", "Name": "breathe", "Delay": 20},
+        {
+            "StepType": "HttpRequest",
+            "Name": "list orders",
+            "Url": f"{base}/orders",
+            "RequestHeaders": [{"Key": "Authorization", "Value": "Bearer {{token}}"}],
+            "Variables": [
+                {"Source": "ResponseBodyJson", "Property": "items[0].id", "Name": "first"},
+                {
+                    "Source": "Sum",
+                    "Name": "sum",
+                    "Arguments": [
+                        {"Source": "Variable", "Property": "uid"},
+                        {"Source": "Constant", "Property": "8"},
+                    ],
+                },
+                {
+                    "Source": "ToBase64",
+                    "Name": "b64",
+                    "Arguments": [{"Source": "Variable", "Property": "session"}],
+                },
+            ],
+            "Assertions": [
+                _assert("ResponseStatusCode", "Equal", "200"),
+                _assert("ResponseBodyJson", "GreaterThan", "1", "$.count"),
+                _assert("ResponseBodyJson", "Equal", "12.5", "items[0].total"),
+                _assert("ResponseBodyJson", "IsNull", "", "items[1].total"),
+                _assert("ResponseBodyJson", "DoesNotExist", "", "items[5].id"),
+                _assert("ResponseBodyJson", "IsNotEmpty", "", "items"),
+                _assert("Duration", "LessThan", "10000"),
+                _assert("Variable", "Equal", "50", "sum"),
+                _assert("Variable", "Equal", "cy0x", "b64"),
+            ],
+        },
+        {
+            "StepType": "HttpRequest",
+            "Name": "one order",
+            "Url": "{{base}}/orders/{{first}}",
+            "Assertions": [
+                _assert("ResponseBodyText", "ContainsText", "shipped"),
+                _assert("ResponseBodyJson", "Equal", "7", "id"),
+                _assert("CumulativeDuration", "GreaterThanOrEqual", "20"),
+            ],
+        },
+        {
+            "StepType": "HttpRequest",
+            "Name": "xml",
+            "Url": "{{base}}/xml",
+            "Assertions": [
+                _assert("ResponseBodyXml", "Equal", "open", "/shop/order/state"),
+                _assert("ResponseStatusDescription", "Equal", "OK"),
+            ],
+        },
+    ]
+
+
+def _variables(base: str) -> list[dict[str, str]]:
+    return [{"Key": "base", "Value": base}, {"Key": "who", "Value": "ada"}]
+
+
+async def test_a_chain_of_steps_with_variables_and_assertions(api: ApiTarget) -> None:
+    outcome = await _run(MsaSteps=_steps(api.base), PredefinedVariables=_variables(api.base))
+    assert outcome.ok, (outcome.description, outcome.error_message)
+    assert outcome.details is not None
+    steps = outcome.details["StepResults"]
+    assert [s["StepName"] for s in steps] == [
+        "log in",
+        "breathe",
+        "list orders",
+        "one order",
+        "xml",
+    ]
+    assert all(s["Passed"] and s["StepExecuted"] for s in steps)
+    orders = steps[2]
+    assert orders["Url"] == f"{api.base}/orders" and orders["HttpStatusCode"] == "200"
+    assert orders["AssertionResultsInfo"]["PassedAssertions"] == 9
+    assert "Authorization: ***" in orders["RequestHeaders"]
+    assert steps[3]["Url"] == f"{api.base}/orders/7"
+    assert outcome.details["PassedSteps"] == 5
+    assert outcome.timings_ms["TotalTime"] >= 20 and outcome.http_status_code == 200
+
+
+async def test_the_script_form_runs_the_same(api: ApiTarget) -> None:
+    script = json.dumps(
+        {
+            "MsaSteps": [
+                {**step, "discriminator": "HttpRequestStepV2", "Encoding": "Utf8"}
+                for step in _steps(api.base)
+            ],
+            "PredefinedVariables": _variables(api.base),
+            "UserDefinedFunctions": [],
+            "Version": 2,
+        }
+    )
+    outcome = await _run(MultiStepApiTransactionScript=script)
+    assert outcome.ok, (outcome.description, outcome.error_message)
+
+
+async def test_the_first_failing_step_ends_the_check(api: ApiTarget) -> None:
+    steps = _steps(api.base)
+    steps[2]["Assertions"].append(_assert("ResponseBodyJson", "Equal", "99", "items[0].id"))
+    outcome = await _run(MsaSteps=steps, PredefinedVariables=_variables(api.base))
+    assert outcome.error_code == ErrorCode.ASSERTION_FAILED
+    assert outcome.description == (
+        "Step 3 'list orders': assertion 'ResponseBodyJson(items[0].id) Equal 99' failed"
+    )
+    assert "'7'" in outcome.error_message
+    assert outcome.details is not None
+    executed = [s["StepExecuted"] for s in outcome.details["StepResults"]]
+    assert executed == [True, True, True, False, False]
+    assert api.calls.get("/orders/7") is None
+
+
+async def test_undefined_variables_and_transport_errors(api: ApiTarget) -> None:
+    undefined = await _run(
+        MsaSteps=[{"StepType": "HttpRequest", "Url": "{{nowhere}}/x", "Name": "lost"}]
+    )
+    assert undefined.error_code == ErrorCode.VARIABLE_UNDEFINED
+    assert "Step 1 'lost'" in undefined.description and "{{nowhere}}" in undefined.error_message
+    refused = await _run(MsaSteps=[{"StepType": "HttpRequest", "Url": "http://127.0.0.1:9/"}])
+    assert refused.error_code == ErrorCode.CONNECTION_REFUSED
+    assert refused.description == "Step 1 'Step 1': Connection refused"
+    expected = await _run(
+        MsaSteps=[
+            {
+                "StepType": "HttpRequest",
+                "Url": "http://127.0.0.1:9/",
+                "Assertions": [_assert("ResponseHasException", "Equal", "true")],
+            }
+        ]
+    )
+    assert expected.ok, expected
+
+
+async def test_retry_until_successful(api: ApiTarget) -> None:
+    step = {
+        "StepType": "HttpRequest",
+        "Name": "wait for ready",
+        "Url": f"{api.base}/flaky",
+        "Assertions": [_assert("ResponseBodyJson", "Equal", "true", "ready")],
+        "RetryUntilSuccessful": True,
+        "MaxAttempts": 4,
+        "RetryWaitMilliseconds": 10,
+    }
+    outcome = await _run(MsaSteps=[step])
+    assert outcome.ok and api.calls["/flaky"] == 3
+    assert outcome.details is not None and outcome.details["StepResults"][0]["Attempts"] == 3
+    api.calls.clear()
+    api.flaky_failures = 10
+    outcome = await _run(MsaSteps=[{**step, "MaxAttempts": 2}])
+    assert outcome.error_code == ErrorCode.ASSERTION_FAILED and api.calls["/flaky"] == 2
+
+
+def test_json_paths() -> None:
+    document = {"items": [{"id": 1, "tags": ["a"]}], "a.b": 2}
+    assert json_path(document, "items[0].id") == 1
+    assert json_path(document, "$.items[0].tags[0]") == "a"
+    assert json_path(document, "$['a.b']") == 2
+    assert json_path(document, "items[3]") is MISSING
+    assert json_path([{"ProductId": 5}], "[0].ProductId") == 5
+
+
+def test_invalid_definitions_are_refused() -> None:
+    with pytest.raises(ValueError, match="no step"):
+        MultiStepApiMonitor.model_validate({"Name": "m", "MonitorType": "MultiStepApi"})
+    with pytest.raises(ValueError, match=r"MsaSteps\[0\]\.Url"):
+        MultiStepApiMonitor.model_validate(
+            {
+                "Name": "m",
+                "MonitorType": "MultiStepApi",
+                "MultiStepApiTransactionScript": json.dumps({"MsaSteps": [{"Url": "ftp://x"}]}),
+            }
+        )
+    with pytest.raises(ValueError, match="Comparison"):
+        MultiStepApiMonitor.model_validate(
+            {
+                "Name": "m",
+                "MonitorType": "MultiStepApi",
+                "MsaSteps": [
+                    {"Url": "http://x/", "Assertions": [{"Source": "ResponseStatusCode"}]}
+                ],
+            }
+        )
