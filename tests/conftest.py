@@ -1,15 +1,17 @@
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
 import asyncpg
 import pytest
+import uvloop
 
 from tests.helpers import Mosquitto, Target
 
@@ -65,3 +67,10 @@ async def fresh_postgres() -> AsyncIterator[str]:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Tests run on uvloop, as the agent and controller do (it lacks some loop methods)."""
+    return {"uvloop": uvloop.new_event_loop}

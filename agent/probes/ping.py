@@ -47,6 +47,29 @@ def open_icmp(family: socket.AddressFamily, prefer_raw: bool) -> tuple[socket.so
     raise PermissionError(NOT_PERMITTED)
 
 
+async def _receive(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+    """One datagram. (uvloop has no sock_recvfrom, so wait for readability ourselves.)"""
+    received: asyncio.Future[bytes] = loop.create_future()
+
+    def readable() -> None:
+        if received.done():
+            return
+        try:
+            data, _peer = sock.recvfrom(4096)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            received.set_exception(exc)
+            return
+        received.set_result(data)
+
+    loop.add_reader(sock.fileno(), readable)
+    try:
+        return await received
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
 class PingProbe(Probe):
     type_names = PingMonitor.type_names
     prefer_raw = os.geteuid() == 0
@@ -128,11 +151,11 @@ class PingProbe(Probe):
             packet = struct.pack("!BBHHH", ECHO_REQUEST[family], 0, checksum(packet), ident, seq)
             packet += payload
         sent_at = time.perf_counter()
-        await loop.sock_sendto(sock, packet, (address, 0))
+        sock.sendto(packet, (address, 0))  # an echo request fits any socket buffer
         wait_until = min(deadline, sent_at + PER_PING_WAIT_SECONDS)
         while (left := wait_until - time.perf_counter()) > 0:
             try:
-                data, _peer = await asyncio.wait_for(loop.sock_recvfrom(sock, 4096), left)
+                data = await asyncio.wait_for(_receive(loop, sock), left)
             except TimeoutError:
                 return None
             if raw and family == socket.AF_INET:
