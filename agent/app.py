@@ -56,6 +56,7 @@ class Agent:
         self._results: list[CheckResult] = []
         self._send_wake = asyncio.Event()
         self._update_outbox_metrics()
+        self.metrics.watch_memory(lambda: len(self._checks))
 
     # --- LinkHandler ------------------------------------------------------------------------
 

@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return 0
+
 
 LATENESS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -53,3 +68,20 @@ class AgentMetrics:
         self.connected = Gauge(
             "picket_agent_mqtt_connected", "1 while connected to the broker", registry=r
         )
+        Gauge("picket_agent_memory_rss_bytes", "Resident memory", registry=r).set_function(
+            lambda: float(rss_bytes())
+        )
+        self.memory_per_check = Gauge(
+            "picket_agent_memory_per_check_bytes",
+            "Resident memory above the agent's at start, per check in flight (0 when idle)",
+            registry=r,
+        )
+
+    def watch_memory(self, in_flight: Callable[[], int]) -> None:
+        baseline = rss_bytes()
+
+        def per_check() -> float:
+            running = in_flight()
+            return max(0.0, rss_bytes() - baseline) / running if running else 0.0
+
+        self.memory_per_check.set_function(per_check)
