@@ -60,6 +60,20 @@ TLS_VERSIONS = {  # Uptrends' TlsVersion -> libcurl's minimum | maximum
 }
 
 
+class Unsupported(Exception):
+    """The request needs something this build of libcurl does not have."""
+
+
+_FEATURES = pycurl.version_info()[4]
+# libcurl's build decides what it can do: the wheel's libcurl, for one, has no NTLM
+AVAILABLE_AUTH = {
+    name
+    for name, needs in (("Basic", 0), ("Digest", 0), ("NTLM", pycurl.VERSION_NTLM))
+    if not needs or _FEATURES & needs
+}
+HTTP3_AVAILABLE = bool(_FEATURES & pycurl.VERSION_HTTP3)
+
+
 @dataclass(frozen=True)
 class HttpRequest:
     url: str
@@ -184,6 +198,10 @@ class CurlEngine:
     async def _perform(self, req: HttpRequest) -> HttpResponse:
         if self._closed:
             raise RuntimeError("curl engine closed")
+        if req.auth in AUTH_TYPES and req.auth not in AVAILABLE_AUTH:
+            raise Unsupported(f"{req.auth} authentication is not built into this agent's libcurl")
+        if req.http_version == "Http3" and not HTTP3_AVAILABLE:
+            raise Unsupported("HTTP/3 is not built into this agent's libcurl")
         handle = pycurl.Curl()
         transfer = _Transfer(handle=handle, future=self._loop.create_future())
         transfer.limit = req.max_body_bytes

@@ -11,6 +11,7 @@ from enum import IntEnum
 class ErrorCode(IntEnum):
     OK = 0
     INTERNAL = 1  # the agent could not run the check (a bug on our side, never the target's)
+    UNSUPPORTED = 2  # this agent cannot do what the monitor asks (e.g. its libcurl lacks NTLM)
     DNS_FAILURE = 100
     CONNECTION_REFUSED = 110
     CONNECTION_FAILED = 111  # unreachable, reset during connect, ...
@@ -39,6 +40,7 @@ class ErrorCode(IntEnum):
 DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.OK: "OK",
     ErrorCode.INTERNAL: "Internal error while running the check",
+    ErrorCode.UNSUPPORTED: "Not supported by this agent",
     ErrorCode.DNS_FAILURE: "DNS lookup failed",
     ErrorCode.CONNECTION_REFUSED: "Connection refused",
     ErrorCode.CONNECTION_FAILED: "Connection failed",

@@ -169,7 +169,12 @@ class MultiStepApiProbe(Probe):
             password=password,
             verify_tls=not step.IgnoreCertificateErrors,
         )
-        response = await self.ctx.curl.request(request)
+        try:
+            response = await self.ctx.curl.request(request)
+        except curl.Unsupported as exc:
+            failure = Outcome(ErrorCode.UNSUPPORTED, f"{label}: {exc}")
+            failure.description_override = f"{label}: {failure.description}"
+            return StepRun(False, report, 0.0, failure=failure)
         phases = response.marks.phases_ms()
         step_ms = phases["TotalTime"]
         seen = StepResponse(

@@ -180,7 +180,12 @@ class HttpProbe(Probe):
                 break
             request = self._request(monitor, url, method, body, remaining)
             start_ms = (time.perf_counter() - began) * 1000
-            response = await self.ctx.curl.request(request)
+            try:
+                response = await self.ctx.curl.request(request)
+            except curl.Unsupported as exc:
+                outcome.error_code = ErrorCode.UNSUPPORTED
+                outcome.error_message = str(exc)
+                break
             phases = response.marks.phases_ms()
             for name in PHASES:
                 totals[name] += phases[name]

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import trustme
 
-from agent.curl import CurlEngine
+from agent.curl import AVAILABLE_AUTH, CurlEngine
 from agent.probes.base import Outcome, ProbeContext
 from agent.probes.http import HttpProbe
 from shared.errors import ErrorCode
@@ -249,3 +249,12 @@ async def test_http_versions(engine: CurlEngine, h2_server: str) -> None:
         assert outcome.ok, outcome
         assert outcome.details is not None and outcome.details["HttpVersion"] == seen, wanted
         assert (outcome.body or b"").decode().strip() == f"http/{seen}"
+
+
+@pytest.mark.skipif("NTLM" in AVAILABLE_AUTH, reason="this libcurl has NTLM")
+async def test_ntlm_without_libcurl_support_says_so(engine: CurlEngine, target: Target) -> None:
+    outcome = await _check(
+        engine, f"{target.base}/ok", AuthenticationType="NTLM", Username="u", Password="p"
+    )
+    assert outcome.error_code == ErrorCode.UNSUPPORTED
+    assert "NTLM" in outcome.error_message
