@@ -67,6 +67,27 @@ async def one_checkpoint(request: web.Request) -> web.Response:
     fail(404, f"Checkpoint {wanted} not found", "checkpointId")
 
 
+@routes.get(PREFIX + "/Checkpoint/Server/{serverId:\\d+}")
+async def one_server(request: web.Request) -> web.Response:
+    wanted = int(request.match_info["serverId"])
+    for srv in await controller(request).store.servers():
+        if srv.id == wanted:
+            capabilities = ["PrimaryServer"] + (["IPv6", "NativeIPv6"] if srv.ipv6 else [])
+            attributes = {
+                "Ip4Address": srv.ipv4[0] if srv.ipv4 else None,
+                "IpV6Address": srv.ipv6[0] if srv.ipv6 else None,
+                "Capabilities": capabilities,
+                "CheckpointId": srv.checkpoint_id,
+                "AgentId": srv.agent_id,
+                "Online": srv.online,
+                "MonitorTypes": srv.probe_types,
+            }
+            link = f"{PREFIX}/Checkpoint/Server/{wanted}"
+            data = {"Id": wanted, "Type": "CheckpointServer", "Attributes": attributes}
+            return ok({"Data": data, "Links": {"Self": link}, "Meta": _meta()})
+    fail(404, f"Checkpoint server {wanted} not found", "serverId")
+
+
 async def _addresses(request: web.Request, family: str) -> web.Response:
     servers = await controller(request).store.servers()
     # every registered server, online or not: users open firewalls before a server runs checks

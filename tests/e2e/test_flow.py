@@ -89,6 +89,8 @@ async def test_monitor_end_to_end(
     status, details = await api.call("GET", f"/api/v4/MonitorCheck/{first_id}/Http")
     assert status == 200 and "200" in details["Data"]["Attributes"]["ResponseHeaders"]
     assert details["Data"]["Attributes"]["ResponseBody"] == ""  # bodies are kept for failures only
+    status, server = await api.call("GET", f"/api/v4/Checkpoint/Server/{server_ids[0]}")
+    assert status == 200 and server["Data"]["Attributes"]["Ip4Address"] == "127.0.0.1", server
     status, one = await api.call("GET", f"/api/v4/MonitorCheck/{checks[0]['Id']}")
     assert (
         status == 200
