@@ -234,6 +234,8 @@ class CurlEngine:
         c.setopt(pycurl.FRESH_CONNECT, 1)
         c.setopt(pycurl.FORBID_REUSE, 1)
         c.setopt(pycurl.DNS_CACHE_TIMEOUT, 0)
+        # straight to the target: an http_proxy in the environment would distort every timing
+        c.setopt(pycurl.PROXY, "")
         if self._ca_bundle:
             c.setopt(pycurl.CAINFO, self._ca_bundle)
         if req.user_agent:
