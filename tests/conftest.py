@@ -74,3 +74,20 @@ def pytest_asyncio_loop_factories(
 ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
     """Tests run on uvloop, as the agent and controller do (it lacks some loop methods)."""
     return {"uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture
+async def echo_port() -> AsyncIterator[int]:
+    """A TCP server on loopback that answers every chunk with `echo: <chunk>`."""
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 picket-echo ready\r\n")
+        while data := await reader.read(1024):
+            writer.write(b"echo: " + data)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()

@@ -24,6 +24,15 @@ async def resolve(host: str, port: int, ip_version: str | None) -> tuple[socket.
     return family, str(sockaddr[0])
 
 
+async def close_quietly(writer: asyncio.StreamWriter | None) -> None:
+    """Close a connection a check opened; the target misbehaving on close changes nothing."""
+    if writer is None:
+        return
+    writer.close()
+    with contextlib.suppress(OSError):  # ssl.SSLError is an OSError too
+        await writer.wait_closed()
+
+
 def connect_error(exc: OSError) -> ErrorCode:
     if isinstance(exc, socket.gaierror):
         return ErrorCode.DNS_FAILURE
@@ -74,10 +83,7 @@ class ConnectProbe(Probe):
             outcome.error_code = connect_error(exc)
             outcome.error_message = str(exc) or type(exc).__name__
         finally:
-            if writer is not None:
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
+            await close_quietly(writer)
         marks["done"] = time.perf_counter()
         outcome.total_bytes = len(received)
         outcome.body = received or None

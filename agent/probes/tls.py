@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import ssl
 import time
@@ -15,7 +14,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
 from agent.probes.base import Outcome, Probe, span_ms
-from agent.probes.tcp import connect_error, resolve
+from agent.probes.tcp import close_quietly, connect_error, resolve
 from shared.errors import ErrorCode
 from shared.monitors import CertificateMonitor, MonitorBase
 from shared.timefmt import iso
@@ -110,10 +109,7 @@ class CertificateProbe(Probe):
             outcome.error_code = connect_error(exc)
             outcome.error_message = str(exc) or type(exc).__name__
         finally:
-            if writer is not None:
-                writer.close()
-                with contextlib.suppress(OSError, ssl.SSLError):
-                    await writer.wait_closed()
+            await close_quietly(writer)
         marks["done"] = time.perf_counter()
         outcome.timings_ms = {
             "ResolveTime": span_ms(marks, "resolved", "began"),

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import ssl
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +17,6 @@ from agent.probes.tls import CertificateProbe
 from shared.errors import ErrorCode
 from shared.monitors import CertificateMonitor, ConnectMonitor
 from tests.helpers import Target, free_port
-
-
-@pytest.fixture
-async def echo_port() -> AsyncIterator[int]:
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"220 picket-echo ready\r\n")
-        while data := await reader.read(1024):
-            writer.write(b"echo: " + data)
-            await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(echo, "127.0.0.1", 0)
-    yield server.sockets[0].getsockname()[1]
-    server.close()
-    await server.wait_closed()
 
 
 async def _context(ca_file: str | None = None) -> ProbeContext:
