@@ -1,0 +1,313 @@
+"""Benchmark 1: checks per second of the agent's HTTP engine, beside blackbox_exporter and wrk.
+
+All three open a new TCP connection per check/probe/request to the same loopback nginx
+(one worker, a 3-byte static 200):
+
+- engine:   CurlEngine (FRESH_CONNECT + FORBID_REUSE), N checks in flight on uvloop; every
+            response's status checked and its timings turned into Picket's phases
+            (Marks.phases_ms), as a real check does.
+- full:     the agent's per-check path: HttpProbe.check (request from the monitor, redirects,
+            waterfall, error conditions) + a pydantic CheckResult per response, batched by 200
+            (bench.agentpath).
+- blackbox: prometheus-blackbox-exporter's http_2xx probe, driven by `wrk -c64 -t2` on /probe.
+- wrk:      `wrk -c64 -t2 -H 'Connection: close'` straight at nginx: the machine's ceiling for a
+            new connection per request, from a C client with no per-request bookkeeping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import uvloop
+
+from agent.curl import CurlEngine, HttpRequest
+from bench import infra
+from bench.agentpath import AgentPath, http_monitor
+from bench.infra import Summary, fmt_rate
+
+IN_FLIGHT = (64, 256)
+GOAL_VS_BLACKBOX = 3.0
+GOAL_VS_WRK = 0.5
+
+
+@dataclass
+class Run:
+    label: str
+    in_flight: int
+    completed: int
+    errors: int
+    seconds: float
+    # CPU seconds of the load generator: this process (engine, full), wrk, or wrk + blackbox
+    client_user: float = 0.0
+    client_system: float = 0.0
+    nginx_cpu: float = 0.0
+    nginx_requests: int = 0
+    total_ms: list[float] = field(default_factory=list)  # TotalTime of each check (engine runs)
+    first_error: str = ""
+    name: str = ""  # short name in ratios and the summary
+
+    @property
+    def rate(self) -> float:
+        return (self.completed - self.errors) / self.seconds if self.seconds else 0.0
+
+
+async def _drive(url: str, in_flight: int, duration: float, full: bool) -> Run:
+    engine = CurlEngine(max_concurrency=in_flight)  # max_per_host: 256 by default
+    path = AgentPath(engine)
+    monitor = http_monitor(url)
+    request = HttpRequest(url=url, timeout_seconds=5.0)
+    timings: list[dict[str, float]] = []
+    errors = 0
+    first_error = ""
+
+    async def bare_worker(stop_at: float) -> None:
+        nonlocal errors, first_error
+        while time.perf_counter() < stop_at:
+            response = await engine.request(request)
+            timings.append(response.marks.phases_ms())
+            if response.curl_error or response.status != 200:
+                errors += 1
+                first_error = first_error or f"{response.curl_message} status {response.status}"
+
+    async def full_worker(stop_at: float) -> None:
+        nonlocal errors, first_error
+        while time.perf_counter() < stop_at:
+            started = time.time()
+            result = await path.run_check("bench", monitor, started, started)
+            timings.append(result.timings_ms)
+            if result.error_code:
+                errors += 1
+                first_error = first_error or f"{result.error_description} {result.error_message}"
+
+    worker = full_worker if full else bare_worker
+    try:
+        user0, system0 = infra.own_cpu_seconds()
+        t0 = time.perf_counter()
+        stop_at = t0 + duration
+        # every loop stops by itself at stop_at; the timeout is a backstop for a stuck transfer
+        async with asyncio.timeout(duration + 30):
+            await asyncio.gather(*(worker(stop_at) for _ in range(in_flight)))
+        seconds = time.perf_counter() - t0
+        user1, system1 = infra.own_cpu_seconds()
+    finally:
+        engine.close()
+    kind = "full" if full else "engine"
+    return Run(
+        label="full: probe + CheckResult" if full else "engine",
+        in_flight=in_flight,
+        completed=len(timings),
+        errors=errors,
+        seconds=seconds,
+        client_user=user1 - user0,
+        client_system=system1 - system0,
+        total_ms=[t["TotalTime"] for t in timings],
+        first_error=first_error,
+        name=f"{kind}@{in_flight}",
+    )
+
+
+def _engine_run(nginx: infra.Nginx, in_flight: int, duration: float, full: bool) -> Run:
+    requests0, cpu0 = nginx.requests(), nginx.cpu_seconds()
+    run = uvloop.run(_drive(nginx.url, in_flight, duration, full))
+    run.nginx_requests = nginx.requests() - requests0 - 1
+    run.nginx_cpu = nginx.cpu_seconds() - cpu0
+    return run
+
+
+def _wrk_run(nginx: infra.Nginx, duration: float, threads: int) -> Run:
+    requests0, cpu0 = nginx.requests(), nginx.cpu_seconds()
+    result = infra.run_wrk(nginx.url, duration, threads=threads, headers=["Connection: close"])
+    return Run(
+        label=f"wrk -t{threads}, Connection: close",
+        in_flight=64,
+        completed=result.requests,
+        errors=result.errors,
+        seconds=result.seconds,
+        client_user=result.cpu_user,
+        client_system=result.cpu_system,
+        nginx_cpu=nginx.cpu_seconds() - cpu0,
+        nginx_requests=nginx.requests() - requests0 - 1,
+        first_error=_wrk_error(result),
+        name=f"wrk -t{threads}",
+    )
+
+
+def _blackbox_run(nginx: infra.Nginx, blackbox: infra.Blackbox, duration: float) -> Run:
+    probe = blackbox.probe_url(nginx.url)
+    answer = infra.http_get(probe)
+    if "probe_success 1" not in answer:
+        raise RuntimeError(f"blackbox_exporter's probe of nginx failed: {answer[-500:]}")
+    requests0, cpu0 = nginx.requests(), nginx.cpu_seconds()
+    bbx_user0, bbx_system0 = blackbox.cpu_seconds()
+    result = infra.run_wrk(probe, duration)
+    bbx_user1, bbx_system1 = blackbox.cpu_seconds()
+    return Run(
+        label="blackbox_exporter http_2xx",
+        in_flight=64,
+        completed=result.requests,
+        errors=result.errors,
+        seconds=result.seconds,
+        client_user=result.cpu_user + bbx_user1 - bbx_user0,
+        client_system=result.cpu_system + bbx_system1 - bbx_system0,
+        nginx_cpu=nginx.cpu_seconds() - cpu0,
+        nginx_requests=nginx.requests() - requests0 - 1,
+        first_error=_wrk_error(result),
+        name="blackbox",
+    )
+
+
+def _wrk_error(result: infra.WrkResult) -> str:
+    if not result.errors:
+        return ""
+    parts = [f"{k} {v}" for k, v in result.socket_errors.items() if v]
+    if result.non_2xx:
+        parts.append(f"non-2xx {result.non_2xx}")
+    return "socket errors: " + ", ".join(parts)
+
+
+def _row(run: Run) -> list[object]:
+    totals = sorted(run.total_ms)
+    n = run.completed or 1
+    return [
+        run.label,
+        run.in_flight,
+        fmt_rate(run.rate),
+        fmt_rate(run.nginx_requests / run.seconds),
+        run.errors,
+        f"{infra.percentile(totals, 50):.2f}" if totals else "-",
+        f"{infra.percentile(totals, 99):.2f}" if totals else "-",
+        f"{100 * (run.client_user + run.client_system) / run.seconds:.0f}%",
+        f"{run.client_user / n * 1e6:.0f}",
+        f"{run.client_system / n * 1e6:.0f}",
+        f"{100 * run.nginx_cpu / run.seconds:.0f}%",
+    ]
+
+
+def _ratio(a: Run, b: Run | None) -> float | None:
+    return a.rate / b.rate if b is not None and b.rate else None
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def main(args: argparse.Namespace) -> list[Summary]:
+    duration: float = args.duration
+    print(f"\n=== engine: checks/s, a new connection per check, {duration:g} s of load per run ===")
+    runs: list[Run] = []
+    wrk: Run | None = None
+    wrk1: Run | None = None
+    blackbox_run: Run | None = None
+    skipped: list[str] = []
+    with ExitStack() as stack:
+        nginx = infra.Nginx(stack)
+        infra.note(f"target: nginx (1 worker) at {nginx.url}, static 3-byte 200")
+        try:
+            infra.require("wrk")
+            wrk = _wrk_run(nginx, duration, threads=2)
+            runs.append(wrk)
+        except infra.Missing as exc:
+            skipped.append(str(exc))
+        runs.append(_engine_run(nginx, IN_FLIGHT[0], duration, full=False))
+        try:
+            infra.require("wrk")
+            blackbox = infra.Blackbox(stack)
+            blackbox_run = _blackbox_run(nginx, blackbox, duration)
+            runs.append(blackbox_run)
+        except infra.Missing as exc:
+            skipped.append(str(exc))
+        for in_flight in IN_FLIGHT[1:]:
+            runs.append(_engine_run(nginx, in_flight, duration, full=False))
+        for in_flight in IN_FLIGHT:
+            runs.append(_engine_run(nginx, in_flight, duration, full=True))
+        if wrk is not None:
+            wrk1 = _wrk_run(nginx, duration, threads=1)
+            runs.append(wrk1)
+
+    infra.table(
+        "engine: a new connection per check against loopback nginx",
+        [
+            "run",
+            "in flight",
+            "checks/s",
+            "nginx req/s",
+            "errors",
+            "Total p50 ms",
+            "p99 ms",
+            "client CPU",
+            "user µs/chk",
+            "sys µs/chk",
+            "nginx CPU",
+        ],
+        [_row(r) for r in runs],
+    )
+    infra.note(
+        "checks/s: successful checks (status 200) per second of wall time; nginx req/s: what\n"
+        "nginx's stub_status counted in the same run. client CPU: the load generator's CPU time /\n"
+        "wall time (100% = one core): this Python process for engine and full, wrk for wrk, wrk +\n"
+        "blackbox_exporter for blackbox; user/sys µs/chk: its user and kernel CPU per check (on\n"
+        "loopback the kernel work of both TCP ends is largely charged to the sending process).\n"
+        "The client and nginx share the 2 cores. wrk -t1 (one thread, one core, like the engine)\n"
+        "is shown for reference; the goal is against wrk -t2."
+    )
+    for run in runs:
+        if run.first_error:
+            infra.note(f"{run.label} @{run.in_flight}: {run.errors} errors, e.g. {run.first_error}")
+    for message in dict.fromkeys(skipped):
+        infra.note(f"peer not measured: {message}")
+
+    ours = [r for r in runs if r.name.startswith(("engine@", "full@"))]
+    infra.table(
+        f"engine ratios (goals: >= {GOAL_VS_BLACKBOX:g}x blackbox, >= {GOAL_VS_WRK:g}x wrk -t2)",
+        ["run", "checks/s", "/ blackbox", "/ wrk -t2", "/ wrk -t1"],
+        [
+            [
+                r.name,
+                fmt_rate(r.rate),
+                _x(_ratio(r, blackbox_run)),
+                _x(_ratio(r, wrk)),
+                _x(_ratio(r, wrk1)),
+            ]
+            for r in ours
+        ],
+    )
+
+    for r in ours:
+        cpu = (r.client_user + r.client_system) / r.seconds
+        if cpu >= 0.9 and r.completed and r.client_system:
+            infra.note(
+                f"{r.name}: this process used {100 * cpu:.0f}% of one core (one thread: the limit);"
+                f" its kernel time alone,\n{r.client_system / r.completed * 1e6:.0f} µs/check, "
+                f"would cap one core at ~{fmt_rate(r.completed / r.client_system)} checks/s."
+            )
+
+    summaries = [
+        Summary("engine", f"{r.name} (/s)", fmt_rate(r.rate))
+        for r in [wrk, wrk1, blackbox_run, *ours]
+        if r is not None
+    ]
+    for r in ours:
+        vs_bbx, vs_wrk = _ratio(r, blackbox_run), _ratio(r, wrk)
+        summaries.append(
+            Summary(
+                "engine",
+                f"{r.name} / blackbox",
+                _x(vs_bbx),
+                f">= {GOAL_VS_BLACKBOX:g}x",
+                None if vs_bbx is None else vs_bbx >= GOAL_VS_BLACKBOX,
+            )
+        )
+        summaries.append(
+            Summary(
+                "engine",
+                f"{r.name} / wrk -t2",
+                _x(vs_wrk),
+                f">= {GOAL_VS_WRK:g}x",
+                None if vs_wrk is None else vs_wrk >= GOAL_VS_WRK,
+            )
+        )
+    return summaries
