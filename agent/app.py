@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -31,6 +32,8 @@ from shared.settings import parse_broker_url, parse_listen
 
 log = logging.getLogger(__name__)
 
+FREEZE_AFTER_SECONDS = 2.0
+
 
 class Agent:
     def __init__(self, settings: AgentSettings, curl: CurlEngine) -> None:
@@ -55,6 +58,7 @@ class Agent:
         self._checks: set[asyncio.Task[None]] = set()
         self._results: list[CheckResult] = []
         self._send_wake = asyncio.Event()
+        self._heap_changed = asyncio.Event()
         self._update_outbox_metrics()
         self.metrics.watch_memory(lambda: len(self._checks))
 
@@ -80,7 +84,7 @@ class Agent:
         if assignment is None:
             if self.scheduler.remove(monitor_guid):
                 log.info("agent %s: monitor %s unassigned", self.id, monitor_guid)
-            self.metrics.assignments.set(len(self.scheduler))
+            self._assignments_changed()
             return
         definition = assignment.monitor
         model = monitors.model_for(str(definition.get("MonitorType", "")))
@@ -112,14 +116,14 @@ class Agent:
                 interval,
             )
         self.scheduler.put(entry)
-        self.metrics.assignments.set(len(self.scheduler))
+        self._assignments_changed()
 
     def on_sync(self, sync: Sync) -> None:
         for guid in self.scheduler.guids():
             if guid not in sync.monitors:
                 self.scheduler.remove(guid)
                 log.info("agent %s: monitor %s no longer assigned (sync)", self.id, guid)
-        self.metrics.assignments.set(len(self.scheduler))
+        self._assignments_changed()
 
     def on_run(self, request: RunRequest) -> None:
         entry = self.scheduler.get(request.monitor_guid)
@@ -134,6 +138,25 @@ class Agent:
         if self.outbox.acked(ack.batch_ids):
             self._update_outbox_metrics()
             self._send_wake.set()
+
+    def _assignments_changed(self) -> None:
+        self.metrics.assignments.set(len(self.scheduler))
+        self._heap_changed.set()
+
+    async def _freeze_loop(self) -> None:
+        """Once assignments have been quiet for a while, move the long-lived heap (monitor
+        models, schedule) out of the garbage collector's sight: a full collection over
+        thousands of monitors stops the loop for tens of milliseconds, which shows up as
+        scheduling lateness and as inflated timings of the checks in flight."""
+        while True:
+            await self._heap_changed.wait()
+            while self._heap_changed.is_set():  # settle: no change for FREEZE_AFTER_SECONDS
+                self._heap_changed.clear()
+                await asyncio.sleep(FREEZE_AFTER_SECONDS)
+            gc.unfreeze()  # what an earlier freeze kept may be garbage by now
+            gc.collect()
+            gc.freeze()
+            log.debug("agent %s: %d objects frozen", self.id, gc.get_freeze_count())
 
     # --- checks -----------------------------------------------------------------------------
 
@@ -260,6 +283,7 @@ class Agent:
             asyncio.create_task(self.scheduler.run(), name="scheduler"),
             asyncio.create_task(self._flush_loop(), name="flush"),
             asyncio.create_task(self._send_loop(), name="send"),
+            asyncio.create_task(self._freeze_loop(), name="freeze"),
         ]
         try:
             waiter = asyncio.create_task(stop.wait())

@@ -12,7 +12,6 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import pycurl
 
@@ -182,7 +181,7 @@ class CurlEngine:
 
     async def request(self, req: HttpRequest) -> HttpResponse:
         """One transfer, waiting first for room on its host, then for room overall."""
-        host = urlsplit(req.url).hostname or ""
+        host = _authority(req.url)
         entry = self._hosts.get(host)
         if entry is None:
             entry = self._hosts[host] = _Host(asyncio.Semaphore(self._max_per_host))
@@ -275,6 +274,7 @@ class CurlEngine:
 
     def _response(self, t: _Transfer, errno: int, message: str) -> HttpResponse:
         c = t.handle
+        raw_headers, headers = _final_headers(t.header_lines)
         status = int(c.getinfo(pycurl.RESPONSE_CODE)) or None
         marks = Marks(
             namelookup=int(c.getinfo(pycurl.NAMELOOKUP_TIME_T)),
@@ -289,14 +289,14 @@ class CurlEngine:
             curl_error=errno,
             curl_message=message,
             status=status,
-            headers=_last_headers(t.header_lines),
+            headers=headers,
             body=b"".join(t.chunks),
             total_bytes=t.total,
             primary_ip=str(c.getinfo(pycurl.PRIMARY_IP) or ""),
             marks=marks,
-            os_errno=int(c.getinfo(pycurl.OS_ERRNO)),
+            os_errno=int(c.getinfo(pycurl.OS_ERRNO)) if errno else 0,
             http_version=_RESPONSE_VERSIONS.get(int(c.getinfo(pycurl.INFO_HTTP_VERSION)), ""),
-            raw_headers=_last_block(t.header_lines),
+            raw_headers=raw_headers,
         )
 
     # --- libcurl <-> event loop -------------------------------------------------------------
@@ -396,22 +396,28 @@ _RESPONSE_VERSIONS = {
 }
 
 
-def _last_block(lines: list[bytes]) -> str:
+def _authority(url: str) -> str:
+    """`host:port` of a URL, cheaply: the key of the per-host bound."""
+    rest = url.partition("://")[2]
+    end = len(rest)
+    for stop in "/?#":
+        found = rest.find(stop)
+        if found != -1 and found < end:
+            end = found
+    return rest[:end].rpartition("@")[2].lower()
+
+
+def _final_headers(lines: list[bytes]) -> tuple[str, list[tuple[str, str]]]:
+    """The final response's header block and its headers (libcurl hands us every hop's and
+    every 1xx response's)."""
     start = 0
     for index, raw in enumerate(lines):
         if raw.startswith(b"HTTP/"):
             start = index
-    return b"".join(lines[start:]).decode("latin-1").rstrip("\r\n")
-
-
-def _last_headers(lines: list[bytes]) -> list[tuple[str, str]]:
-    """Headers of the final response (libcurl hands us every hop's, and 1xx responses)."""
-    headers: list[tuple[str, str]] = []
-    for raw in lines:
-        line = raw.decode("latin-1").rstrip("\r\n")
-        if line.startswith("HTTP/"):
-            headers = []
-        elif ":" in line:
-            name, _, value = line.partition(":")
+    block = b"".join(lines[start:]).decode("latin-1")
+    headers = []
+    for line in block.splitlines()[1:]:
+        name, colon, value = line.partition(":")
+        if colon:
             headers.append((name.strip(), value.strip()))
-    return headers
+    return block.rstrip("\r\n"), headers
