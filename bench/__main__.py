@@ -1,4 +1,4 @@
-"""`python -m bench [engine] [lateness] [timing]`: run the benchmarks (all by default)."""
+"""`python -m bench [engine] [lateness] [timing] [e2e]`: run the benchmarks (all by default)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ from types import FrameType
 import pycurl
 import uvloop
 
-from bench import engine, infra, lateness, timing
+from bench import e2e, engine, infra, lateness, timing
 from bench.infra import Summary
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], list[Summary]]] = {
     "engine": engine.main,
     "lateness": lateness.main,
     "timing": timing.main,
+    "e2e": e2e.main,
 }
 
 
@@ -50,13 +51,19 @@ def _parser() -> argparse.ArgumentParser:
         "--duration",
         type=float,
         default=6.0,
-        help="seconds of load per engine run and per lateness rate (default 6)",
+        help="seconds of load per engine run, per lateness rate and of e2e's peer (default 6)",
     )
     parser.add_argument(
         "--runs",
         type=int,
         default=200,
         help="timing: transfers per tool, engine and curl alternating (default 200)",
+    )
+    parser.add_argument(
+        "--e2e-max",
+        type=int,
+        default=e2e.MAX_MONITORS,
+        help=f"e2e: the last step of the ramp, in 1-second monitors (default {e2e.MAX_MONITORS})",
     )
     return parser
 
@@ -69,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
     args.duration = min(max(args.duration, 1.0), 60.0)
     args.runs = min(max(args.runs, 20), 2000)
+    args.e2e_max = min(max(args.e2e_max, 10), 20000)
     names = args.names or list(BENCHMARKS)
     infra.keep_traffic_on_loopback()
     # a shell starts background jobs with SIGINT ignored; we want it to stop us cleanly
