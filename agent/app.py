@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import signal
 import time
 import uuid
 from collections.abc import Coroutine
@@ -29,6 +28,7 @@ from shared import monitors
 from shared.errors import ErrorCode
 from shared.messages import Ack, Assignment, CheckResult, Hello, RunRequest, Sync
 from shared.settings import parse_broker_url, parse_listen
+from shared.signals import stop_event
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,9 @@ class Agent:
         self._results: list[CheckResult] = []
         self._send_wake = asyncio.Event()
         self._heap_changed = asyncio.Event()
+        self._shed_logged = 0.0
         self._update_outbox_metrics()
-        self.metrics.watch_memory(lambda: len(self._checks))
+        self.metrics.watch_checks(lambda: len(self._checks))
 
     # --- LinkHandler ------------------------------------------------------------------------
 
@@ -161,6 +162,20 @@ class Agent:
     # --- checks -----------------------------------------------------------------------------
 
     def _start_scheduled(self, entry: Scheduled, slot: float) -> None:
+        if len(self._checks) >= self.settings.max_pending_checks:
+            # overloaded: starting more would only make every check later and every timing
+            # worse; shed this slot, count it and say so (at most every 10 s)
+            self.metrics.checks_shed.inc()
+            now = time.monotonic()
+            if now - self._shed_logged > 10:
+                self._shed_logged = now
+                log.warning(
+                    "agent %s: overloaded, %d checks pending: skipping slots (see "
+                    "picket_agent_checks_shed_total)",
+                    self.id,
+                    len(self._checks),
+                )
+            return
         self._spawn(self._run_check(entry, slot, confirms=None))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -173,17 +188,13 @@ class Agent:
         started = time.time()
         if confirms is None:
             self.metrics.lateness.observe(max(0.0, started - scheduled_at))
-        self.metrics.in_flight.inc()
         clock = time.perf_counter()
         try:
             outcome = await self.probes[monitor.MonitorType].check(monitor)
         except Exception as exc:  # a probe bug: report it as data, keep the agent alive
             log.exception("agent %s: monitor %s: probe failed", self.id, entry.guid)
             outcome = Outcome(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
-        finally:
-            self.metrics.in_flight.dec()
-        self.metrics.check_duration.labels(monitor.MonitorType).observe(time.perf_counter() - clock)
-        self.metrics.checks.labels(monitor.MonitorType, "ok" if outcome.ok else "error").inc()
+        self.metrics.check_done(monitor.MonitorType, outcome.ok, time.perf_counter() - clock)
         body = None
         if not outcome.ok and outcome.body:
             body = outcome.body[: self.settings.failed_body_bytes].decode("utf-8", "replace")
@@ -198,7 +209,8 @@ class Agent:
                 outcome.error_message,
             )
         self._results.append(
-            CheckResult(
+            # built from our own typed values: no validation needed on this hot path
+            CheckResult.model_construct(
                 uid=uuid.uuid4().hex,
                 monitor_guid=entry.guid,
                 monitor_revision=entry.revision,
@@ -254,10 +266,14 @@ class Agent:
             due = self.outbox.due(
                 time.monotonic(), resend_after, self.settings.max_batches_in_flight
             )
-            for batch in due:
-                if not await self.link.publish_results(batch.payload):
-                    break
-                batch.sent_at = time.monotonic()
+            if not due:
+                continue
+            # all due batches at once: one broker round trip each, in parallel
+            sent = await asyncio.gather(*(self.link.publish_results(b.payload) for b in due))
+            now = time.monotonic()
+            for batch, ok in zip(due, sent, strict=True):
+                if ok:
+                    batch.sent_at = now
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -318,10 +334,7 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
 
 
 async def serve(settings: AgentSettings) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     curl = CurlEngine(
         settings.max_concurrency, settings.max_per_host, ca_file=settings.ca_file or None
     )

@@ -30,6 +30,7 @@ class AgentMetrics:
         self.checks = Counter(
             "picket_agent_checks_total", "Checks run", ["type", "outcome"], registry=r
         )
+        self._by_type: dict[str, tuple[Counter, Counter, Histogram]] = {}
         self.check_duration = Histogram(
             "picket_agent_check_duration_seconds",
             "Wall time of a check",
@@ -71,13 +72,20 @@ class AgentMetrics:
         Gauge("picket_agent_memory_rss_bytes", "Resident memory", registry=r).set_function(
             lambda: float(rss_bytes())
         )
+        self.checks_shed = Counter(
+            "picket_agent_checks_shed_total",
+            "Scheduled checks not started because too many were already waiting (overload)",
+            registry=r,
+        )
         self.memory_per_check = Gauge(
             "picket_agent_memory_per_check_bytes",
             "Resident memory above the agent's at start, per check in flight (0 when idle)",
             registry=r,
         )
 
-    def watch_memory(self, in_flight: Callable[[], int]) -> None:
+    def watch_checks(self, in_flight: Callable[[], int]) -> None:
+        """Gauges read when scraped, not updated on every check."""
+        self.in_flight.set_function(lambda: float(in_flight()))
         baseline = rss_bytes()
 
         def per_check() -> float:
@@ -85,3 +93,15 @@ class AgentMetrics:
             return max(0.0, rss_bytes() - baseline) / running if running else 0.0
 
         self.memory_per_check.set_function(per_check)
+
+    def check_done(self, monitor_type: str, ok: bool, seconds: float) -> None:
+        """One check's counters; the labelled children are looked up once per type."""
+        children = self._by_type.get(monitor_type)
+        if children is None:
+            children = self._by_type[monitor_type] = (
+                self.checks.labels(monitor_type, "ok"),
+                self.checks.labels(monitor_type, "error"),
+                self.check_duration.labels(monitor_type),
+            )
+        (children[0] if ok else children[1]).inc()
+        children[2].observe(seconds)

@@ -24,7 +24,8 @@ class AgentSettings(PicketSettings):
     max_concurrency: int = Field(default=1000, ge=1, le=100_000)
     max_per_host: int = Field(default=256, ge=1, le=100_000)
     ca_file: str = ""  # PEM bundle of trusted CAs; empty: the system's
-    batch_size: int = Field(default=200, ge=1, le=10_000)
+    max_pending_checks: int = Field(default=4000, ge=1)  # started but unfinished; more: shed
+    batch_size: int = Field(default=500, ge=1, le=10_000)
     batch_interval_ms: int = Field(default=200, ge=1, le=60_000)
     ack_timeout_seconds: float = Field(default=10.0, gt=0)
     max_batches_in_flight: int = Field(default=32, ge=1)

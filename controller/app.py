@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -24,6 +23,7 @@ from controller.metrics import ControllerMetrics
 from controller.settings import ControllerSettings
 from shared.messages import Hello, ResultBatch
 from shared.settings import parse_broker_url, parse_listen
+from shared.signals import stop_event
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +141,7 @@ def create_app(ctl: Controller) -> web.Application:
 
 
 async def serve(settings: ControllerSettings) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     store = await Store.open(settings.resolved_database_url())
     try:
         ctl = Controller(settings, store)

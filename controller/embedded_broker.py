@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
 
 from shared.logs import setup
 from shared.settings import parse_listen
+from shared.signals import stop_event
 
 log = logging.getLogger("picket.broker")
 
@@ -24,10 +24,7 @@ async def serve(listen: str) -> None:
         "listeners": {"default": {"type": "tcp", "bind": bind, "max_connections": 1000}},
         "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
     }
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     broker = Broker(config)
     await broker.start()
     log.info("amqtt broker listening on %s", bind)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from shared.settings import ListenAddress, PicketSettings, parse_listen
+from shared.signals import stop_event
 
 log = logging.getLogger("picket.up")
 
@@ -164,10 +165,7 @@ async def supervise(settings: UpSettings) -> int:
     agent = Child("agent", [sys.executable, "-m", "shared.cli", "agent"], env)
     children = [broker, controller, agent]
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
 
     log.info("starting %s broker on %s:%d", kind, host, port)
     await broker.start()

@@ -7,6 +7,7 @@ own timings (the waterfall). Credentials go only to the origin the monitor names
 from __future__ import annotations
 
 import errno as os_errors
+import functools
 import re
 import time
 from typing import Any
@@ -123,6 +124,7 @@ def evaluate(
     return None
 
 
+@functools.lru_cache(maxsize=16_384)
 def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port

@@ -1,0 +1,42 @@
+"""The agent's own behaviour, in-process (no broker needed for these)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from agent.app import Agent
+from agent.curl import CurlEngine
+from agent.scheduler import Scheduled
+from agent.settings import AgentSettings
+from shared.monitors import HttpMonitor
+from tests.helpers import free_port
+
+
+async def test_an_overloaded_agent_sheds_slots_instead_of_piling_up(tmp_path: Path) -> None:
+    settings = AgentSettings(
+        data_dir=tmp_path,
+        broker_url=f"mqtt://127.0.0.1:{free_port()}",
+        agent_id="shed-test",
+        max_pending_checks=2,
+    )
+    curl = CurlEngine(1)
+    agent = Agent(settings, curl)
+    stuck = [asyncio.create_task(asyncio.sleep(60)) for _ in range(2)]
+    agent._checks.update(stuck)  # two checks still running
+    monitor = HttpMonitor.model_validate(
+        {
+            "Name": "m",
+            "MonitorType": "Http",
+            "Url": "http://127.0.0.1:9/",
+            "CheckIntervalSeconds": 1,
+        }
+    )
+    try:
+        agent._start_scheduled(Scheduled("m", "r", monitor, 1.0, 0.0), 0.0)
+        assert agent.metrics.registry.get_sample_value("picket_agent_checks_shed_total") == 1
+        assert len(agent._checks) == 2  # nothing new started
+    finally:
+        for task in stuck:
+            task.cancel()
+        curl.close()
