@@ -61,7 +61,7 @@ class AgentPath:
         body = None
         if not outcome.ok and outcome.body:
             body = outcome.body[:FAILED_BODY_BYTES].decode("utf-8", "replace")
-        result = CheckResult(
+        result = CheckResult.model_construct(  # as the agent builds it
             uid=uuid.uuid4().hex,
             monitor_guid=guid,
             monitor_revision="1",
