@@ -24,6 +24,7 @@ from shared.msa import (
     MsaScript,
     MsaStep,
     PredefinedVariable,
+    UserDefinedFunction,
     keep_step_passwords,
     parse_script,
     redact_steps,
@@ -359,6 +360,7 @@ class MultiStepApiMonitor(MonitorBase):
     MonitorType: Literal["MultiStepApi"]
     MsaSteps: list[MsaStep] = Field(default_factory=list)
     PredefinedVariables: list[PredefinedVariable] = Field(default_factory=list)
+    UserDefinedFunctions: list[UserDefinedFunction] = Field(default_factory=list)
     MultiStepApiTransactionScript: str = Field(default="", validate_default=True)
 
     @field_validator("MultiStepApiTransactionScript")
@@ -378,7 +380,11 @@ class MultiStepApiMonitor(MonitorBase):
     def script(self) -> MsaScript:
         if self.MultiStepApiTransactionScript.strip():
             return parse_script(self.MultiStepApiTransactionScript)
-        return MsaScript(MsaSteps=self.MsaSteps, PredefinedVariables=self.PredefinedVariables)
+        return MsaScript(
+            MsaSteps=self.MsaSteps,
+            PredefinedVariables=self.PredefinedVariables,
+            UserDefinedFunctions=self.UserDefinedFunctions,
+        )
 
     @classmethod
     def redact(cls, definition: dict[str, Any]) -> dict[str, Any]:

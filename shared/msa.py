@@ -19,6 +19,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_.\-]+)\s*\}\}")
@@ -46,6 +47,7 @@ SourceName = Literal[
     "VariablesResolved",
     "CumulativeDuration",
     "ResponseHasException",
+    "ExecuteFunction",
 ]
 ComparisonName = Literal[
     "Equal",
@@ -136,9 +138,50 @@ class PredefinedVariable(_Lenient):
     Value: str = ""
 
 
+FunctionType = Literal["Mapping", "Regex", "JwtEncode", "JwtDecode", "Hash"]
+
+
+class UserDefinedFunction(_Lenient):
+    """A function variables can call (Source ExecuteFunction, Property = the function's name,
+    Arguments = its input). The script form's `Mapping` object and `discriminator`
+    (`UserDefinedFunctionMapping`, ...) are understood too."""
+
+    Name: Annotated[str, Field(min_length=1)]
+    Type: FunctionType | None = None
+    discriminator: str = ""
+    Mappings: list[PredefinedVariable] = Field(default_factory=list)
+    Mapping: dict[str, str] = Field(default_factory=dict)
+    Regex: str = ""
+    JwtSigningKey: str = ""
+    JwtAlgorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    # Picket's names for the Hash function's settings (not in the Uptrends notes)
+    HashAlgorithm: Literal[
+        "MD5", "SHA1", "SHA256", "SHA512", "HMACSHA1", "HMACSHA256", "HMACSHA512"
+    ] = "SHA256"
+    HashKey: str = ""
+
+    @model_validator(mode="after")
+    def _kind(self) -> UserDefinedFunction:
+        if self.Type is None:
+            inferred = self.discriminator.removeprefix("UserDefinedFunction")
+            if inferred not in ("Mapping", "Regex", "JwtEncode", "JwtDecode", "Hash"):
+                raise ValueError(f"function {self.Name!r} needs a Type")
+            self.Type = inferred  # type: ignore[assignment]
+        if self.Type == "Regex":
+            try:
+                re.compile(self.Regex)
+            except re.error as exc:
+                raise ValueError(f"function {self.Name!r}: Regex is invalid: {exc}") from None
+        return self
+
+    def table(self) -> dict[str, str]:
+        return {**{m.Key: m.Value for m in self.Mappings}, **self.Mapping}
+
+
 class MsaScript(_Lenient):
     MsaSteps: list[MsaStep] = Field(default_factory=list)
     PredefinedVariables: list[PredefinedVariable] = Field(default_factory=list)
+    UserDefinedFunctions: list[UserDefinedFunction] = Field(default_factory=list)
     Version: int = 2
 
 

@@ -22,7 +22,7 @@ from agent.probes.base import Outcome, Probe
 from agent.probes.http import PHASES, curl_error_code
 from shared.errors import ErrorCode
 from shared.monitors import MonitorBase, MultiStepApiMonitor
-from shared.msa import MsaStep
+from shared.msa import MsaStep, UserDefinedFunction
 
 STEP_BODY_BYTES = 8192  # of each step's request and response kept in the step results
 
@@ -50,6 +50,7 @@ class MultiStepApiProbe(Probe):
         assert isinstance(monitor, MultiStepApiMonitor)
         script = monitor.script
         variables = {v.Key: v.Value for v in script.PredefinedVariables}
+        functions = {f.Name: f for f in script.UserDefinedFunctions}
         began = time.perf_counter()
         deadline = began + monitor.TimeoutSeconds
         reports: list[dict[str, Any]] = []
@@ -72,7 +73,7 @@ class MultiStepApiProbe(Probe):
                 passed_steps += 1
                 continue
             run = await self._run_with_retries(
-                step, name, number, variables, cumulative_ms, deadline
+                step, name, number, variables, functions, cumulative_ms, deadline
             )
             cumulative_ms += run.duration_ms
             for phase in PHASES:
@@ -106,6 +107,7 @@ class MultiStepApiProbe(Probe):
         name: str,
         number: int,
         variables: dict[str, str],
+        functions: dict[str, UserDefinedFunction],
         cumulative_ms: float,
         deadline: float,
     ) -> StepRun:
@@ -114,7 +116,9 @@ class MultiStepApiProbe(Probe):
         for attempt in range(1, attempts + 1):
             # variables a failed attempt set must not leak into the next one
             scratch = dict(variables)
-            run = await self._run_step(step, name, number, scratch, cumulative_ms, deadline)
+            run = await self._run_step(
+                step, name, number, scratch, functions, cumulative_ms, deadline
+            )
             run.report["Attempts"] = attempt
             if run.passed:
                 variables.update(scratch)
@@ -132,6 +136,7 @@ class MultiStepApiProbe(Probe):
         name: str,
         number: int,
         variables: dict[str, str],
+        functions: dict[str, UserDefinedFunction],
         cumulative_ms: float,
         deadline: float,
     ) -> StepRun:
@@ -185,6 +190,7 @@ class MultiStepApiProbe(Probe):
             body=response.body,
             duration_ms=step_ms,
             cumulative_ms=cumulative_ms + step_ms,
+            functions=functions,
         )
         for definition in step.Variables:
             if not definition.Name:

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
-from shared.msa import PLACEHOLDER, ApiAssertion, ApiVariableDefinition
+from agent.probes.functions import execute
+from shared.msa import PLACEHOLDER, ApiAssertion, ApiVariableDefinition, UserDefinedFunction
 
 
 class Missing:
@@ -54,6 +55,7 @@ class StepResponse:
     body: bytes = b""
     duration_ms: float = 0.0
     cumulative_ms: float = 0.0
+    functions: dict[str, UserDefinedFunction] = field(default_factory=dict)
     _json: Any = field(default=MISSING, repr=False)
 
     def text(self) -> str:
@@ -211,6 +213,12 @@ def extract(
                 return base64.b64encode(data).decode()
             digest = hashlib.sha1 if source == "ToSHA1Hex" else hashlib.md5
             return digest(data, usedforsecurity=False).hexdigest()
+        case "ExecuteFunction":
+            function = response.functions.get(prop.strip())
+            if function is None:
+                raise ValueError(f"no user-defined function named {prop.strip()!r}")
+            result = execute(function, "".join(args()))
+            return MISSING if result is None else result
         case _:  # None, Fail
             return MISSING
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -245,3 +246,66 @@ def test_invalid_definitions_are_refused() -> None:
                 ],
             }
         )
+
+
+async def test_user_defined_functions(api: ApiTarget) -> None:
+    def call(
+        name: str, source: str = "ResponseBodyJson", prop: str = "user.name"
+    ) -> dict[str, Any]:
+        return {
+            "Source": "ExecuteFunction",
+            "Property": name,
+            "Name": name.lower(),
+            "Arguments": [{"Source": source, "Property": prop}],
+        }
+
+    step = {
+        "StepType": "HttpRequest",
+        "Method": "POST",
+        "Url": f"{api.base}/login",
+        "Body": '{"user": "ada"}',
+        "Variables": [
+            call("Initials"),
+            call("FirstLetters"),
+            call("Sha"),
+            call("Token", "Constant", '{"sub": "ada"}'),
+        ],
+        "Assertions": [
+            _assert("Variable", "Equal", "A.L.", "initials"),
+            _assert("Variable", "Equal", "Ad", "firstletters"),
+            _assert("Variable", "Equal", hashlib.sha256(b"Ada").hexdigest(), "sha"),
+        ],
+    }
+    decode = {
+        "StepType": "HttpRequest",
+        "Url": f"{api.base}/orders/1",
+        "Variables": [
+            {
+                "Source": "ExecuteFunction",
+                "Property": "Claims",
+                "Name": "claims",
+                "Arguments": [{"Source": "Variable", "Property": "token"}],
+            }
+        ],
+        "Assertions": [_assert("Variable", "Equal", '{"sub":"ada"}', "claims")],
+    }
+    script = {
+        "MsaSteps": [step, decode],
+        "UserDefinedFunctions": [
+            {
+                "Name": "Initials",
+                "Mapping": {"Ada": "A.L."},
+                "discriminator": "UserDefinedFunctionMapping",
+            },
+            {"Name": "FirstLetters", "Type": "Regex", "Regex": "^(..)"},
+            {"Name": "Sha", "Type": "Hash", "HashAlgorithm": "SHA256"},
+            {"Name": "Token", "Type": "JwtEncode", "JwtSigningKey": "k3y"},
+            {"Name": "Claims", "Type": "JwtDecode", "JwtSigningKey": "k3y"},
+        ],
+    }
+    outcome = await _run(MultiStepApiTransactionScript=json.dumps(script))
+    assert outcome.ok, (outcome.description, outcome.error_message)
+    script["UserDefinedFunctions"][4]["JwtSigningKey"] = "other key"  # type: ignore[index]
+    tampered = await _run(MultiStepApiTransactionScript=json.dumps(script))
+    assert tampered.error_code == ErrorCode.ASSERTION_FAILED
+    assert "Step 2" in tampered.description
