@@ -195,9 +195,6 @@ class Agent:
             log.exception("agent %s: monitor %s: probe failed", self.id, entry.guid)
             outcome = Outcome(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         self.metrics.check_done(monitor.MonitorType, outcome.ok, time.perf_counter() - clock)
-        body = None
-        if not outcome.ok and outcome.body:
-            body = outcome.body[: self.settings.failed_body_bytes].decode("utf-8", "replace")
         if not outcome.ok:
             log.info(
                 "agent %s checkpoint %s: monitor %s (%s) failed: %s %s",
@@ -209,27 +206,15 @@ class Agent:
                 outcome.error_message,
             )
         self._results.append(
-            # built from our own typed values: no validation needed on this hot path
-            CheckResult.model_construct(
-                uid=uuid.uuid4().hex,
-                monitor_guid=entry.guid,
-                monitor_revision=entry.revision,
-                monitor_type=monitor.MonitorType,
-                scheduled_at=scheduled_at,
-                started_at=started,
-                error_code=int(outcome.error_code),
-                error_description=outcome.description,
-                error_message=outcome.error_message,
-                http_status_code=outcome.http_status_code,
-                total_bytes=outcome.total_bytes,
-                resolved_ip=outcome.resolved_ip,
-                timings_ms=outcome.timings_ms,
-                response_body=body,
-                warnings=outcome.warnings,
-                details=outcome.details,
-                attributes=outcome.attributes,
-                is_confirmation=confirms is not None,
-                confirms=confirms,
+            make_result(
+                entry.guid,
+                entry.revision,
+                monitor.MonitorType,
+                outcome,
+                scheduled_at,
+                started,
+                confirms,
+                self.settings.failed_body_bytes,
             )
         )
         if len(self._results) >= self.settings.batch_size:
@@ -323,6 +308,44 @@ class Agent:
             log.info(
                 "agent %s: stopped; %d results wait in the outbox", self.id, self.outbox.results
             )
+
+
+def make_result(
+    monitor_guid: str,
+    revision: str,
+    monitor_type: str,
+    outcome: Outcome,
+    scheduled_at: float,
+    started_at: float,
+    confirms: str | None,
+    failed_body_bytes: int,
+) -> CheckResult:
+    """The result message of one check, with a new uid; the body only for a failure."""
+    body = None
+    if not outcome.ok and outcome.body:
+        body = outcome.body[:failed_body_bytes].decode("utf-8", "replace")
+    # built from our own typed values: no validation needed on this hot path
+    return CheckResult.model_construct(
+        uid=uuid.uuid4().hex,
+        monitor_guid=monitor_guid,
+        monitor_revision=revision,
+        monitor_type=monitor_type,
+        scheduled_at=scheduled_at,
+        started_at=started_at,
+        error_code=int(outcome.error_code),
+        error_description=outcome.description,
+        error_message=outcome.error_message,
+        http_status_code=outcome.http_status_code,
+        total_bytes=outcome.total_bytes,
+        resolved_ip=outcome.resolved_ip,
+        timings_ms=outcome.timings_ms,
+        response_body=body,
+        warnings=outcome.warnings,
+        details=outcome.details,
+        attributes=outcome.attributes,
+        is_confirmation=confirms is not None,
+        confirms=confirms,
+    )
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

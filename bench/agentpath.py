@@ -3,24 +3,23 @@
 `AgentPath.run_check` is `Agent._run_check` minus the Prometheus updates, the log line for
 failures and the disk write of a batch: the HTTP probe (request built from the monitor, the
 transfer on CurlEngine, timings, error conditions) and the pydantic `CheckResult` the agent
-hands to its outbox, collected into batches of 200 as the agent does.
+hands to its outbox, collected into batches of the agent's default size, as the agent does.
 """
 
 from __future__ import annotations
 
-import uuid
-
+from agent.app import make_result
 from agent.curl import CurlEngine
 from agent.probes.base import Outcome, ProbeContext
 from agent.probes.http import HttpProbe
+from agent.settings import AgentSettings
 from shared.errors import ErrorCode
 from shared.messages import CheckResult
 from shared.monitors import HttpMonitor
 
-BATCH_SIZE = 200  # the agent's default PICKET_BATCH_SIZE
+BATCH_SIZE = AgentSettings.model_fields["batch_size"].default  # the agent's default
 MAX_BODY_BYTES = 1_048_576  # the agent's default PICKET_MAX_BODY_BYTES
 FAILED_BODY_BYTES = 65_536
-OPTIONAL_FIELDS = ("warnings", "details", "attributes")
 
 
 def http_monitor(url: str, name: str = "bench", interval_seconds: int = 60) -> HttpMonitor:
@@ -52,33 +51,8 @@ class AgentPath:
             outcome = await self.probe.check(monitor)
         except Exception as exc:
             outcome = Outcome(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
-        # fields the agent passes on when this version of Outcome and CheckResult have them
-        extra = {
-            name: getattr(outcome, name)
-            for name in OPTIONAL_FIELDS
-            if name in CheckResult.model_fields and hasattr(outcome, name)
-        }
-        body = None
-        if not outcome.ok and outcome.body:
-            body = outcome.body[:FAILED_BODY_BYTES].decode("utf-8", "replace")
-        result = CheckResult.model_construct(  # as the agent builds it
-            uid=uuid.uuid4().hex,
-            monitor_guid=guid,
-            monitor_revision="1",
-            monitor_type=monitor.MonitorType,
-            scheduled_at=scheduled_at,
-            started_at=started,
-            error_code=int(outcome.error_code),
-            error_description=outcome.description,
-            error_message=outcome.error_message,
-            http_status_code=outcome.http_status_code,
-            total_bytes=outcome.total_bytes,
-            resolved_ip=outcome.resolved_ip,
-            timings_ms=outcome.timings_ms,
-            response_body=body,
-            is_confirmation=False,
-            confirms=None,
-            **extra,
+        result = make_result(
+            guid, "1", monitor.MonitorType, outcome, scheduled_at, started, None, FAILED_BODY_BYTES
         )
         if outcome.ok:
             self.ok += 1

@@ -44,6 +44,7 @@ from pathlib import Path
 import aiohttp
 import uvloop
 
+from agent.settings import AgentSettings
 from bench import infra
 from bench.infra import LOOPBACK, Summary, fmt_rate
 
@@ -54,7 +55,7 @@ CREATE_IN_FLIGHT = 24
 SETTLE_SECONDS = 4.0
 WINDOW_SECONDS = 8.0
 SUSTAINED = 0.95  # share of N/s that nginx must see and the controller must store
-BATCH_SIZE = 200  # the agent's default PICKET_BATCH_SIZE
+BATCH_SIZE = AgentSettings.model_fields["batch_size"].default  # the agent's default
 RAMP_BUDGET_SECONDS = 200.0  # a step that would end later is not started (the run stays < 4 min)
 STEP_OVERHEAD = SETTLE_SECONDS + WINDOW_SECONDS + 3.0  # + waiting for the assignments, scrapes
 START_TIMEOUT = 60.0

@@ -330,6 +330,12 @@ class Api:
                 return resp.status, await resp.json()
             return resp.status, text
 
+    async def create_monitor(self, definition: dict[str, Any]) -> str:
+        """POST /Monitor; the new monitor's guid."""
+        status, body = await self.call("POST", "/api/v4/Monitor", json=definition)
+        assert status == 201, body
+        return str(body["MonitorGuid"])
+
     async def checks(self, guid: str, **params: str) -> list[dict[str, Any]]:
         """Every stored check of a monitor, oldest first, following the cursors."""
         found: list[dict[str, Any]] = []

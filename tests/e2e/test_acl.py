@@ -31,18 +31,15 @@ async def test_agents_confined_to_their_own_topics(
         )
         stack.agent(broker.login_url("agent-1", USERS["agent-1"]))
         api = await _ready(stack, http)
-        status, monitor = await api.call(
-            "POST",
-            "/api/v4/Monitor",
-            json={
+        guid = await api.create_monitor(
+            {
                 "Name": "through the ACL",
                 "MonitorType": "Http",
                 "Url": f"{target.base}/ok",
                 "CheckIntervalSeconds": 1,
-            },
+            }
         )
-        assert status == 201, monitor
-        await wait_for(lambda: _at_least(api, monitor["MonitorGuid"], 2), "checks through the ACL")
+        await wait_for(lambda: _at_least(api, guid, 2), "checks through the ACL")
 
         # another agent's login sees none of agent-1's assignments and cannot fake its results
         received: list[str] = []
@@ -59,9 +56,7 @@ async def test_agents_confined_to_their_own_topics(
             listener = asyncio.create_task(listen())
             await spy.publish("picket/v1/results/agent-1", b'{"v": 1}', qos=1)
             # meanwhile agent-1's assignment traffic goes on; wait for more of its checks
-            await wait_for(
-                lambda: _at_least(api, monitor["MonitorGuid"], 4), "more checks meanwhile"
-            )
+            await wait_for(lambda: _at_least(api, guid, 4), "more checks meanwhile")
             listener.cancel()
         assert not [t for t in received if "/agent-1/" in t], received
         metrics = await scrape(http, f"{stack.api}/metrics")

@@ -44,19 +44,16 @@ async def test_monitor_end_to_end(
     api = await _ready(stack, http)
 
     # a monitor on a target that waits DELAY_MS before answering
-    status, monitor = await api.call(
-        "POST",
-        "/api/v4/Monitor",
-        json={
+    guid = await api.create_monitor(
+        {
             "Name": "slow target",
             "MonitorType": "Http",
             "Url": f"{target.base}/slow?ms={DELAY_MS}",
             "CheckIntervalSeconds": 1,
             "ErrorConditions": [{"ErrorConditionType": "HttpStatus", "Value": "200"}],
-        },
+        }
     )
-    assert status == 201, monitor
-    guid = monitor["MonitorGuid"]
+    _, monitor = await api.call("GET", f"/api/v4/Monitor/{guid}")
     assert monitor["CheckIntervalSeconds"] == 1 and "CheckInterval" not in monitor
 
     async def three_checks() -> list[dict[str, Any]] | None:
@@ -172,18 +169,14 @@ async def test_broker_outage_loses_no_result(
     stack.controller(mosquitto.url, f"sqlite+aiosqlite:///{stack.workdir / 'picket.db'}")
     stack.agent(mosquitto.url)
     api = await _ready(stack, http)
-    status, monitor = await api.call(
-        "POST",
-        "/api/v4/Monitor",
-        json={
+    guid = await api.create_monitor(
+        {
             "Name": "every second",
             "MonitorType": "Http",
             "Url": f"{target.base}/ok",
             "CheckIntervalSeconds": 1,
-        },
+        }
     )
-    assert status == 201
-    guid = monitor["MonitorGuid"]
     await wait_for(lambda: _at_least(api, guid, 2), "two stored checks")
 
     async def checks_run() -> float:
@@ -248,18 +241,14 @@ async def test_agent_keeps_results_across_restart_without_broker(
     stack.controller(mosquitto.url, f"sqlite+aiosqlite:///{stack.workdir / 'picket.db'}")
     agent = stack.agent(mosquitto.url)
     api = await _ready(stack, http)
-    status, monitor = await api.call(
-        "POST",
-        "/api/v4/Monitor",
-        json={
+    guid = await api.create_monitor(
+        {
             "Name": "m",
             "MonitorType": "Http",
             "Url": f"{target.base}/ok",
             "CheckIntervalSeconds": 1,
-        },
+        }
     )
-    assert status == 201, monitor
-    guid = monitor["MonitorGuid"]
     await wait_for(lambda: _at_least(api, guid, 1), "a stored check")
     mosquitto.kill()
 
@@ -297,18 +286,13 @@ async def test_agent_reconciles_assignments_after_a_partition(
     api = await _ready(stack, http)
     guids = []
     for name in ("kept", "deleted while away"):
-        status, monitor = await api.call(
-            "POST",
-            "/api/v4/Monitor",
-            json={
-                "Name": name,
-                "MonitorType": "Http",
-                "Url": f"{target.base}/ok",
-                "CheckIntervalSeconds": 1,
-            },
-        )
-        assert status == 201, monitor
-        guids.append(monitor["MonitorGuid"])
+        definition = {
+            "Name": name,
+            "MonitorType": "Http",
+            "Url": f"{target.base}/ok",
+            "CheckIntervalSeconds": 1,
+        }
+        guids.append(await api.create_monitor(definition))
 
     async def assignments() -> float:
         return (await scrape(http, stack.agent_metrics))["picket_agent_assignments"]
