@@ -59,6 +59,7 @@ class Agent:
         self._results: list[CheckResult] = []
         self._send_wake = asyncio.Event()
         self._heap_changed = asyncio.Event()
+        self._flush_now = asyncio.Event()
         self._shed_logged = 0.0
         self._update_outbox_metrics()
         self.metrics.watch_checks(lambda: len(self._checks))
@@ -218,17 +219,30 @@ class Agent:
             )
         )
         if len(self._results) >= self.settings.batch_size:
-            self._flush()
+            self._flush_now.set()  # the flush loop writes it: a disk error stays out of here
 
     # --- results ----------------------------------------------------------------------------
 
-    def _flush(self) -> None:
+    def _flush(self) -> bool:
+        """Move the finished results to the on-disk outbox; False (results kept in memory,
+        tried again on the next tick) when the disk refuses."""
         if not self._results:
-            return
-        results, self._results = self._results, []
-        self.outbox.add(results)
+            return True
+        try:
+            self.outbox.add(self._results)
+        except OSError as exc:
+            self.metrics.outbox_errors.inc()
+            log.error(
+                "agent %s: cannot write %d results to the outbox: %s; retrying",
+                self.id,
+                len(self._results),
+                exc,
+            )
+            return False
+        self._results = []
         self._update_outbox_metrics()
         self._send_wake.set()
+        return True
 
     def _update_outbox_metrics(self) -> None:
         self.metrics.outbox_results.set(self.outbox.results)
@@ -237,7 +251,9 @@ class Agent:
     async def _flush_loop(self) -> None:
         interval = self.settings.batch_interval_ms / 1000.0
         while True:
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush_now.wait(), timeout=interval)
+            self._flush_now.clear()
             self._flush()
 
     async def _send_loop(self) -> None:

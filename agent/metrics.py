@@ -57,6 +57,11 @@ class AgentMetrics:
         self.outbox_batches = Gauge(
             "picket_agent_outbox_batches", "Batches waiting for the controller's ack", registry=r
         )
+        self.outbox_errors = Counter(
+            "picket_agent_outbox_write_errors_total",
+            "Failed writes of a result batch to disk (retried)",
+            registry=r,
+        )
         self.reconnects = Counter(
             "picket_agent_mqtt_reconnects_total", "MQTT connection losses", registry=r
         )

@@ -77,6 +77,7 @@ class Outbox:
             fh.flush()
             os.fsync(fh.fileno())
         tmp.rename(path)
+        _sync_directory(self._dir)  # the rename itself must survive a crash too
         pending = PendingBatch(batch_id, path, data, len(results))
         self._pending[batch_id] = pending
         return pending
@@ -111,3 +112,11 @@ class Outbox:
         """After a reconnect nothing sent before can be trusted to have arrived."""
         for batch in self._pending.values():
             batch.sent_at = None
+
+
+def _sync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -21,6 +21,7 @@ class Scheduled:
     interval: float
     offset: float
     last_slot: float = -math.inf
+    next_due: float = math.inf  # the slot waiting in the heap
     generation: int = 0
 
 
@@ -58,13 +59,16 @@ class Scheduler:
 
     def put(self, entry: Scheduled) -> None:
         old = self._entries.get(entry.guid)
+        now = time.time()
         if old is not None:
             if old.revision == entry.revision:
                 return  # the same assignment again (a resend after reconnect)
             entry.last_slot = old.last_slot  # never run one slot twice across an update
+            # a slot that came due just before the update still runs, with the new definition
+            now = min(now, old.next_due)
         entry.generation = next(self._counter)
         self._entries[entry.guid] = entry
-        slot = next_slot(time.time(), entry.interval, entry.offset)
+        slot = next_slot(now, entry.interval, entry.offset)
         if slot <= entry.last_slot:
             slot += entry.interval
         self._push(slot, entry)
@@ -73,6 +77,7 @@ class Scheduler:
         return self._entries.pop(guid, None) is not None
 
     def _push(self, slot: float, entry: Scheduled) -> None:
+        entry.next_due = slot
         heapq.heappush(self._heap, (slot, entry.generation, entry.guid))
         if self._heap[0][2] == entry.guid:
             self._wake()

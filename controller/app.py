@@ -40,6 +40,8 @@ class Controller:
         self.auth = Authenticator(store, settings.credential_cache_seconds)
         self.bus = ControllerBus(settings.broker_url, self, self.metrics)
         self.assigner = Assigner(store, self.bus, self.metrics)
+        self.stopping = asyncio.Event()  # set by a signal, or when a background loop dies
+        self.failed = False
         self.ingest = Ingest(
             store,
             self.bus,
@@ -48,6 +50,16 @@ class Controller:
             settings.failed_body_bytes,
             settings.ingest_batch_max,
         )
+
+    def background_ended(self, task: asyncio.Task[None]) -> None:
+        """A background loop must never end while serving: if one does, stop the process
+        (loudly) so a supervisor restarts it, rather than answer the API and store nothing."""
+        if task.cancelled() or self.stopping.is_set():
+            return
+        log.error(
+            "controller: background task %s ended: %r; stopping", task.get_name(), task.exception()
+        )
+        self.stopping.set()
 
     async def on_connected(self) -> None:
         await self.assigner.sync_all()
@@ -119,7 +131,10 @@ def _background(ctl: Controller) -> Callable[[web.Application], AsyncIterator[No
         tasks = [
             asyncio.create_task(ctl.bus.run(), name="bus"),
             asyncio.create_task(ctl.ingest.run(), name="ingest"),
+            asyncio.create_task(ctl.assigner.reconcile_forever(), name="reconcile"),
         ]
+        for task in tasks:
+            task.add_done_callback(ctl.background_ended)
         yield
         for task in tasks:
             task.cancel()
@@ -145,6 +160,7 @@ async def serve(settings: ControllerSettings) -> None:
     store = await Store.open(settings.resolved_database_url())
     try:
         ctl = Controller(settings, store)
+        ctl.stopping = stop
         runner = web.AppRunner(create_app(ctl), access_log=None)
         await runner.setup()
         try:
@@ -171,6 +187,8 @@ async def serve(settings: ControllerSettings) -> None:
             await runner.cleanup()
     finally:
         await store.close()
+    if ctl.failed:
+        raise SystemExit("controller: stopped because a background task died (see above)")
     log.info("controller: stopped")
 
 

@@ -51,6 +51,7 @@ class Assigner:
         self.monitors: dict[str, MonitorRow] = {}
         self._published: dict[tuple[str, str], str] = {}
         self._lock = asyncio.Lock()
+        self._presence: dict[str, bool] = {}  # from the agents' state topics
 
     async def load(self) -> None:
         self.servers = {s.agent_id: s for s in await self.store.servers()}
@@ -127,19 +128,34 @@ class Assigner:
                 await self.store.set_assignment(guid, agent, None)
                 log.info("monitor %s removed from agent %s", guid, agent)
 
-    async def monitor_changed(self, monitor: MonitorRow | None, guid: str) -> None:
+    async def save_monitor(self, monitor: MonitorRow, create: bool) -> bool:
+        """Store a monitor and place it, as one step: concurrent edits of one monitor cannot
+        leave the database and the agents disagreeing. False: it was deleted meanwhile."""
         async with self._lock:
-            if monitor is None:
-                self.monitors.pop(guid, None)
-            else:
-                self.monitors[guid] = monitor
+            if not await self.store.save_monitor(monitor, create):
+                return False
+            self.monitors[monitor.guid] = monitor
+            await self._apply(monitor.guid)
+            return True
+
+    async def delete_monitor(self, guid: str) -> bool:
+        async with self._lock:
+            deleted = await self.store.delete_monitor(guid)
+            self.monitors.pop(guid, None)
             await self._apply(guid)
+            return deleted
 
     async def sync_all(self, force_agent: str | None = None) -> None:
         async with self._lock:
             guids = set(self.monitors) | {g for (g, _agent) in self._published}
             for guid in sorted(guids):
                 await self._apply(guid, force_agent)
+
+    async def reconcile_forever(self, every: float = 30.0) -> None:
+        """Publishes that failed (a broker hiccup) are retried here, not only on reconnect."""
+        while True:
+            await asyncio.sleep(every)
+            await self.sync_all()
 
     async def on_hello(self, hello: Hello) -> None:
         srv = await self.store.register_server(
@@ -151,10 +167,13 @@ class Assigner:
             hello.version,
             hello.probe_types,
             hello.capacity,
+            # a retained hello says who the agent is, the LWT-backed state whether it is up
+            online=self._presence.get(hello.agent, True),
         )
         log.info(
-            "agent %s online at checkpoint %s (id %d), server id %d, %s %s",
+            "agent %s %s at checkpoint %s (id %d), server id %d, %s %s",
             srv.agent_id,
+            "online" if srv.online else "registered (offline)",
             srv.checkpoint_name,
             srv.checkpoint_id,
             srv.id,
@@ -169,6 +188,7 @@ class Assigner:
         await self.bus.sync(srv.agent_id, Sync(monitors=mine))
 
     async def on_state(self, agent_id: str, online: bool) -> None:
+        self._presence[agent_id] = online
         srv = self.servers.get(agent_id)
         if srv is None or srv.online == online:
             return

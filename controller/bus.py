@@ -33,7 +33,9 @@ class ControllerBus:
         self.session = MqttSession(
             parse_broker_url(broker_url),
             client_id=f"picket-controller-{uuid.uuid4().hex[:12]}",
-            subscriptions=[topics.ALL_HELLOS, topics.ALL_STATES, topics.ALL_RESULTS],
+            # states first: after a restart the retained presence must be known before the
+            # retained hellos, or a dead agent would look alive for a moment
+            subscriptions=[topics.ALL_STATES, topics.ALL_HELLOS, topics.ALL_RESULTS],
             on_message=self._on_message,
             on_connect=handler.on_connected,
             on_drop=lambda reason: metrics.dropped.labels(reason).inc(),

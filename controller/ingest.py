@@ -53,6 +53,7 @@ class Ingest:
         self.batch_max = batch_max
         self.queue: asyncio.Queue[ResultBatch] = asyncio.Queue(maxsize=10_000)
         self.levels: dict[str, int] = {}
+        self.latest: dict[str, float] = {}  # start time of each monitor's newest result
 
     async def load(self) -> None:
         self.levels = await self.store.last_levels()
@@ -68,33 +69,58 @@ class Ingest:
             try:
                 await self.process(batches)
             except Exception:
-                # not acknowledged: the agents keep the batches and send them again
                 self.metrics.ingest_errors.inc()
-                log.exception("ingest of %d batches failed; agents will resend", len(batches))
-                await asyncio.sleep(1.0)
+                if len(batches) == 1:
+                    # not acknowledged: the agent keeps the batch and sends it again
+                    log.exception(
+                        "ingest of batch %s failed; the agent will resend it", batches[0].batch_id
+                    )
+                    await asyncio.sleep(1.0)
+                    continue
+                # one bad batch must not hold back the others stored with it: one at a time
+                log.exception("ingest of %d batches failed; retrying one by one", len(batches))
+                for batch in batches:
+                    try:
+                        await self.process([batch])
+                    except Exception:
+                        log.exception(
+                            "ingest of batch %s from agent %s failed; it will be resent",
+                            batch.batch_id,
+                            batch.agent,
+                        )
 
     async def process(self, batches: list[ResultBatch]) -> None:
         rows: list[dict[str, Any]] = []
         results: dict[str, tuple[ResultBatch, CheckResult, int]] = {}
         levels = dict(self.levels)
+        # a replayed result (lost ack, resend) must not move the alert state a second time
+        known = await self.store.known_uids([r.uid for b in batches for r in b.results])
         ordered = sorted(
             ((b, r) for b in batches for r in b.results), key=lambda pair: pair[1].started_at
         )
         for batch, result in ordered:
-            if result.uid in results:
+            if result.uid in results or result.uid in known:
                 continue
             level = error_level(result, levels.get(result.monitor_guid, NO_ERROR))
-            levels[result.monitor_guid] = level
+            # a result older than the newest one seen (an outbox replay after an outage) gets
+            # its level but moves neither the state nor asks for a re-check
+            if result.started_at >= self.latest.get(result.monitor_guid, 0.0):
+                levels[result.monitor_guid] = level
             results[result.uid] = (batch, result, level)
             rows.append(self._row(batch.agent, result, level))
         inserted = await self.store.insert_checks(rows)
         now = time.time()
-        for uid in inserted:
+        stale: set[str] = set()
+        for uid in sorted(inserted, key=lambda u: results[u][1].started_at):
             batch, result, level = results[uid]
-            self.levels[result.monitor_guid] = level
+            if result.started_at >= self.latest.get(result.monitor_guid, 0.0):
+                self.latest[result.monitor_guid] = result.started_at
+                self.levels[result.monitor_guid] = level
+            else:
+                stale.add(uid)
             self.metrics.results.labels(LEVEL_NAMES[level]).inc()
             self.metrics.ingest_lag.observe(max(0.0, now - result.started_at))
-        self.metrics.duplicates.inc(len(rows) - len(inserted))
+        self.metrics.duplicates.inc(sum(len(b.results) for b in batches) - len(inserted))
         by_agent: dict[str, list[str]] = {}
         for batch in batches:
             by_agent.setdefault(batch.agent, []).append(batch.batch_id)
@@ -103,7 +129,7 @@ class Ingest:
         self.metrics.batches.inc(len(batches))
         for uid in sorted(inserted, key=lambda u: results[u][1].started_at):
             batch, result, level = results[uid]
-            if level == UNCONFIRMED and not result.is_confirmation:
+            if level == UNCONFIRMED and not result.is_confirmation and uid not in stale:
                 self.metrics.confirmations.inc()
                 await self.bus.run_now(
                     batch.agent, RunRequest(monitor_guid=result.monitor_guid, confirms=uid)
@@ -132,7 +158,8 @@ class Ingest:
             attributes["Warnings"] = result.warnings
         body = result.response_body
         if body is not None and result.error_code != 0:
-            body = body[: self.failed_body_bytes]
+            # PostgreSQL text cannot hold NUL; a binary body is shown with U+FFFD instead
+            body = body[: self.failed_body_bytes].replace("\x00", "\ufffd")
         else:
             body = None
         return {

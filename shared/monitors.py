@@ -110,7 +110,7 @@ class ErrorCondition(_Strict):
             if (self.MatchType or "").endswith("Regex"):
                 try:
                     re.compile(self.Value)
-                except re.error as exc:
+                except (re.error, OverflowError, RecursionError) as exc:
                     raise ValueError(f"Value is not a valid regular expression: {exc}") from None
         elif not self.Value.strip().isdigit():
             unit = "bytes" if "Bytes" in self.ErrorConditionType else "milliseconds"
@@ -389,25 +389,27 @@ class MultiStepApiMonitor(MonitorBase):
     @classmethod
     def redact(cls, definition: dict[str, Any]) -> dict[str, Any]:
         shown = super().redact(definition)
-        shown["MsaSteps"] = redact_steps(shown.get("MsaSteps") or [])
+        shown["MsaSteps"] = redact_steps(shown.get("MsaSteps"))
         script = shown.get("MultiStepApiTransactionScript")
         if script:
             parsed = json.loads(script)
-            parsed["MsaSteps"] = redact_steps(parsed.get("MsaSteps") or [])
+            parsed["MsaSteps"] = redact_steps(parsed.get("MsaSteps"))
             shown["MultiStepApiTransactionScript"] = json.dumps(parsed)
         return shown
 
     @classmethod
     def keep_secrets(cls, new: dict[str, Any], old: dict[str, Any]) -> None:
         super().keep_secrets(new, old)
-        keep_step_passwords(new.get("MsaSteps") or [], old.get("MsaSteps") or [])
+        keep_step_passwords(new.get("MsaSteps"), old.get("MsaSteps"))
         if new.get("MultiStepApiTransactionScript") and old.get("MultiStepApiTransactionScript"):
             try:
                 new_script = json.loads(new["MultiStepApiTransactionScript"])
                 old_script = json.loads(old["MultiStepApiTransactionScript"])
             except (json.JSONDecodeError, TypeError):
                 return  # validation names the problem
-            keep_step_passwords(new_script.get("MsaSteps") or [], old_script.get("MsaSteps") or [])
+            if not isinstance(new_script, dict) or not isinstance(old_script, dict):
+                return
+            keep_step_passwords(new_script.get("MsaSteps"), old_script.get("MsaSteps"))
             new["MultiStepApiTransactionScript"] = json.dumps(new_script)
 
 

@@ -109,7 +109,12 @@ class MqttSession:
                     log.info("mqtt %s: connected to %s", self._client_id, self._target)
                     delay = 0.2
                     if self._on_connect is not None:
-                        await self._on_connect()
+                        try:
+                            await self._on_connect()
+                        except Exception as exc:
+                            # e.g. the database is away: start over instead of going quiet
+                            log.exception("mqtt %s: on-connect work failed", self._client_id)
+                            raise aiomqtt.MqttError(f"on-connect work failed: {exc}") from exc
                     async for message in client.messages:
                         await self._dispatch(message)
             except aiomqtt.MqttError as exc:

@@ -170,7 +170,7 @@ class UserDefinedFunction(_Lenient):
         if self.Type == "Regex":
             try:
                 re.compile(self.Regex)
-            except re.error as exc:
+            except (re.error, OverflowError, RecursionError) as exc:
                 raise ValueError(f"function {self.Name!r}: Regex is invalid: {exc}") from None
         return self
 
@@ -201,10 +201,15 @@ def parse_script(text: str) -> MsaScript:
         raise ValueError(f"{where}: {message}") from None
 
 
-def redact_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _steps(value: Any) -> list[dict[str, Any]]:
+    """Steps as sent, ignoring anything that is not a list of objects (validation reports it)."""
+    return [step for step in value if isinstance(step, dict)] if isinstance(value, list) else []
+
+
+def redact_steps(steps: Any) -> list[dict[str, Any]]:
     """Steps as GET shows them: authentication passwords left out."""
     shown = []
-    for step in steps:
+    for step in _steps(steps):
         auth = step.get("Authentication")
         if isinstance(auth, dict) and auth.get("Password"):
             step = {**step, "Authentication": {**auth, "Password": "", "PasswordSpecified": True}}
@@ -212,16 +217,24 @@ def redact_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return shown
 
 
-def keep_step_passwords(new: list[dict[str, Any]], old: list[dict[str, Any]]) -> None:
-    """A step sent back without its password (as GET showed it) keeps the stored one."""
-    for index, step in enumerate(new):
+def _step_key(step: dict[str, Any]) -> tuple[Any, ...]:
+    auth = step.get("Authentication") if isinstance(step.get("Authentication"), dict) else {}
+    assert isinstance(auth, dict)
+    return (auth.get("Id") or None, step.get("Name"), step.get("Url"), auth.get("UserName"))
+
+
+def keep_step_passwords(new: Any, old: Any) -> None:
+    """A step sent back without its password (as GET showed it) keeps the stored one: matched
+    by its authentication Id, else by name, URL and user name (so reordering steps is safe)."""
+    stored = {
+        _step_key(step): step["Authentication"]
+        for step in _steps(old)
+        if isinstance(step.get("Authentication"), dict)
+    }
+    for step in _steps(new):
         auth = step.get("Authentication")
-        before = old[index].get("Authentication") if index < len(old) else None
-        if (
-            isinstance(auth, dict)
-            and isinstance(before, dict)
-            and not auth.get("Password")
-            and auth.get("UserName") == before.get("UserName")
-            and before.get("Password")
-        ):
+        if not isinstance(auth, dict) or auth.get("Password"):
+            continue
+        before = stored.get(_step_key(step))
+        if before and before.get("Password"):
             auth["Password"] = before["Password"]

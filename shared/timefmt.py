@@ -25,4 +25,7 @@ def parse(text: str) -> float:
         raise ValueError(f"{text!r} is not an ISO 8601 date-time") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+    try:
+        return moment.timestamp()
+    except (OverflowError, ValueError):
+        raise ValueError(f"{text!r} is out of range") from None

@@ -19,7 +19,7 @@ from agent.probes.assertions import (
     substitute,
 )
 from agent.probes.base import Outcome, Probe
-from agent.probes.http import PHASES, curl_error_code
+from agent.probes.http import PHASES, PRIVATE_HEADERS, curl_error_code
 from shared.errors import ErrorCode
 from shared.monitors import MonitorBase, MultiStepApiMonitor
 from shared.msa import MsaStep, UserDefinedFunction
@@ -220,7 +220,7 @@ class MultiStepApiProbe(Probe):
                 "Timings": phases,
                 "TotalBytes": response.total_bytes,
                 "RequestHeaders": "\r\n".join(
-                    f"{k}: {'***' if k.lower() == 'authorization' else v}" for k, v in headers
+                    f"{k}: {'***' if k.lower() in PRIVATE_HEADERS else v}" for k, v in headers
                 ),
                 "RequestBody": body[:STEP_BODY_BYTES],
                 "ResponseHeaders": response.raw_headers,

@@ -72,8 +72,11 @@ def _decode_cursor(text: str) -> tuple[int, int]:
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         ts, ident = json.loads(raw)
-        return int(ts), int(ident)
-    except (binascii.Error, ValueError, TypeError):
+        key = int(ts), int(ident)
+        if not (0 <= key[0] < 2**62 and 0 <= key[1] < 2**63):
+            raise ValueError("out of range")
+        return key
+    except (binascii.Error, ValueError, TypeError, OverflowError):
         fail(400, "Cursor: is not a cursor this API returned", "Cursor")
 
 

@@ -83,7 +83,27 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         fail(400, f"The request body is not valid JSON: {exc}")
     if not isinstance(body, dict):
         fail(400, "The request body must be a JSON object")
+    where = _nul_in(body)
+    if where is not None:
+        fail(400, f"{where}: must not contain NUL characters", where)
     return body
+
+
+def _nul_in(value: Any, path: str = "") -> str | None:
+    """The path of the first string holding a NUL character (no database stores it as text)."""
+    if isinstance(value, str):
+        return (path or "body") if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _nul_in(item, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul_in(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
 
 
 def ok(data: Any, status: int = 200) -> web.Response:

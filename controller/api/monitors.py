@@ -88,10 +88,11 @@ def _check_body_guid(body: dict[str, Any], guid: str) -> None:
 async def _save(request: web.Request, row: MonitorRow, create: bool) -> None:
     ctl = controller(request)
     try:
-        await ctl.store.save_monitor(row, create)
+        saved = await ctl.assigner.save_monitor(row, create)
     except NameTaken:
         fail(400, f"Name: a monitor named {row.name!r} exists already", "Name")
-    await ctl.assigner.monitor_changed(row, row.guid)
+    if not saved:
+        fail(404, f"Monitor {row.guid} not found (deleted meanwhile)", "monitorGuid")
 
 
 @routes.get(PREFIX + "/Monitor")
@@ -138,6 +139,7 @@ async def update_monitor(request: web.Request) -> web.Response:
     _check_body_guid(body, current.guid)
     if body.get("MonitorType", current.monitor_type) != current.monitor_type:
         fail(400, "MonitorType: cannot be changed", "MonitorType")
+    _model(current.monitor_type).keep_secrets(body, current.definition)
     merged = {**current.definition, **body}
     # switching between minutes and seconds: the field sent wins
     if "CheckInterval" in body and "CheckIntervalSeconds" not in body:
@@ -152,6 +154,6 @@ async def update_monitor(request: web.Request) -> web.Response:
 async def delete_monitor(request: web.Request) -> web.Response:
     current = await _existing(request)
     ctl = controller(request)
-    await ctl.store.delete_monitor(current.guid)
-    await ctl.assigner.monitor_changed(None, current.guid)
+    if not await ctl.assigner.delete_monitor(current.guid):
+        fail(404, f"Monitor {current.guid} not found", "monitorGuid")
     return web.Response(status=204)

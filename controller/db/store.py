@@ -128,6 +128,7 @@ class Store:
         version: str,
         probe_types: list[str],
         capacity: int,
+        online: bool = True,
     ) -> ServerRow:
         """Ids are assigned on first registration and kept (keyed by names and agent id)."""
         stamp = now_us()
@@ -143,7 +144,7 @@ class Store:
                 "version": version,
                 "probe_types": json.dumps(probe_types),
                 "capacity": capacity,
-                "online": True,
+                "online": online,
                 "last_seen_us": stamp,
             }
             stmt = self._insert(server).values(agent_id=agent_id, first_seen_us=stamp, **values)
@@ -299,7 +300,8 @@ class Store:
             row = (await conn.execute(sa.select(monitor).where(monitor.c.guid == guid))).first()
             return self._monitor(row) if row else None
 
-    async def save_monitor(self, row: MonitorRow, create: bool) -> None:
+    async def save_monitor(self, row: MonitorRow, create: bool) -> bool:
+        """False when an update finds the monitor gone (deleted meanwhile)."""
         values = {
             "name": row.name,
             "monitor_type": row.monitor_type,
@@ -321,9 +323,11 @@ class Store:
                     sa.insert(monitor).values(guid=row.guid, created_us=row.created_us, **values)
                 )
             else:
-                await conn.execute(
+                result = await conn.execute(
                     sa.update(monitor).where(monitor.c.guid == row.guid).values(**values)
                 )
+                return bool(result.rowcount)
+        return True
 
     async def delete_monitor(self, guid: str) -> bool:
         async with self.engine.begin() as conn:
@@ -354,6 +358,20 @@ class Store:
                 )
 
     # --- checks -------------------------------------------------------------------------------
+
+    async def known_uids(self, uids: list[str]) -> set[str]:
+        """Which of these result uids are stored already."""
+        if not uids:
+            return set()
+        found: set[str] = set()
+        async with self.engine.connect() as conn:
+            for start in range(0, len(uids), 500):
+                chunk = uids[start : start + 500]
+                rows = await conn.execute(
+                    sa.select(monitor_check.c.uid).where(monitor_check.c.uid.in_(chunk))
+                )
+                found.update(r.uid for r in rows)
+        return found
 
     async def insert_checks(self, rows: Sequence[dict[str, Any]]) -> set[str]:
         """Insert what is new; a uid already stored is skipped. Returns the uids inserted."""
@@ -409,10 +427,14 @@ class Store:
             query = query.where(c.ts_us < end_us)
         if min_level:
             query = query.where(c.error_level >= min_level)
+        # newest first by start time; ascending in the order stored (by id), so a reader that
+        # keeps its cursor also finds a check stored late (a slow check, an outbox replay)
         if after is not None:
-            key = sa.tuple_(c.ts_us, c.id)
-            query = query.where(key < sa.tuple_(*after) if descending else key > sa.tuple_(*after))
-        order = (c.ts_us.desc(), c.id.desc()) if descending else (c.ts_us.asc(), c.id.asc())
+            if descending:
+                query = query.where(sa.tuple_(c.ts_us, c.id) < sa.tuple_(*after))
+            else:
+                query = query.where(c.id > after[1])
+        order = (c.ts_us.desc(), c.id.desc()) if descending else (c.id.asc(),)
         async with self.engine.connect() as conn:
             rows = await conn.execute(query.order_by(*order).limit(limit))
             return [self._check(r) for r in rows]

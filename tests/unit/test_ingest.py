@@ -1,0 +1,89 @@
+"""Ingest against a real database (SQLite and PostgreSQL); the broker is away, so acks and
+re-check requests go nowhere, which these tests do not need."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from controller.assigner import Assigner
+from controller.bus import ControllerBus
+from controller.db.store import Store
+from controller.ingest import CONFIRMED, NO_ERROR, UNCONFIRMED, Ingest
+from controller.metrics import ControllerMetrics
+from shared.messages import CheckResult, ResultBatch
+from tests.helpers import free_port
+
+MONITOR = "11111111-1111-4111-8111-111111111111"
+
+
+@pytest.fixture
+async def ingest(database_url: str) -> AsyncIterator[Ingest]:
+    store = await Store.open(database_url)
+    metrics = ControllerMetrics()
+    bus = ControllerBus(f"mqtt://127.0.0.1:{free_port()}", _NoHandler(), metrics)
+    yield Ingest(store, bus, Assigner(store, bus, metrics), metrics, 65536, 64)
+    await store.close()
+
+
+class _NoHandler:
+    async def on_connected(self) -> None: ...
+    async def on_hello(self, hello: Any) -> None: ...
+    async def on_state(self, agent_id: str, online: bool) -> None: ...
+    async def on_results(self, batch: ResultBatch) -> None: ...
+
+
+def _result(
+    started: float, code: int = 0, confirms: str | None = None, **extra: Any
+) -> CheckResult:
+    return CheckResult(
+        uid=uuid.uuid4().hex,
+        monitor_guid=MONITOR,
+        monitor_type="Http",
+        scheduled_at=started,
+        started_at=started,
+        error_code=code,
+        error_description="",
+        is_confirmation=confirms is not None,
+        confirms=confirms,
+        **extra,
+    )
+
+
+def _batch(*results: CheckResult) -> ResultBatch:
+    return ResultBatch(batch_id=uuid.uuid4().hex, agent="a1", results=list(results))
+
+
+async def _levels(ingest: Ingest) -> list[int]:
+    rows = await ingest.store.checks_page(MONITOR, None, None, 0, False, None, 100)
+    return [r.error_level for r in rows]
+
+
+async def test_a_binary_body_is_stored(ingest: Ingest) -> None:
+    failed = _result(100.0, code=200, response_body="GIF89a\x00\x01binary")
+    await ingest.process([_batch(failed)])
+    (row,) = await ingest.store.checks_page(MONITOR, None, None, 0, False, None, 10)
+    assert row.response_body is not None and row.response_body.startswith("GIF89a\ufffd")
+
+
+async def test_a_replayed_batch_does_not_move_the_alert_state(ingest: Ingest) -> None:
+    first = _result(100.0, code=110)
+    confirmation = _batch(_result(100.5, code=110, confirms=first.uid))
+    await ingest.process([_batch(first)])
+    await ingest.process([confirmation])
+    await ingest.process([_batch(_result(101.0))])  # recovered
+    # the confirmation's batch comes again (a lost ack), with a new failure
+    await ingest.process([confirmation, _batch(_result(102.0, code=110))])
+    assert await _levels(ingest) == [UNCONFIRMED, CONFIRMED, NO_ERROR, UNCONFIRMED]
+
+
+async def test_late_results_do_not_move_the_alert_state(ingest: Ingest) -> None:
+    await ingest.process([_batch(_result(200.0))])
+    await ingest.process([_batch(_result(150.0, code=110))])  # an old failure, delivered late
+    await ingest.process([_batch(_result(201.0, code=110))])
+    # the late one is stored as Unconfirmed, but the state was OK: the next failure is too
+    assert await _levels(ingest) == [NO_ERROR, UNCONFIRMED, UNCONFIRMED]
+    assert ingest.metrics.registry.get_sample_value("picket_confirmation_requests_total") == 1
