@@ -25,8 +25,10 @@ from shared.msa import (
     MsaStep,
     PredefinedVariable,
     UserDefinedFunction,
+    keep_function_keys,
     keep_step_passwords,
     parse_script,
+    redact_functions,
     redact_steps,
 )
 from shared.registry import Registry
@@ -390,10 +392,13 @@ class MultiStepApiMonitor(MonitorBase):
     def redact(cls, definition: dict[str, Any]) -> dict[str, Any]:
         shown = super().redact(definition)
         shown["MsaSteps"] = redact_steps(shown.get("MsaSteps"))
+        shown["UserDefinedFunctions"] = redact_functions(shown.get("UserDefinedFunctions"))
         script = shown.get("MultiStepApiTransactionScript")
         if script:
             parsed = json.loads(script)
             parsed["MsaSteps"] = redact_steps(parsed.get("MsaSteps"))
+            if "UserDefinedFunctions" in parsed:
+                parsed["UserDefinedFunctions"] = redact_functions(parsed["UserDefinedFunctions"])
             shown["MultiStepApiTransactionScript"] = json.dumps(parsed)
         return shown
 
@@ -401,6 +406,7 @@ class MultiStepApiMonitor(MonitorBase):
     def keep_secrets(cls, new: dict[str, Any], old: dict[str, Any]) -> None:
         super().keep_secrets(new, old)
         keep_step_passwords(new.get("MsaSteps"), old.get("MsaSteps"))
+        keep_function_keys(new.get("UserDefinedFunctions"), old.get("UserDefinedFunctions"))
         if new.get("MultiStepApiTransactionScript") and old.get("MultiStepApiTransactionScript"):
             try:
                 new_script = json.loads(new["MultiStepApiTransactionScript"])
@@ -410,6 +416,9 @@ class MultiStepApiMonitor(MonitorBase):
             if not isinstance(new_script, dict) or not isinstance(old_script, dict):
                 return
             keep_step_passwords(new_script.get("MsaSteps"), old_script.get("MsaSteps"))
+            keep_function_keys(
+                new_script.get("UserDefinedFunctions"), old_script.get("UserDefinedFunctions")
+            )
             new["MultiStepApiTransactionScript"] = json.dumps(new_script)
 
 

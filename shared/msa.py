@@ -238,3 +238,24 @@ def keep_step_passwords(new: Any, old: Any) -> None:
         before = stored.get(_step_key(step))
         if before and before.get("Password"):
             auth["Password"] = before["Password"]
+
+
+FUNCTION_SECRETS = ("JwtSigningKey", "HashKey")
+
+
+def redact_functions(functions: Any) -> list[dict[str, Any]]:
+    """User-defined functions as GET shows them: signing and HMAC keys left out."""
+    shown = []
+    for function in _steps(functions):
+        shown.append({k: ("" if k in FUNCTION_SECRETS and v else v) for k, v in function.items()})
+    return shown
+
+
+def keep_function_keys(new: Any, old: Any) -> None:
+    """A function sent back without its key (as GET showed it) keeps the stored one."""
+    stored = {f.get("Name"): f for f in _steps(old)}
+    for function in _steps(new):
+        before = stored.get(function.get("Name"))
+        for key in FUNCTION_SECRETS:
+            if before and not function.get(key) and before.get(key):
+                function[key] = before[key]

@@ -29,8 +29,10 @@ async def close_quietly(writer: asyncio.StreamWriter | None) -> None:
     if writer is None:
         return
     writer.close()
-    with contextlib.suppress(OSError):  # ssl.SSLError is an OSError too
-        await writer.wait_closed()
+    # ssl.SSLError is an OSError too; a peer that never answers the close costs 2 s at most
+    with contextlib.suppress(OSError, TimeoutError):
+        async with asyncio.timeout(2):
+            await writer.wait_closed()
 
 
 def connect_error(exc: OSError) -> ErrorCode:
@@ -83,8 +85,8 @@ class ConnectProbe(Probe):
             outcome.error_code = connect_error(exc)
             outcome.error_message = str(exc) or type(exc).__name__
         finally:
+            marks["done"] = time.perf_counter()
             await close_quietly(writer)
-        marks["done"] = time.perf_counter()
         outcome.total_bytes = len(received)
         outcome.body = received or None
         after_connect = "sent" if "sent" in marks else "connected"

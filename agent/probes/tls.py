@@ -109,8 +109,8 @@ class CertificateProbe(Probe):
             outcome.error_code = connect_error(exc)
             outcome.error_message = str(exc) or type(exc).__name__
         finally:
+            marks["done"] = time.perf_counter()  # the close is not part of the check's time
             await close_quietly(writer)
-        marks["done"] = time.perf_counter()
         outcome.timings_ms = {
             "ResolveTime": span_ms(marks, "resolved", "began"),
             "HttpsHandshakeTime": span_ms(marks, "handshake", "resolved"),

@@ -204,3 +204,39 @@ async def test_secrets_are_write_only(client: TestClient[Any, Any]) -> None:
         headers=ADMIN,
     )
     assert resp.status == 400 and (await resp.json())["Messages"][0]["Field"] == "Username"
+
+
+async def test_multi_step_secrets_are_write_only(client: TestClient[Any, Any]) -> None:
+    step = {
+        "StepType": "HttpRequest",
+        "Name": "login",
+        "Url": "https://127.0.0.1:9/login",
+        "Authentication": {"AuthenticationType": "Basic", "UserName": "svc", "Password": "s3cret"},
+    }
+    body = {
+        "Name": "msa",
+        "MonitorType": "MultiStepApi",
+        "CheckInterval": 5,
+        "MsaSteps": [step],
+        "UserDefinedFunctions": [{"Name": "sign", "Type": "JwtEncode", "JwtSigningKey": "k3y"}],
+    }
+    resp = await client.post("/api/v4/Monitor", json=body, headers=ADMIN)
+    assert resp.status == 201, await resp.text()
+    guid = (await resp.json())["MonitorGuid"]
+    shown = await (await client.get(f"/api/v4/Monitor/{guid}", headers=ADMIN)).json()
+    text = json.dumps(shown)
+    assert "s3cret" not in text and "k3y" not in text
+    assert shown["MsaSteps"][0]["Authentication"]["PasswordSpecified"] is True
+    store = client.server.app[CONTROLLER].store
+    for method in ("put", "patch"):
+        edited = {**shown, "Notes": method} if method == "put" else {"MsaSteps": shown["MsaSteps"]}
+        resp = await getattr(client, method)(f"/api/v4/Monitor/{guid}", json=edited, headers=ADMIN)
+        assert resp.status == 204, await resp.text()
+        stored = await store.monitor(guid)
+        assert stored is not None
+        assert stored.definition["MsaSteps"][0]["Authentication"]["Password"] == "s3cret"
+        assert stored.definition["UserDefinedFunctions"][0]["JwtSigningKey"] == "k3y"
+    resp = await client.put(
+        f"/api/v4/Monitor/{guid}", json={**shown, "MsaSteps": "abc"}, headers=ADMIN
+    )
+    assert resp.status == 400
