@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import os
+import random
 import re
 import signal
 import socket
@@ -25,9 +26,20 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port below the kernel's ephemeral range, so that no outgoing connection
+    can take it between this check and the child process binding it."""
+    low, _high = (
+        int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    )
+    for _ in range(200):
+        port = random.randrange(20_000, min(low, 32_768))
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port found")
 
 
 async def wait_for(
