@@ -223,11 +223,11 @@ class Agent:
 
     # --- results ----------------------------------------------------------------------------
 
-    def _flush(self) -> bool:
-        """Move the finished results to the on-disk outbox; False (results kept in memory,
-        tried again on the next tick) when the disk refuses."""
+    def _flush(self) -> None:
+        """Move the finished results to the on-disk outbox; when the disk refuses they stay in
+        memory and the next tick tries again."""
         if not self._results:
-            return True
+            return
         try:
             self.outbox.add(self._results)
         except OSError as exc:
@@ -238,11 +238,10 @@ class Agent:
                 len(self._results),
                 exc,
             )
-            return False
+            return
         self._results = []
         self._update_outbox_metrics()
         self._send_wake.set()
-        return True
 
     def _update_outbox_metrics(self) -> None:
         self.metrics.outbox_results.set(self.outbox.results)

@@ -33,14 +33,17 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class Controller:
     """Everything the API handlers and the bus share; also the bus's message handler."""
 
-    def __init__(self, settings: ControllerSettings, store: Store) -> None:
+    def __init__(
+        self, settings: ControllerSettings, store: Store, stopping: asyncio.Event | None = None
+    ) -> None:
         self.settings = settings
         self.store = store
         self.metrics = ControllerMetrics()
         self.auth = Authenticator(store, settings.credential_cache_seconds)
         self.bus = ControllerBus(settings.broker_url, self, self.metrics)
         self.assigner = Assigner(store, self.bus, self.metrics)
-        self.stopping = asyncio.Event()  # set by a signal, or when a background loop dies
+        # set by a signal, or when a background loop dies
+        self.stopping = stopping or asyncio.Event()
         self.failed = False
         self.ingest = Ingest(
             store,
@@ -159,8 +162,7 @@ async def serve(settings: ControllerSettings) -> None:
     stop = stop_event()
     store = await Store.open(settings.resolved_database_url())
     try:
-        ctl = Controller(settings, store)
-        ctl.stopping = stop
+        ctl = Controller(settings, store, stop)
         runner = web.AppRunner(create_app(ctl), access_log=None)
         await runner.setup()
         try:

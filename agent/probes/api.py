@@ -27,6 +27,21 @@ from shared.msa import MsaStep, UserDefinedFunction
 STEP_BODY_BYTES = 8192  # of each step's request and response kept in the step results
 
 
+@dataclass(frozen=True)
+class StepPlan:
+    """One step of one check run, with what the whole run shares."""
+
+    step: MsaStep
+    name: str
+    number: int
+    functions: dict[str, UserDefinedFunction]
+    deadline: float
+
+    @property
+    def label(self) -> str:
+        return f"Step {self.number} '{self.name}'"
+
+
 @dataclass
 class StepRun:
     passed: bool
@@ -72,9 +87,8 @@ class MultiStepApiProbe(Probe):
                 reports.append(_delay_report(name, step.Delay))
                 passed_steps += 1
                 continue
-            run = await self._run_with_retries(
-                step, name, number, variables, functions, cumulative_ms, deadline
-            )
+            plan = StepPlan(step, name, number, functions, deadline)
+            run = await self._run_with_retries(plan, variables, cumulative_ms)
             cumulative_ms += run.duration_ms
             for phase in PHASES:
                 totals[phase] += run.phases.get(phase, 0.0)
@@ -102,47 +116,32 @@ class MultiStepApiProbe(Probe):
         return outcome
 
     async def _run_with_retries(
-        self,
-        step: MsaStep,
-        name: str,
-        number: int,
-        variables: dict[str, str],
-        functions: dict[str, UserDefinedFunction],
-        cumulative_ms: float,
-        deadline: float,
+        self, plan: StepPlan, variables: dict[str, str], cumulative_ms: float
     ) -> StepRun:
+        step = plan.step
         attempts = step.MaxAttempts if step.RetryUntilSuccessful else 1
         run: StepRun | None = None
         for attempt in range(1, attempts + 1):
             # variables a failed attempt set must not leak into the next one
             scratch = dict(variables)
-            run = await self._run_step(
-                step, name, number, scratch, functions, cumulative_ms, deadline
-            )
+            run = await self._run_step(plan, scratch, cumulative_ms)
             run.report["Attempts"] = attempt
             if run.passed:
                 variables.update(scratch)
                 return run
             wait = step.RetryWaitMilliseconds / 1000
-            if attempt == attempts or time.perf_counter() + wait >= deadline:
+            if attempt == attempts or time.perf_counter() + wait >= plan.deadline:
                 break
             await asyncio.sleep(wait)
         assert run is not None
         return run
 
     async def _run_step(
-        self,
-        step: MsaStep,
-        name: str,
-        number: int,
-        variables: dict[str, str],
-        functions: dict[str, UserDefinedFunction],
-        cumulative_ms: float,
-        deadline: float,
+        self, plan: StepPlan, variables: dict[str, str], cumulative_ms: float
     ) -> StepRun:
-        label = f"Step {number} '{name}'"
-        report = _not_executed(name, step)
-        remaining = deadline - time.perf_counter()
+        step, label = plan.step, plan.label
+        report = _not_executed(plan.name, step)
+        remaining = plan.deadline - time.perf_counter()
         if remaining <= 0:
             failure = Outcome(ErrorCode.TIMEOUT, f"{label}: the check ran out of time")
             failure.description_override = f"{label}: timed out"
@@ -190,7 +189,7 @@ class MultiStepApiProbe(Probe):
             body=response.body,
             duration_ms=step_ms,
             cumulative_ms=cumulative_ms + step_ms,
-            functions=functions,
+            functions=plan.functions,
         )
         for definition in step.Variables:
             if not definition.Name:
