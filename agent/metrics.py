@@ -23,7 +23,10 @@ LATENESS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
-class AgentMetrics:
+class CheckMetrics:
+    """What a check worker counts: its checks, their lateness and its load. The agent's main
+    process serves the sum over its workers (`agent.pool.WorkerMetrics`)."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -49,7 +52,49 @@ class AgentMetrics:
             "Slots not run because the agent was more than one interval late",
             registry=r,
         )
+        self.checks_shed = Counter(
+            "picket_agent_checks_shed_total",
+            "Scheduled checks not started because too many were already waiting (overload)",
+            registry=r,
+        )
         self.in_flight = Gauge("picket_agent_checks_in_flight", "Checks running", registry=r)
+        self.memory_per_check = Gauge(
+            "picket_agent_memory_per_check_bytes",
+            "Resident memory of a check worker above its own at start, per check in flight "
+            "(the highest over the workers; 0 when idle)",
+            registry=r,
+        )
+
+    def watch_checks(self, in_flight: Callable[[], int]) -> None:
+        """Gauges read when collected, not updated on every check."""
+        self.in_flight.set_function(lambda: float(in_flight()))
+        baseline = rss_bytes()
+
+        def per_check() -> float:
+            running = in_flight()
+            return max(0.0, rss_bytes() - baseline) / running if running else 0.0
+
+        self.memory_per_check.set_function(per_check)
+
+    def check_done(self, monitor_type: str, ok: bool, seconds: float) -> None:
+        """One check's counters; the labelled children are looked up once per type."""
+        children = self._by_type.get(monitor_type)
+        if children is None:
+            children = self._by_type[monitor_type] = (
+                self.checks.labels(monitor_type, "ok"),
+                self.checks.labels(monitor_type, "error"),
+                self.check_duration.labels(monitor_type),
+            )
+        (children[0] if ok else children[1]).inc()
+        children[2].observe(seconds)
+
+
+class AgentMetrics:
+    """The main process's own metrics: link, outbox, assignments and workers."""
+
+    def __init__(self, memory: Callable[[], float]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
         self.assignments = Gauge("picket_agent_assignments", "Monitors assigned", registry=r)
         self.outbox_results = Gauge(
             "picket_agent_outbox_results", "Results waiting for the controller's ack", registry=r
@@ -74,39 +119,14 @@ class AgentMetrics:
         self.connected = Gauge(
             "picket_agent_mqtt_connected", "1 while connected to the broker", registry=r
         )
-        Gauge("picket_agent_memory_rss_bytes", "Resident memory", registry=r).set_function(
-            lambda: float(rss_bytes())
-        )
-        self.checks_shed = Counter(
-            "picket_agent_checks_shed_total",
-            "Scheduled checks not started because too many were already waiting (overload)",
+        Gauge(
+            "picket_agent_memory_rss_bytes",
+            "Resident memory of the agent: its main process and its check workers",
+            registry=r,
+        ).set_function(memory)
+        self.workers = Gauge("picket_agent_workers", "Check workers running", registry=r)
+        self.worker_restarts = Counter(
+            "picket_agent_worker_restarts_total",
+            "Check workers that ended unasked and were started again",
             registry=r,
         )
-        self.memory_per_check = Gauge(
-            "picket_agent_memory_per_check_bytes",
-            "Resident memory above the agent's at start, per check in flight (0 when idle)",
-            registry=r,
-        )
-
-    def watch_checks(self, in_flight: Callable[[], int]) -> None:
-        """Gauges read when scraped, not updated on every check."""
-        self.in_flight.set_function(lambda: float(in_flight()))
-        baseline = rss_bytes()
-
-        def per_check() -> float:
-            running = in_flight()
-            return max(0.0, rss_bytes() - baseline) / running if running else 0.0
-
-        self.memory_per_check.set_function(per_check)
-
-    def check_done(self, monitor_type: str, ok: bool, seconds: float) -> None:
-        """One check's counters; the labelled children are looked up once per type."""
-        children = self._by_type.get(monitor_type)
-        if children is None:
-            children = self._by_type[monitor_type] = (
-                self.checks.labels(monitor_type, "ok"),
-                self.checks.labels(monitor_type, "error"),
-                self.check_duration.labels(monitor_type),
-            )
-        (children[0] if ok else children[1]).inc()
-        children[2].observe(seconds)

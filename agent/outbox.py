@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from shared.messages import CheckResult, ResultBatch
 
@@ -66,10 +66,12 @@ class Outbox:
     def results(self) -> int:
         return sum(batch.size for batch in self._pending.values())
 
-    def add(self, results: list[CheckResult]) -> PendingBatch:
+    def add(self, items: bytes, count: int) -> PendingBatch:
+        """A new batch of `count` results, given as their JSON objects joined by commas
+        (`encode_results`), on disk before this returns."""
         batch_id = uuid.uuid4().hex
-        payload = ResultBatch(batch_id=batch_id, agent=self._agent, results=results)
-        data = payload.model_dump_json().encode()
+        head = _HEAD.format(batch=batch_id, agent=self._agent).encode()
+        data = b"".join((head, items, b"]}"))
         path = self._dir / f"{time.time_ns():020d}-{batch_id}.json"
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as fh:
@@ -78,7 +80,7 @@ class Outbox:
             os.fsync(fh.fileno())
         tmp.rename(path)
         _sync_directory(self._dir)  # the rename itself must survive a crash too
-        pending = PendingBatch(batch_id, path, data, len(results))
+        pending = PendingBatch(batch_id, path, data, count)
         self._pending[batch_id] = pending
         return pending
 
@@ -112,6 +114,15 @@ class Outbox:
         """After a reconnect nothing sent before can be trusted to have arrived."""
         for batch in self._pending.values():
             batch.sent_at = None
+
+
+_HEAD = '{{"batch_id":"{batch}","agent":"{agent}","results":['  # ids are [0-9a-z._-]
+_RESULT_LIST: TypeAdapter[list[CheckResult]] = TypeAdapter(list[CheckResult])
+
+
+def encode_results(results: list[CheckResult]) -> bytes:
+    """The results' JSON objects joined by commas: the inside of a batch's `results`."""
+    return _RESULT_LIST.dump_json(results)[1:-1]
 
 
 def _sync_directory(directory: Path) -> None:

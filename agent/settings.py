@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import socket
 
 from pydantic import Field, field_validator
@@ -21,6 +22,7 @@ class AgentSettings(PicketSettings):
     agent_ipv4: str = ""  # comma-separated; empty: the address used to reach the broker
     agent_ipv6: str = ""
     metrics_listen: ListenAddress = "127.0.0.1:9465"
+    workers: int = Field(default=0, ge=0, le=256)  # check worker processes; 0: one per CPU
     max_concurrency: int = Field(default=1000, ge=1, le=100_000)
     max_per_host: int = Field(default=256, ge=1, le=100_000)
     ca_file: str = ""  # PEM bundle of trusted CAs; empty: the system's
@@ -31,6 +33,9 @@ class AgentSettings(PicketSettings):
     max_batches_in_flight: int = Field(default=32, ge=1)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)  # kept for content matching
     failed_body_bytes: int = Field(default=65_536, ge=0)  # sent with a failed check
+
+    def worker_count(self) -> int:
+        return self.workers or len(os.sched_getaffinity(0)) or 1
 
     @field_validator("agent_id")
     @classmethod

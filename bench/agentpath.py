@@ -8,10 +8,10 @@ hands to its outbox, collected into batches of the agent's default size, as the 
 
 from __future__ import annotations
 
-from agent.app import make_result
 from agent.curl import CurlEngine
 from agent.probes.base import Outcome, ProbeContext
 from agent.probes.http import HttpProbe
+from agent.runner import make_result
 from agent.settings import AgentSettings
 from shared.errors import ErrorCode
 from shared.messages import CheckResult

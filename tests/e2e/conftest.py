@@ -2,10 +2,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
-from tests.helpers import Process, free_port
+from tests.helpers import Api, Process, free_port, wait_for
 
 
 class Stack:
@@ -56,6 +58,21 @@ class Stack:
 
     def stop_all(self) -> dict[str, int]:
         return {p.name: p.stop() for p in reversed(self.processes)}
+
+
+async def ready(stack: Stack, http: aiohttp.ClientSession) -> Api:
+    """An API account, once the agent has registered its checkpoint."""
+    admin = Api(http, stack.api, "admin", stack.password)
+
+    async def registered() -> list[dict[str, Any]] | None:
+        status, body = await admin.call("GET", "/api/v4/Checkpoint")
+        return body["Data"] if status == 200 and body["Data"] else None
+
+    checkpoints = await wait_for(registered, "the agent to register its checkpoint")
+    assert checkpoints[0]["Attributes"]["CheckpointName"] == "Testville"
+    status, account = await admin.call("POST", "/api/v4/Register")
+    assert status == 201, account
+    return Api(http, stack.api, account["UserName"], account["Password"])
 
 
 @pytest.fixture

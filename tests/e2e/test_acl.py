@@ -9,8 +9,8 @@ import aiohttp
 import aiomqtt
 import pytest
 
-from tests.e2e.conftest import Stack
-from tests.e2e.test_flow import _at_least, _ready
+from tests.e2e.conftest import Stack, ready
+from tests.e2e.test_flow import _at_least
 from tests.helpers import REPO, Mosquitto, Target, scrape, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -30,7 +30,7 @@ async def test_agents_confined_to_their_own_topics(
             f"sqlite+aiosqlite:///{tmp_path / 'picket.db'}",
         )
         stack.agent(broker.login_url("agent-1", USERS["agent-1"]))
-        api = await _ready(stack, http)
+        api = await ready(stack, http)
         guid = await api.create_monitor(
             {
                 "Name": "through the ACL",

@@ -11,8 +11,7 @@ import aiohttp
 import pytest
 import trustme
 
-from tests.e2e.conftest import Stack
-from tests.e2e.test_flow import _ready
+from tests.e2e.conftest import Stack, ready
 from tests.helpers import Mosquitto, Target, wait_for
 from tests.servers.api import ApiTarget
 from tests.servers.dns import DnsServer
@@ -41,7 +40,7 @@ async def test_every_monitor_type(
     try:
         stack.controller(mosquitto.url, f"sqlite+aiosqlite:///{tmp_path / 'picket.db'}")
         stack.agent(mosquitto.url, PICKET_CA_FILE=str(ca_file))
-        api = await _ready(stack, http)
+        api = await ready(stack, http)
         every = {"CheckIntervalSeconds": 2}
         definitions: dict[str, dict[str, Any]] = {
             "https": {"MonitorType": "Https", "Url": f"{tls.base}/ok"},

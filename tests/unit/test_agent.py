@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from agent.app import Agent
 from agent.curl import CurlEngine
+from agent.metrics import CheckMetrics
+from agent.runner import Runner
 from agent.scheduler import Scheduled
 from agent.settings import AgentSettings
 from shared.monitors import HttpMonitor
@@ -21,9 +22,9 @@ async def test_an_overloaded_agent_sheds_slots_instead_of_piling_up(tmp_path: Pa
         max_pending_checks=2,
     )
     curl = CurlEngine(1)
-    agent = Agent(settings, curl)
+    runner = Runner(settings, curl, CheckMetrics(), "shed-test/worker-0")
     stuck = [asyncio.create_task(asyncio.sleep(60)) for _ in range(2)]
-    agent._checks.update(stuck)  # two checks still running
+    runner._checks.update(stuck)  # two checks still running
     monitor = HttpMonitor.model_validate(
         {
             "Name": "m",
@@ -33,9 +34,9 @@ async def test_an_overloaded_agent_sheds_slots_instead_of_piling_up(tmp_path: Pa
         }
     )
     try:
-        agent._start_scheduled(Scheduled("m", "r", monitor, 1.0, 0.0), 0.0)
-        assert agent.metrics.registry.get_sample_value("picket_agent_checks_shed_total") == 1
-        assert len(agent._checks) == 2  # nothing new started
+        runner._start_scheduled(Scheduled("m", "r", monitor, 1.0, 0.0), 0.0)
+        assert runner.metrics.registry.get_sample_value("picket_agent_checks_shed_total") == 1
+        assert len(runner._checks) == 2  # nothing new started
     finally:
         for task in stuck:
             task.cancel()

@@ -3,7 +3,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from agent.outbox import Outbox
+from agent.outbox import Outbox, PendingBatch, encode_results
 from shared.messages import CheckResult
 
 
@@ -19,10 +19,14 @@ def _result(n: int) -> CheckResult:
     )
 
 
+def _add(box: Outbox, *results: CheckResult) -> PendingBatch:
+    return box.add(encode_results(list(results)), len(results))
+
+
 def test_batches_survive_a_restart_until_acked(tmp_path: Path) -> None:
     box = Outbox(tmp_path, "a1")
-    first = box.add([_result(1), _result(2)])
-    box.add([_result(3)])
+    first = _add(box, _result(1), _result(2))
+    _add(box, _result(3))
     assert box.results == 3 and len(box) == 2
     reopened = Outbox(tmp_path, "a1")
     assert reopened.results == 3
@@ -33,7 +37,7 @@ def test_batches_survive_a_restart_until_acked(tmp_path: Path) -> None:
 
 def test_due_resends_after_timeout_and_bounds_in_flight(tmp_path: Path) -> None:
     box = Outbox(tmp_path, "a1")
-    batches = [box.add([_result(n)]) for n in range(5)]
+    batches = [_add(box, _result(n)) for n in range(5)]
     now = time.monotonic()
     due = box.due(now, resend_after=10, limit=2)
     assert [b.batch_id for b in due] == [b.batch_id for b in batches[:2]]

@@ -1,0 +1,225 @@
+"""A check worker's share of the monitors: on their slots, through the probes, into results.
+
+One `Runner` lives in each check worker process (`agent.worker`). It trusts what it is given:
+the main process has validated every assignment already.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import time
+import uuid
+from collections.abc import Collection, Coroutine
+from typing import Any
+
+from agent import probes
+from agent.curl import CurlEngine
+from agent.metrics import CheckMetrics
+from agent.probes.base import Outcome, Probe, ProbeContext
+from agent.scheduler import Scheduled, Scheduler
+from agent.settings import AgentSettings
+from shared import monitors
+from shared.errors import ErrorCode
+from shared.messages import Assignment, CheckResult
+
+log = logging.getLogger(__name__)
+
+FREEZE_AFTER_SECONDS = 2.0
+
+
+class Unrunnable(ValueError):
+    """An assignment this agent cannot run; `reason` is the metric label."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def monitor_of(assignment: Assignment, runnable: Collection[str]) -> monitors.MonitorBase:
+    """The typed monitor of an assignment, or Unrunnable."""
+    kind = str(assignment.monitor.get("MonitorType", ""))
+    model = monitors.model_for(kind)
+    if model is None or kind not in runnable:
+        raise Unrunnable("unsupported_type", f"type {kind!r} is not one this agent can run")
+    try:
+        return model.model_validate(assignment.monitor)
+    except ValueError as exc:  # pydantic's ValidationError is one
+        raise Unrunnable("malformed", str(exc)) from None
+
+
+class Runner:
+    def __init__(
+        self, settings: AgentSettings, curl: CurlEngine, metrics: CheckMetrics, name: str
+    ) -> None:
+        self.settings = settings
+        self.name = name  # "agent-id/worker-n", for the logs
+        self.metrics = metrics
+        self.probes: dict[str, Probe] = probes.build(
+            ProbeContext(
+                curl=curl,
+                max_body_bytes=settings.max_body_bytes,
+                ca_file=settings.ca_file or None,
+            )
+        )
+        self.max_pending = settings.max_pending_checks
+        self.scheduler = Scheduler(self._start_scheduled, metrics.slots_skipped.inc)
+        self.results: list[CheckResult] = []
+        self._checks: set[asyncio.Task[None]] = set()
+        self._heap_changed = asyncio.Event()
+        self._shed_logged = 0.0
+        metrics.watch_checks(lambda: len(self._checks))
+
+    # --- assignments ------------------------------------------------------------------------
+
+    def assign(self, assignment: Assignment) -> None:
+        guid = assignment.monitor_guid
+        try:
+            monitor = monitor_of(assignment, self.probes)
+        except Unrunnable as exc:  # the main process checked it: only a version skew gets here
+            log.error("%s: monitor %s not runnable: %s", self.name, guid, exc)
+            return
+        interval = float(assignment.schedule.interval_seconds)
+        offset = assignment.schedule.offset_seconds % interval
+        self.scheduler.put(Scheduled(guid, assignment.revision, monitor, interval, offset))
+        self._heap_changed.set()
+
+    def remove(self, guid: str) -> None:
+        if self.scheduler.remove(guid):
+            self._heap_changed.set()
+
+    def run_now(self, guid: str, confirms: str | None) -> None:
+        entry = self.scheduler.get(guid)
+        if entry is None:
+            log.warning("%s: run request for unknown monitor %s", self.name, guid)
+            return
+        self._spawn(self._run_check(entry, time.time(), confirms))
+
+    async def run(self) -> None:
+        """The scheduler and the heap freezer, until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.scheduler.run())
+            group.create_task(self._freeze_loop())
+
+    async def cancel_checks(self) -> None:
+        """Checks cut short produce no result."""
+        checks = list(self._checks)
+        for task in checks:
+            task.cancel()
+        for task in checks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _freeze_loop(self) -> None:
+        """Once assignments have been quiet for a while, move the long-lived heap (monitor
+        models, schedule) out of the garbage collector's sight: a full collection over
+        thousands of monitors stops the loop for tens of milliseconds, which shows up as
+        scheduling lateness and as inflated timings of the checks in flight."""
+        while True:
+            await self._heap_changed.wait()
+            while self._heap_changed.is_set():  # settle: no change for FREEZE_AFTER_SECONDS
+                self._heap_changed.clear()
+                await asyncio.sleep(FREEZE_AFTER_SECONDS)
+            gc.unfreeze()  # what an earlier freeze kept may be garbage by now
+            gc.collect()
+            gc.freeze()
+            log.debug("%s: %d objects frozen", self.name, gc.get_freeze_count())
+
+    # --- checks -----------------------------------------------------------------------------
+
+    def _start_scheduled(self, entry: Scheduled, slot: float) -> None:
+        if len(self._checks) >= self.max_pending:
+            # overloaded: starting more would only make every check later and every timing
+            # worse; shed this slot, count it and say so (at most every 10 s)
+            self.metrics.checks_shed.inc()
+            now = time.monotonic()
+            if now - self._shed_logged > 10:
+                self._shed_logged = now
+                log.warning(
+                    "%s: overloaded, %d checks pending: skipping slots (see "
+                    "picket_agent_checks_shed_total)",
+                    self.name,
+                    len(self._checks),
+                )
+            return
+        self._spawn(self._run_check(entry, slot, None))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+
+    async def _run_check(self, entry: Scheduled, scheduled_at: float, confirms: str | None) -> None:
+        monitor = entry.monitor
+        started = time.time()
+        if confirms is None:
+            self.metrics.lateness.observe(max(0.0, started - scheduled_at))
+        clock = time.perf_counter()
+        try:
+            outcome = await self.probes[monitor.MonitorType].check(monitor)
+        except Exception as exc:  # a probe bug: report it as data, keep the worker alive
+            log.exception("%s: monitor %s: probe failed", self.name, entry.guid)
+            outcome = Outcome(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        self.metrics.check_done(monitor.MonitorType, outcome.ok, time.perf_counter() - clock)
+        if not outcome.ok:
+            log.info(
+                "%s checkpoint %s: monitor %s (%s) failed: %s %s",
+                self.name,
+                self.settings.checkpoint,
+                entry.guid,
+                monitor.Name,
+                outcome.description,
+                outcome.error_message,
+            )
+        self.results.append(
+            make_result(
+                entry.guid,
+                entry.revision,
+                monitor.MonitorType,
+                outcome,
+                scheduled_at,
+                started,
+                confirms,
+                self.settings.failed_body_bytes,
+            )
+        )
+
+
+def make_result(
+    monitor_guid: str,
+    revision: str,
+    monitor_type: str,
+    outcome: Outcome,
+    scheduled_at: float,
+    started_at: float,
+    confirms: str | None,
+    failed_body_bytes: int,
+) -> CheckResult:
+    """The result message of one check, with a new uid; the body only for a failure."""
+    body = None
+    if not outcome.ok and outcome.body:
+        body = outcome.body[:failed_body_bytes].decode("utf-8", "replace")
+    # built from our own typed values: no validation needed on this hot path
+    return CheckResult.model_construct(
+        uid=uuid.uuid4().hex,
+        monitor_guid=monitor_guid,
+        monitor_revision=revision,
+        monitor_type=monitor_type,
+        scheduled_at=scheduled_at,
+        started_at=started_at,
+        error_code=int(outcome.error_code),
+        error_description=outcome.description,
+        error_message=outcome.error_message,
+        http_status_code=outcome.http_status_code,
+        total_bytes=outcome.total_bytes,
+        resolved_ip=outcome.resolved_ip,
+        timings_ms=outcome.timings_ms,
+        response_body=body,
+        warnings=outcome.warnings,
+        details=outcome.details,
+        attributes=outcome.attributes,
+        is_confirmation=confirms is not None,
+        confirms=confirms,
+    )

@@ -1,0 +1,165 @@
+"""A check worker: one process per core, running its share of the agent's monitors.
+
+The agent's main process starts it as `python -m agent.worker FD INDEX PARENT-PID`, with its
+settings in PICKET_WORKER_SETTINGS and a socket pair's end as FD. Frames (`agent.wire`) bring
+assignments, removals and run requests; results go back every RESULTS_EVERY seconds, each time
+with a metrics snapshot. The worker ignores SIGINT and SIGTERM: the main process stops it with
+a STOP frame, and if the main process dies the socket's end (or the kernel's parent-death
+signal) ends it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+
+from agent.curl import CurlEngine
+from agent.metrics import CheckMetrics, rss_bytes
+from agent.outbox import encode_results
+from agent.runner import Runner
+from agent.settings import AgentSettings
+from agent.snapshot import snapshot
+from agent.wire import (
+    ASSIGN,
+    METRICS,
+    REMOVE,
+    RUN,
+    STOP,
+    FrameError,
+    frame,
+    read_frame,
+    results_frame,
+)
+from shared import logs
+from shared.messages import Assignment, RunRequest
+
+log = logging.getLogger(__name__)
+
+SETTINGS_ENV = "PICKET_WORKER_SETTINGS"
+RESULTS_EVERY = 0.05
+METRICS_EVERY = 1.0
+
+
+def share(total: int, workers: int) -> int:
+    """A worker's part of an agent-wide bound."""
+    return max(1, -(-total // workers))
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        index: int,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        workers = settings.worker_count()
+        self.name = f"{settings.agent_id}/worker-{index}"
+        self.curl = CurlEngine(
+            share(settings.max_concurrency, workers),
+            share(settings.max_per_host, workers),
+            ca_file=settings.ca_file or None,
+        )
+        self.metrics = CheckMetrics()
+        self.runner = Runner(settings, self.curl, self.metrics, self.name)
+        self.runner.max_pending = share(settings.max_pending_checks, workers)
+        self.reader = reader
+        self.writer = writer
+
+    def _send_results(self) -> bool:
+        results = self.runner.results
+        if not results:
+            return False
+        self.runner.results = []
+        self.writer.write(results_frame(len(results), encode_results(results)))
+        return True
+
+    def _send_metrics(self) -> None:
+        self.writer.write(frame(METRICS, snapshot(self.metrics.registry, rss_bytes())))
+
+    async def _results_loop(self) -> None:
+        """Results every RESULTS_EVERY seconds, each time followed by the metrics that count
+        them (so the agent's /metrics never lags its results); metrics at least every
+        METRICS_EVERY seconds."""
+        last_metrics = time.monotonic()
+        while True:
+            await asyncio.sleep(RESULTS_EVERY)
+            now = time.monotonic()
+            if self._send_results() or now - last_metrics >= METRICS_EVERY:
+                last_metrics = now
+                self._send_metrics()
+            await self.writer.drain()
+
+    def _on_frame(self, kind: int, payload: bytes) -> None:
+        if kind == ASSIGN:
+            self.runner.assign(Assignment.model_validate_json(payload))
+        elif kind == REMOVE:
+            self.runner.remove(payload.decode())
+        elif kind == RUN:
+            request = RunRequest.model_validate_json(payload)
+            self.runner.run_now(request.monitor_guid, request.confirms)
+        else:
+            raise FrameError(f"unknown frame kind {kind}")
+
+    async def run(self) -> None:
+        self._send_metrics()  # at once: the main process counts the workers that answer
+        background = [
+            asyncio.create_task(self.runner.run(), name="runner"),
+            asyncio.create_task(self._results_loop(), name="results"),
+        ]
+        try:
+            while True:
+                got = await read_frame(self.reader)
+                if got is None or got[0] == STOP:
+                    break
+                self._on_frame(*got)
+        finally:
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await self.runner.cancel_checks()
+            self.curl.close()
+            with contextlib.suppress(ConnectionError):
+                self._send_results()  # every finished check reaches the main process
+                self._send_metrics()
+                await self.writer.drain()
+                self.writer.close()
+                await self.writer.wait_closed()
+
+
+async def serve(settings: AgentSettings, index: int, fd: int) -> None:
+    sock = socket.socket(fileno=fd)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    await Worker(settings, index, reader, writer).run()
+
+
+def _die_with_parent(parent: int) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before we asked
+        sys.exit(1)
+
+
+def main(argv: list[str]) -> None:
+    import uvloop
+
+    fd, index, parent = (int(arg) for arg in argv[:3])
+    _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides when we stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    settings = AgentSettings.model_validate_json(os.environ[SETTINGS_ENV])
+    logs.setup(settings.log_level, f"agent/worker-{index}")
+    uvloop.run(serve(settings, index, fd))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
