@@ -1,15 +1,18 @@
 """libcurl's multi interface on the asyncio event loop: the only module that imports pycurl.
 
 Every transfer is one easy handle added to one CurlMulti. libcurl tells us which sockets to
-watch (socket callback) and when to wake it (timer callback); the loop calls back into
-`socket_action`. No threads, and the timings are libcurl's own.
+watch (socket callback), which we keep in an epoll set of our own, and when to wake it (timer
+callback); the loop watches that epoll set's one descriptor and calls back into `socket_action`
+for each ready socket. No threads, and the timings are libcurl's own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import select
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -170,7 +173,9 @@ class CurlEngine:
         self._multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
         self._timer: asyncio.TimerHandle | None = None
         self._transfers: dict[int, _Transfer] = {}
-        self._watched: dict[int, int] = {}  # fd -> pycurl.POLL_* bitmask
+        self._watched: dict[int, int] = {}  # fd -> epoll mask
+        self._epoll = select.epoll()
+        self._loop.add_reader(self._epoll.fileno(), self._on_ready)
         system = SYSTEM_CA_BUNDLE if os.path.exists(SYSTEM_CA_BUNDLE) else None
         self._ca_bundle = ca_file or system
         self._closed = False
@@ -302,19 +307,50 @@ class CurlEngine:
     # --- libcurl <-> event loop -------------------------------------------------------------
 
     def _on_socket(self, what: int, fd: int, multi: object, data: object) -> None:
-        old = self._watched.get(fd, 0)
-        if old & pycurl.POLL_IN and not what & pycurl.POLL_IN:
-            self._loop.remove_reader(fd)
-        if old & pycurl.POLL_OUT and not what & pycurl.POLL_OUT:
-            self._loop.remove_writer(fd)
+        """libcurl says which events of a socket it wants: our own epoll set keeps them, so a
+        change is one epoll_ctl, and the loop watches the one epoll descriptor."""
         if what == pycurl.POLL_REMOVE:
-            self._watched.pop(fd, None)
+            if self._watched.pop(fd, 0):
+                with contextlib.suppress(OSError):  # already closed: the kernel dropped it
+                    self._epoll.unregister(fd)
             return
-        if what & pycurl.POLL_IN and not old & pycurl.POLL_IN:
-            self._loop.add_reader(fd, self._socket_action, fd, pycurl.CSELECT_IN)
-        if what & pycurl.POLL_OUT and not old & pycurl.POLL_OUT:
-            self._loop.add_writer(fd, self._socket_action, fd, pycurl.CSELECT_OUT)
-        self._watched[fd] = what
+        mask = _EPOLL_MASKS[what & (pycurl.POLL_IN | pycurl.POLL_OUT)]
+        old = self._watched.get(fd, 0)
+        self._watched[fd] = mask  # 0: known, but nothing wanted (so not in the set)
+        if mask == old:
+            return
+        try:
+            if not mask:
+                self._epoll.unregister(fd)  # else a hang-up would be reported without end
+            elif old:
+                self._epoll.modify(fd, mask)
+            else:
+                self._epoll.register(fd, mask)
+        except FileExistsError:  # a reused descriptor number we never saw removed
+            self._epoll.modify(fd, mask)
+        except FileNotFoundError:  # closed and reopened behind our back
+            if mask:
+                self._epoll.register(fd, mask)
+        except OSError as exc:  # closed already: libcurl will tell us to remove it
+            log.debug("epoll of socket %d: %s", fd, exc)
+
+    def _on_ready(self) -> None:
+        """The loop found our epoll set readable: hand each ready socket to libcurl."""
+        if self._closed:
+            return
+        try:
+            for fd, events in self._epoll.poll(0):
+                flags = 0
+                if events & _READ_EVENTS:
+                    flags |= pycurl.CSELECT_IN
+                if events & select.EPOLLOUT:
+                    flags |= pycurl.CSELECT_OUT
+                if events & select.EPOLLERR:
+                    flags |= pycurl.CSELECT_ERR
+                self._multi.socket_action(fd, flags)
+        except pycurl.error:
+            log.exception("libcurl socket_action failed")
+        self._collect()
 
     def _on_timer(self, timeout_ms: int) -> None:
         if self._timer is not None:
@@ -369,9 +405,8 @@ class CurlEngine:
             self._remove(transfer.handle)
             if not transfer.future.done():
                 transfer.future.cancel()
-        for fd in list(self._watched):
-            self._loop.remove_reader(fd)
-            self._loop.remove_writer(fd)
+        self._loop.remove_reader(self._epoll.fileno())
+        self._epoll.close()
         self._watched.clear()
         self._multi.close()
 
@@ -387,6 +422,14 @@ def _writer(t: _Transfer) -> Callable[[bytes], None]:
 
     return write
 
+
+_EPOLL_MASKS = {
+    0: 0,
+    pycurl.POLL_IN: select.EPOLLIN,
+    pycurl.POLL_OUT: select.EPOLLOUT,
+    pycurl.POLL_IN | pycurl.POLL_OUT: select.EPOLLIN | select.EPOLLOUT,
+}
+_READ_EVENTS = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
 
 _RESPONSE_VERSIONS = {
     pycurl.CURL_HTTP_VERSION_1_0: "1.0",

@@ -6,6 +6,8 @@ All three open a new TCP connection per check/probe/request to the same loopback
 - engine:   CurlEngine (FRESH_CONNECT + FORBID_REUSE), N checks in flight on uvloop; every
             response's status checked and its timings turned into Picket's phases
             (Marks.phases_ms), as a real check does.
+- enginexN, fullxN: the same in N processes side by side (N = the CPUs), 64 in flight in all,
+            as the agent's check workers run them.
 - full:     the agent's per-check path: HttpProbe.check (request from the monitor, redirects,
             waterfall, error conditions) + a pydantic CheckResult per response, batched by 200
             (bench.agentpath).
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
+import os
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -55,7 +59,9 @@ class Run:
         return (self.completed - self.errors) / self.seconds if self.seconds else 0.0
 
 
-async def _drive(url: str, in_flight: int, duration: float, full: bool) -> Run:
+async def _drive(
+    url: str, in_flight: int, duration: float, full: bool, start_at: float | None = None
+) -> Run:
     engine = CurlEngine(max_concurrency=in_flight)  # max_per_host: 256 by default
     path = AgentPath(engine)
     monitor = http_monitor(url)
@@ -84,6 +90,8 @@ async def _drive(url: str, in_flight: int, duration: float, full: bool) -> Run:
                 first_error = first_error or f"{result.error_description} {result.error_message}"
 
     worker = full_worker if full else bare_worker
+    if start_at is not None:  # processes run side by side start together
+        await asyncio.sleep(max(0.0, start_at - time.time()))
     try:
         user0, system0 = infra.own_cpu_seconds()
         t0 = time.perf_counter()
@@ -116,6 +124,42 @@ def _engine_run(nginx: infra.Nginx, in_flight: int, duration: float, full: bool)
     run.nginx_requests = nginx.requests() - requests0 - 1
     run.nginx_cpu = nginx.cpu_seconds() - cpu0
     return run
+
+
+def _child(url: str, in_flight: int, duration: float, full: bool, start_at: float) -> Run:
+    return uvloop.run(_drive(url, in_flight, duration, full, start_at))
+
+
+def _processes_run(
+    nginx: infra.Nginx, processes: int, in_flight: int, duration: float, full: bool
+) -> Run:
+    """`processes` engines side by side, `in_flight` checks in all, as the agent's check
+    workers (one per CPU) run them: the sum of their checks over the common window."""
+    context = multiprocessing.get_context("spawn")
+    share = in_flight // processes
+    requests0, cpu0 = nginx.requests(), nginx.cpu_seconds()
+    with context.Pool(processes) as pool:
+        start_at = time.time() + 3.0  # time for every child to start and import
+        pending = [
+            pool.apply_async(_child, (nginx.url, share, duration, full, start_at))
+            for _ in range(processes)
+        ]
+        parts = [job.get(timeout=duration + 60) for job in pending]
+    kind = "full" if full else "engine"
+    return Run(
+        label=f"{parts[0].label}, {processes} processes",
+        in_flight=share * processes,
+        completed=sum(p.completed for p in parts),
+        errors=sum(p.errors for p in parts),
+        seconds=max(p.seconds for p in parts),
+        client_user=sum(p.client_user for p in parts),
+        client_system=sum(p.client_system for p in parts),
+        nginx_cpu=nginx.cpu_seconds() - cpu0,
+        nginx_requests=nginx.requests() - requests0 - 1,
+        total_ms=[t for p in parts for t in p.total_ms],
+        first_error=next((p.first_error for p in parts if p.first_error), ""),
+        name=f"{kind}x{processes}@{share * processes}",
+    )
 
 
 def _wrk_run(nginx: infra.Nginx, duration: float, threads: int) -> Run:
@@ -224,6 +268,10 @@ def main(args: argparse.Namespace) -> list[Summary]:
             runs.append(_engine_run(nginx, in_flight, duration, full=False))
         for in_flight in IN_FLIGHT:
             runs.append(_engine_run(nginx, in_flight, duration, full=True))
+        processes = os.cpu_count() or 1
+        if processes > 1:  # the agent runs one check worker per CPU
+            for full in (False, True):
+                runs.append(_processes_run(nginx, processes, IN_FLIGHT[0], duration, full))
         if wrk is not None:
             wrk1 = _wrk_run(nginx, duration, threads=1)
             runs.append(wrk1)
@@ -260,7 +308,7 @@ def main(args: argparse.Namespace) -> list[Summary]:
     for message in dict.fromkeys(skipped):
         infra.note(f"peer not measured: {message}")
 
-    ours = [r for r in runs if r.name.startswith(("engine@", "full@"))]
+    ours = [r for r in runs if r.name.startswith(("engine", "full"))]
     infra.table(
         f"engine ratios (goals: >= {GOAL_VS_BLACKBOX:g}x blackbox, >= {GOAL_VS_WRK:g}x wrk -t2)",
         ["run", "checks/s", "/ blackbox", "/ wrk -t2", "/ wrk -t1"],
@@ -278,7 +326,7 @@ def main(args: argparse.Namespace) -> list[Summary]:
 
     for r in ours:
         cpu = (r.client_user + r.client_system) / r.seconds
-        if cpu >= 0.9 and r.completed and r.client_system:
+        if cpu >= 0.9 and r.completed and r.client_system and "x" not in r.name:
             infra.note(
                 f"{r.name}: this process used {100 * cpu:.0f}% of one core (one thread: the limit);"
                 f" its kernel time alone,\n{r.client_system / r.completed * 1e6:.0f} µs/check, "
