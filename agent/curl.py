@@ -172,6 +172,7 @@ class CurlEngine:
         self._multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
         self._multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
         self._timer: asyncio.TimerHandle | None = None
+        self._kick_pending = False
         self._transfers: dict[int, _Transfer] = {}
         self._watched: dict[int, int] = {}  # fd -> epoll mask
         self._epoll = select.epoll()
@@ -214,7 +215,7 @@ class CurlEngine:
         try:
             self._multi.add_handle(handle)
             # kick libcurl: it starts the transfer and tells us which sockets/timers to watch
-            self._loop.call_soon(self._socket_action, pycurl.SOCKET_TIMEOUT, 0)
+            self._kick()
             errno, message = await transfer.future
             return self._response(transfer, errno, message)
         finally:
@@ -356,10 +357,23 @@ class CurlEngine:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if timeout_ms >= 0 and not self._closed:
+        if timeout_ms == 0:
+            self._kick()
+        elif timeout_ms > 0 and not self._closed:
             self._timer = self._loop.call_later(
                 timeout_ms / 1000.0, self._socket_action, pycurl.SOCKET_TIMEOUT, 0
             )
+
+    def _kick(self) -> None:
+        """libcurl's timers, at the loop's next turn: once however many transfers were added
+        in this one (a slot's monitors all start together)."""
+        if not self._kick_pending:
+            self._kick_pending = True
+            self._loop.call_soon(self._on_kick)
+
+    def _on_kick(self) -> None:
+        self._kick_pending = False
+        self._socket_action(pycurl.SOCKET_TIMEOUT, 0)
 
     def _socket_action(self, fd: int, events: int) -> None:
         if self._closed:

@@ -115,7 +115,9 @@ class PicketUp:
         return " | ".join(self.log.read_text(errors="replace").strip().splitlines()[-lines:])
 
     def find_children(self) -> None:
-        """The supervisor's three children, by their command lines."""
+        """The supervisor's three children, by their command lines; the agent's check workers
+        count as the agent."""
+        workers = []
         for pid in infra.process_tree(self.proc.pid)[1:]:
             try:
                 argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -126,8 +128,12 @@ class PicketUp:
                 self.pids["broker"] = [pid]
             elif "controller" in words:
                 self.pids["controller"] = [pid]
+            elif "agent.worker" in words:
+                workers.append(pid)
             elif "agent" in words:
                 self.pids["agent"] = [pid]
+        if "agent" in self.pids:
+            self.pids["agent"] = self.pids["agent"][:1] + workers
 
     def cpu(self) -> dict[str, float]:
         return {name: sum(infra.cpu_seconds(pids)) for name, pids in self.pids.items()}

@@ -153,13 +153,16 @@ def _proc_stat(pid: int) -> list[str] | None:
 
 
 def process_tree(pid: int) -> list[int]:
-    """pid and its children (one level: enough for nginx's master and workers)."""
-    pids = [pid]
+    """pid and all its descendants, parents before children."""
+    parents: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             fields = _proc_stat(int(entry.name))
-            if fields is not None and int(fields[1]) == pid:
-                pids.append(int(entry.name))
+            if fields is not None:
+                parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    pids = [pid]
+    for parent in pids:  # grows as it goes: breadth first
+        pids.extend(parents.get(parent, []))
     return pids
 
 

@@ -50,8 +50,8 @@ def _unit_hash(*parts: str) -> float:
 
 def _phase_offset_copy(guid: str, interval_seconds: int) -> float:
     """A copy of controller.assigner.phase_offset, used only if that cannot be imported."""
-    slots = max(1, interval_seconds * 1000)
-    return (int(_unit_hash(guid, "phase") * slots) % slots) / 1000.0
+    slots = max(1, interval_seconds * 100)  # 10 ms steps
+    return (int(_unit_hash(guid, "phase") * slots) % slots) / 100.0
 
 
 def phase_offsets(guids: list[str], interval_seconds: int) -> tuple[list[float], str]:

@@ -9,10 +9,12 @@ confirmed error, further failures are Confirmed without another re-check.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
+from collections import Counter
 from typing import Any
+
+import orjson
 
 from controller.assigner import Assigner
 from controller.bus import ControllerBus
@@ -111,6 +113,7 @@ class Ingest:
         inserted = await self.store.insert_checks(rows)
         now = time.time()
         stale: set[str] = set()
+        by_level: Counter[int] = Counter()
         for uid in sorted(inserted, key=lambda u: results[u][1].started_at):
             batch, result, level = results[uid]
             if result.started_at >= self.latest.get(result.monitor_guid, 0.0):
@@ -118,8 +121,10 @@ class Ingest:
                 self.levels[result.monitor_guid] = level
             else:
                 stale.add(uid)
-            self.metrics.results.labels(LEVEL_NAMES[level]).inc()
+            by_level[level] += 1
             self.metrics.ingest_lag.observe(max(0.0, now - result.started_at))
+        for level, count in by_level.items():
+            self.metrics.results.labels(LEVEL_NAMES[level]).inc(count)
         self.metrics.duplicates.inc(sum(len(b.results) for b in batches) - len(inserted))
         by_agent: dict[str, list[str]] = {}
         for batch in batches:
@@ -134,6 +139,26 @@ class Ingest:
                 await self.bus.run_now(
                     batch.agent, RunRequest(monitor_guid=result.monitor_guid, confirms=uid)
                 )
+
+    @staticmethod
+    def _details(agent_id: str, result: CheckResult) -> str | None:
+        """The agent's details text, stored as sent once it has proved to be a JSON object."""
+        if not result.details:
+            return None
+        try:
+            valid = isinstance(orjson.loads(result.details), dict)
+        except orjson.JSONDecodeError:
+            valid = False
+        if not valid:
+            log.warning(
+                "agent %s: monitor %s: result %s has details that are not a JSON object; "
+                "stored without them",
+                agent_id,
+                result.monitor_guid,
+                result.uid,
+            )
+            return None
+        return result.details
 
     def _row(self, agent_id: str, result: CheckResult, level: int) -> dict[str, Any]:
         srv = self.assigner.server(agent_id)
@@ -170,7 +195,7 @@ class Ingest:
             "scheduled_us": int(result.scheduled_at * 1_000_000),
             "error_level": level,
             "error_code": result.error_code,
-            "attributes": json.dumps(attributes),
+            "attributes": orjson.dumps(attributes).decode(),
             "response_body": body,
-            "details": json.dumps(result.details) if result.details else None,
+            "details": self._details(agent_id, result),
         }

@@ -75,7 +75,9 @@ class CheckResult(Message):
     timings_ms: dict[str, float] = Field(default_factory=dict)
     response_body: str | None = None
     warnings: list[str] = Field(default_factory=list)
-    details: dict[str, Any] | None = None  # per type: HTTP headers and waterfall, ...
+    # JSON text of an object, per type (HTTP: the waterfall; multi-step: the steps): the
+    # controller stores it as it is, without building it into Python objects and back
+    details: str | None = None
     attributes: dict[str, Any] = Field(default_factory=dict)  # per type, e.g. DnsAnswers
     is_confirmation: bool = False
     confirms: str | None = None

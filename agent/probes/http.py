@@ -219,12 +219,8 @@ class HttpProbe(Probe):
             outcome.http_status_code = response.status
             outcome.resolved_ip = response.primary_ip
             outcome.body = response.body
-            outcome.details = {
-                "Url": url,
-                "HttpVersion": response.http_version,
-                "ResponseHeaders": response.raw_headers,
-                "Waterfall": waterfall,
-            }
+            # the final URL, version and headers are the last hop's (the API reads them there)
+            outcome.details = {"Waterfall": waterfall}
         if not outcome.ok or response is None:
             return outcome
         first_byte_ms = response.marks.starttransfer / 1000.0

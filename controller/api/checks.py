@@ -203,11 +203,12 @@ def _http_details(row: CheckRow) -> dict[str, Any]:
 async def http_details(request: web.Request) -> web.Response:
     row = await _check_for_detail(request)
     details = _http_details(row)
-    attributes = {
+    last = details["Waterfall"][-1] if details["Waterfall"] else {}
+    attributes = {  # the final response's, i.e. the last hop's (older rows kept them apart)
         "ResponseBody": row.response_body or "",
-        "ResponseHeaders": details.get("ResponseHeaders", ""),
-        "Url": details.get("Url", ""),
-        "HttpVersion": details.get("HttpVersion", ""),
+        "ResponseHeaders": details.get("ResponseHeaders", last.get("ResponseHeaders", "")),
+        "Url": details.get("Url", last.get("Url", "")),
+        "HttpVersion": details.get("HttpVersion", last.get("HttpVersion", "")),
     }
     links = {"Self": f"{PREFIX}/MonitorCheck/{row.id}/Http"}
     return ok({"Data": {"Id": row.id, "Type": "Http", "Attributes": attributes, "Links": links}})

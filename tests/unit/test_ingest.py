@@ -87,3 +87,18 @@ async def test_late_results_do_not_move_the_alert_state(ingest: Ingest) -> None:
     # the late one is stored as Unconfirmed, but the state was OK: the next failure is too
     assert await _levels(ingest) == [NO_ERROR, UNCONFIRMED, UNCONFIRMED]
     assert ingest.metrics.registry.get_sample_value("picket_confirmation_requests_total") == 1
+
+
+async def test_details_are_stored_as_sent_when_they_are_a_json_object(ingest: Ingest) -> None:
+    text = '{"Waterfall":[{"Url":"http://127.0.0.1/","ResponseHeaders":"HTTP/1.1 200 OK"}]}'
+    await ingest.process([_batch(_result(1.0, details=text))])
+    await ingest.process([_batch(_result(2.0, details='{"Waterfall": [trunc'))])
+    await ingest.process([_batch(_result(3.0, details="[1, 2]"))])
+    rows = await ingest.store.checks_page(MONITOR, None, None, 0, False, None, 10)
+    by_time = {row.ts_us: row for row in rows}
+    assert by_time[1_000_000].details == {
+        "Waterfall": [{"Url": "http://127.0.0.1/", "ResponseHeaders": "HTTP/1.1 200 OK"}]
+    }
+    # not JSON, or not an object: the check is stored, its details are not
+    assert by_time[2_000_000].details is None and by_time[3_000_000].details is None
+    assert len(rows) == 3
