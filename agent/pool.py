@@ -144,6 +144,9 @@ class WorkerPool:
                 stdin=asyncio.subprocess.DEVNULL,
                 pass_fds=(theirs.fileno(),),
             )
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         reader, worker.writer = await asyncio.open_connection(sock=ours)
@@ -193,7 +196,7 @@ class WorkerPool:
         exits; those results have reached `on_results` when this returns. A worker that
         does not finish within STOP_GRACE_SECONDS is killed."""
         task = self._task
-        if task is None:
+        if task is None or task.done():  # never started, or failed (the agent saw why)
             return
         for worker in self._workers:
             worker.stopping = True

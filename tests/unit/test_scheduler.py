@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+import uuid
 
 import pytest
 
@@ -93,3 +94,19 @@ async def test_an_update_at_its_slot_time_keeps_that_slot() -> None:
         assert started == [("r2", pytest.approx(slot, abs=1e-6))]
     finally:
         task.cancel()
+
+
+def test_phases_fall_on_10_ms_steps_spread_over_the_interval() -> None:
+    from controller.assigner import PHASE_STEP_MS, phase_offset
+
+    guids = [str(uuid.uuid5(uuid.NAMESPACE_URL, f"monitor-{n}")) for n in range(2000)]
+    for interval in (1, 60):
+        offsets = [phase_offset(guid, interval) for guid in guids]
+        assert all(0 <= offset < interval for offset in offsets)
+        steps = {round(offset * 1000 / PHASE_STEP_MS, 6) for offset in offsets}
+        assert all(step == int(step) for step in steps), "not on a step"
+        possible = interval * 1000 // PHASE_STEP_MS
+        # evenly spread: 2,000 monitors fill nearly every step of a second, and of a minute
+        # they use about as many distinct steps as a uniform draw would (2000 of 6000 -> ~1,700)
+        assert len(steps) >= min(possible, 2000) * 0.8
+    assert phase_offset(guids[0], 30) == phase_offset(guids[0], 30)  # stable
