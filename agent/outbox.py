@@ -11,10 +11,13 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
+from pydantic_core import to_json
 
 from shared.messages import CheckResult, ResultBatch
 
@@ -117,12 +120,11 @@ class Outbox:
 
 
 _HEAD = '{{"batch_id":"{batch}","agent":"{agent}","results":['  # ids are [0-9a-z._-]
-_RESULT_LIST: TypeAdapter[list[CheckResult]] = TypeAdapter(list[CheckResult])
 
 
-def encode_results(results: list[CheckResult]) -> bytes:
+def encode_results(results: Sequence[CheckResult | dict[str, Any]]) -> bytes:
     """The results' JSON objects joined by commas: the inside of a batch's `results`."""
-    return _RESULT_LIST.dump_json(results)[1:-1]
+    return to_json(results)[1:-1]
 
 
 def _sync_directory(directory: Path) -> None:

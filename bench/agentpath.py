@@ -2,11 +2,14 @@
 
 `AgentPath.run_check` is `Agent._run_check` minus the Prometheus updates, the log line for
 failures and the disk write of a batch: the HTTP probe (request built from the monitor, the
-transfer on CurlEngine, timings, error conditions) and the pydantic `CheckResult` the agent
-hands to its outbox, collected into batches of the agent's default size, as the agent does.
+transfer on CurlEngine, timings, error conditions) and the result (a `CheckResult`'s fields)
+the agent hands to its outbox, collected into batches of the agent's default size, as the agent
+does.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from agent.curl import CurlEngine
 from agent.probes.base import Outcome, ProbeContext
@@ -14,7 +17,6 @@ from agent.probes.http import HttpProbe
 from agent.runner import make_result
 from agent.settings import AgentSettings
 from shared.errors import ErrorCode
-from shared.messages import CheckResult
 from shared.monitors import HttpMonitor
 
 BATCH_SIZE = AgentSettings.model_fields["batch_size"].default  # the agent's default
@@ -38,7 +40,7 @@ def http_monitor(url: str, name: str = "bench", interval_seconds: int = 60) -> H
 class AgentPath:
     def __init__(self, engine: CurlEngine) -> None:
         self.probe = HttpProbe(ProbeContext(curl=engine, max_body_bytes=MAX_BODY_BYTES))
-        self.batch: list[CheckResult] = []
+        self.batch: list[dict[str, Any]] = []
         self.batches = 0
         self.ok = 0
         self.failed = 0
@@ -46,7 +48,7 @@ class AgentPath:
 
     async def run_check(
         self, guid: str, monitor: HttpMonitor, scheduled_at: float, started: float
-    ) -> CheckResult:
+    ) -> dict[str, Any]:
         try:
             outcome = await self.probe.check(monitor)
         except Exception as exc:

@@ -5,7 +5,7 @@ phase offset the controller gives it (controller.assigner.phase_offset: a hash o
 millisecond steps). start_check does what the agent's does (a task per check) and records
 lateness = time.time() - slot when the scheduler calls it. Every check is real: HttpProbe on
 CurlEngine (max_concurrency 1000, the agent's default) against the loopback nginx, then a
-pydantic CheckResult (bench.agentpath). Everything runs on uvloop, as the agent does.
+result (bench.agentpath). Everything runs on uvloop, as the agent does.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ async def _drive(
         result = await path.run_check(entry.guid, entry.monitor, slot, started)
         now = time.time()
         finishes.append(now)
-        totals.append((now, result.timings_ms.get("TotalTime", 0.0)))
+        totals.append((now, result["timings_ms"].get("TotalTime", 0.0)))
 
     def start_check(entry: Scheduled, slot: float) -> None:
         # what Agent._start_scheduled does: one task per check

@@ -41,3 +41,21 @@ async def test_an_overloaded_agent_sheds_slots_instead_of_piling_up(tmp_path: Pa
         for task in stuck:
             task.cancel()
         curl.close()
+
+
+def test_a_result_carries_every_field_of_the_message_and_validates() -> None:
+    from agent.probes.base import Outcome
+    from agent.runner import make_result
+    from shared.errors import ErrorCode
+    from shared.messages import CheckResult
+
+    outcome = Outcome(ErrorCode.HTTP_STATUS_MISMATCH, "status 500")
+    outcome.body = b"boom"
+    outcome.details = {"Waterfall": [{"Url": "http://127.0.0.1/"}]}
+    result = make_result("m", "r1", "Http", outcome, 10.0, 10.5, "uid0", 3)
+    # the dict is the message: same keys (a typo would be dropped silently by the controller)
+    assert set(result) == set(CheckResult.model_fields)
+    parsed = CheckResult.model_validate(result)
+    assert parsed.response_body == "boo" and parsed.is_confirmation and parsed.confirms == "uid0"
+    assert parsed.details == '{"Waterfall":[{"Url":"http://127.0.0.1/"}]}'
+    assert len(parsed.uid) == 32 and int(parsed.uid, 16) >= 0
