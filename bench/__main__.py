@@ -1,4 +1,4 @@
-"""`python -m bench [engine] [lateness] [timing] [e2e]`: run the benchmarks (all by default)."""
+"""`python -m bench [NAME ...]`: run the benchmarks (all by default; see docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from types import FrameType
 import pycurl
 import uvloop
 
-from bench import e2e, engine, infra, lateness, timing
+from bench import e2e, engine, infra, lateness, probes, timing
 from bench.infra import Summary
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], list[Summary]]] = {
     "engine": engine.main,
+    "probes": probes.main,
     "lateness": lateness.main,
     "timing": timing.main,
     "e2e": e2e.main,

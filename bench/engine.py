@@ -23,6 +23,7 @@ import asyncio
 import multiprocessing
 import os
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -128,26 +129,22 @@ def _engine_run(nginx: infra.Nginx, in_flight: int, duration: float, full: bool)
     return run
 
 
-def _child(url: str, in_flight: int, duration: float, full: bool, start_at: float) -> Run:
-    return uvloop.run(_drive(url, in_flight, duration, full, start_at))
-
-
-def _processes_run(
-    nginx: infra.Nginx, processes: int, in_flight: int, duration: float, full: bool
+def side_by_side(
+    processes: int,
+    child: Callable[..., Run],
+    args: tuple[object, ...],
+    in_flight: int,
+    duration: float,
 ) -> Run:
-    """`processes` engines side by side, `in_flight` checks in all, as the agent's check
-    workers (one per CPU) run them: the sum of their checks over the common window."""
+    """`processes` copies of `child(*args, in_flight / processes, start_at)` in their own
+    processes, as the agent's check workers (one per CPU) run checks: they start together,
+    and the Run is the sum of theirs over the common window."""
     context = multiprocessing.get_context("spawn")
     share = in_flight // processes
-    requests0, cpu0 = nginx.requests(), nginx.cpu_seconds()
     with context.Pool(processes) as pool:
         start_at = time.time() + 3.0  # time for every child to start and import
-        pending = [
-            pool.apply_async(_child, (nginx.url, share, duration, full, start_at))
-            for _ in range(processes)
-        ]
+        pending = [pool.apply_async(child, (*args, share, start_at)) for _ in range(processes)]
         parts = [job.get(timeout=duration + 60) for job in pending]
-    kind = "full" if full else "engine"
     return Run(
         label=f"{parts[0].label}, {processes} processes",
         in_flight=share * processes,
@@ -156,12 +153,25 @@ def _processes_run(
         seconds=max(p.seconds for p in parts),
         client_user=sum(p.client_user for p in parts),
         client_system=sum(p.client_system for p in parts),
-        nginx_cpu=nginx.cpu_seconds() - cpu0,
-        nginx_requests=nginx.requests() - requests0 - 1,
         total_ms=[t for p in parts for t in p.total_ms],
         first_error=next((p.first_error for p in parts if p.first_error), ""),
-        name=f"{kind}x{processes}@{share * processes}",
+        name=f"{parts[0].name.partition('@')[0]}x{processes}@{share * processes}",
     )
+
+
+def _processes_run(
+    nginx: infra.Nginx, processes: int, in_flight: int, duration: float, full: bool
+) -> Run:
+    requests0, cpu0 = nginx.requests(), nginx.cpu_seconds()
+    args = (nginx.url, full, duration)
+    run = side_by_side(processes, _engine_child, args, in_flight, duration)
+    run.nginx_cpu = nginx.cpu_seconds() - cpu0
+    run.nginx_requests = nginx.requests() - requests0 - 1
+    return run
+
+
+def _engine_child(url: str, full: bool, duration: float, in_flight: int, start_at: float) -> Run:
+    return uvloop.run(_drive(url, in_flight, duration, full, start_at))
 
 
 def _wrk_run(nginx: infra.Nginx, duration: float, threads: int) -> Run:

@@ -35,6 +35,7 @@ PACKAGES = {
     "wrk": "wrk",
     "prometheus-blackbox-exporter": "prometheus-blackbox-exporter",
     "curl": "curl",
+    "dnsmasq": "dnsmasq-base",
 }
 
 
@@ -260,12 +261,54 @@ BLACKBOX_CONFIG = """modules:
       preferred_ip_protocol: ip4
       ip_protocol_fallback: false
       follow_redirects: false
+  dns_a:
+    prober: dns
+    timeout: 5s
+    dns:
+      query_name: bench.test
+      query_type: A
+      transport_protocol: udp
+      preferred_ip_protocol: ip4
+      ip_protocol_fallback: false
+      validate_answer_rrs:
+        fail_if_none_matches_regexp: [".*127[.]0[.]0[.]1"]
+  tcp_connect:
+    prober: tcp
+    timeout: 5s
+    tcp:
+      preferred_ip_protocol: ip4
+      ip_protocol_fallback: false
 """
 
 
+class Dnsmasq:
+    """Debian's dnsmasq (package dnsmasq-base) in the foreground on a free loopback port,
+    answering `name` A 127.0.0.1 from its own configuration (no upstream, no hosts file)."""
+
+    def __init__(self, stack: ExitStack, name: str) -> None:
+        binary = require("dnsmasq")
+        self.dir = tempdir(stack, "dnsmasq")
+        self.port = free_port()
+        argv = [
+            binary,
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            f"--port={self.port}",
+            f"--listen-address={LOOPBACK}",
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+            "--pid-file=",
+            f"--address=/{name}/{LOOPBACK}",
+        ]
+        self.child = start_child(stack, "dnsmasq", argv, self.dir / "dnsmasq.log")
+        wait_port(self.port, self.child)  # it serves DNS over TCP on the same port
+
+
 class Blackbox:
-    """Debian's prometheus-blackbox-exporter on a free loopback port with one http_2xx module.
-    Its HTTP prober builds a new client (so a new connection) for every probe."""
+    """Debian's prometheus-blackbox-exporter on a free loopback port with an http_2xx, a dns_a
+    and a tcp_connect module. Its HTTP prober builds a new client (so a new connection) for
+    every probe."""
 
     def __init__(self, stack: ExitStack) -> None:
         binary = require("prometheus-blackbox-exporter")
@@ -282,8 +325,8 @@ class Blackbox:
         self.child = start_child(stack, "blackbox_exporter", argv, self.dir / "blackbox.log")
         wait_port(self.port, self.child)
 
-    def probe_url(self, target: str) -> str:
-        return f"http://{LOOPBACK}:{self.port}/probe?module=http_2xx&target={target}"
+    def probe_url(self, target: str, module: str = "http_2xx") -> str:
+        return f"http://{LOOPBACK}:{self.port}/probe?module={module}&target={target}"
 
     def cpu_seconds(self) -> tuple[float, float]:
         return cpu_seconds([self.child.proc.pid])
