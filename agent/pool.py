@@ -69,8 +69,11 @@ class WorkerPool:
         self._on_results = on_results
         self._workers = [_Worker(index) for index in range(self.count)]
         self._assignments: dict[str, bytes] = {}  # guid -> the Assignment's JSON
-        self._env = {**os.environ, SETTINGS_ENV: settings.model_dump_json()}
+        # everything but the broker's URL (and its credentials): workers never talk to it
+        worker_settings = settings.model_dump_json(exclude={"broker_url"})
+        self._env = {**os.environ, SETTINGS_ENV: worker_settings}
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def __len__(self) -> int:
         return len(self._assignments)
@@ -127,7 +130,8 @@ class WorkerPool:
                 f"was killed by signal {-code}" if code < 0 else f"exited with code {code}",
                 pause,
             )
-            await asyncio.sleep(pause)
+            with contextlib.suppress(TimeoutError):  # a stop ends the pause
+                await asyncio.wait_for(self._stopping.wait(), pause)
             pause = min(RESTART_PAUSE_MAX, pause * 2)
 
     async def _run_once(self, worker: _Worker) -> int:
@@ -198,6 +202,7 @@ class WorkerPool:
         task = self._task
         if task is None or task.done():  # never started, or failed (the agent saw why)
             return
+        self._stopping.set()
         for worker in self._workers:
             worker.stopping = True
             worker.send(frame(STOP, b""))

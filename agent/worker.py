@@ -108,22 +108,28 @@ class Worker:
         else:
             raise FrameError(f"unknown frame kind {kind}")
 
+    async def _read(self) -> None:
+        """Frames from the main process until STOP or the end of the stream."""
+        while (got := await read_frame(self.reader)) is not None and got[0] != STOP:
+            self._on_frame(*got)
+
     async def run(self) -> None:
-        self._send_metrics()  # at once: the main process counts the workers that answer
+        self._send_metrics()  # at once: the agent's /metrics has this worker's series from now
+        reading = asyncio.create_task(self._read(), name="read")
         background = [
             asyncio.create_task(self.runner.run(), name="runner"),
             asyncio.create_task(self._results_loop(), name="results"),
         ]
         try:
-            while True:
-                got = await read_frame(self.reader)
-                if got is None or got[0] == STOP:
-                    break
-                self._on_frame(*got)
+            await asyncio.wait([reading, *background], return_when=asyncio.FIRST_COMPLETED)
+            for task in (reading, *background):
+                if task.done() and (task is not reading or task.exception() is not None):
+                    # a loop that ends by itself is a bug: exit, and the agent starts us again
+                    raise task.exception() or RuntimeError(f"{task.get_name()} ended")
         finally:
-            for task in background:
+            for task in (reading, *background):
                 task.cancel()
-            for task in background:
+            for task in (reading, *background):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             await self.runner.cancel_checks()

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import trustme
 
-from agent.curl import AVAILABLE_AUTH, CurlEngine
+from agent.curl import AVAILABLE_AUTH, HTTP3_AVAILABLE, CurlEngine
 from agent.probes.base import Outcome, ProbeContext
 from agent.probes.http import HttpProbe
 from shared.errors import ErrorCode
@@ -225,6 +225,8 @@ def h2_server(ca: trustme.CA, tmp_path: Path) -> Iterator[str]:
             str(tmp_path / "key.pem"),
             "--bind",
             f"127.0.0.1:{port}",
+            "--quic-bind",  # HTTP/3 on the same port number, over UDP
+            f"127.0.0.1:{port}",
             "tests.servers.h2app:app",
         ],
         cwd=REPO,
@@ -244,7 +246,10 @@ def h2_server(ca: trustme.CA, tmp_path: Path) -> Iterator[str]:
 
 
 async def test_http_versions(engine: CurlEngine, h2_server: str) -> None:
-    for wanted, seen in (("Negotiate", "2"), ("Http2", "2"), ("Http1_1", "1.1")):
+    versions = [("Negotiate", "2"), ("Http2", "2"), ("Http1_1", "1.1")]
+    if HTTP3_AVAILABLE:
+        versions.append(("Http3", "3"))
+    for wanted, seen in versions:
         outcome = await _check(engine, h2_server, HttpVersion=wanted)
         assert outcome.ok, outcome
         assert outcome.details is not None
