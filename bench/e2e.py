@@ -46,6 +46,7 @@ import uvloop
 
 from agent.settings import AgentSettings
 from bench import infra
+from bench.engine import blackbox_run
 from bench.infra import LOOPBACK, Summary, fmt_rate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -532,20 +533,14 @@ class Peer:
 def _blackbox(stack: ExitStack, nginx: infra.Nginx, duration: float) -> Peer:
     infra.require("wrk")
     blackbox = infra.Blackbox(stack)
-    probe = blackbox.probe_url(nginx.url)
-    answer = infra.http_get(probe)
-    if "probe_success 1" not in answer:
-        raise RuntimeError(f"blackbox_exporter's probe of nginx failed: {answer[-500:]}")
     requests0 = nginx.requests()
-    cpu0 = sum(blackbox.cpu_seconds())
-    result = infra.run_wrk(probe, duration)
-    cpu = sum(blackbox.cpu_seconds()) - cpu0 + result.cpu_user + result.cpu_system
+    run = blackbox_run(blackbox, "http_2xx", nginx.url, duration, "blackbox")
     blackbox.child.stop()  # not needed any more; frees its memory and sockets
     return Peer(
-        rate=(result.requests - result.errors) / result.seconds,
-        errors=result.errors,
-        cpu=cpu / result.seconds,
-        nginx_rate=(nginx.requests() - requests0 - 1) / result.seconds,
+        rate=run.rate,
+        errors=run.errors,
+        cpu=(run.client_user + run.client_system) / run.seconds,
+        nginx_rate=(nginx.requests() - requests0 - 1) / run.seconds,
     )
 
 

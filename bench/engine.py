@@ -192,28 +192,36 @@ def _wrk_run(nginx: infra.Nginx, duration: float, threads: int) -> Run:
     )
 
 
-def _blackbox_run(nginx: infra.Nginx, blackbox: infra.Blackbox, duration: float) -> Run:
-    probe = blackbox.probe_url(nginx.url)
+def blackbox_run(
+    blackbox: infra.Blackbox, module: str, target: str, duration: float, name: str
+) -> Run:
+    """blackbox_exporter's `module` probing `target`, driven by `wrk -c64 -t2` on /probe."""
+    probe = blackbox.probe_url(target, module)
     answer = infra.http_get(probe)
     if "probe_success 1" not in answer:
-        raise RuntimeError(f"blackbox_exporter's probe of nginx failed: {answer[-500:]}")
-    requests0, cpu0 = nginx.requests(), nginx.cpu_seconds()
+        raise RuntimeError(f"blackbox_exporter's {module} probe failed: {answer[-500:]}")
     bbx_user0, bbx_system0 = blackbox.cpu_seconds()
     result = infra.run_wrk(probe, duration)
     bbx_user1, bbx_system1 = blackbox.cpu_seconds()
     return Run(
-        label="blackbox_exporter http_2xx",
+        label=f"blackbox_exporter {module}",
         in_flight=64,
         completed=result.requests,
         errors=result.errors,
         seconds=result.seconds,
         client_user=result.cpu_user + bbx_user1 - bbx_user0,
         client_system=result.cpu_system + bbx_system1 - bbx_system0,
-        nginx_cpu=nginx.cpu_seconds() - cpu0,
-        nginx_requests=nginx.requests() - requests0 - 1,
         first_error=_wrk_error(result),
-        name="blackbox",
+        name=name,
     )
+
+
+def _blackbox_run(nginx: infra.Nginx, blackbox: infra.Blackbox, duration: float) -> Run:
+    requests0, cpu0 = nginx.requests(), nginx.cpu_seconds()
+    run = blackbox_run(blackbox, "http_2xx", nginx.url, duration, "blackbox")
+    run.nginx_cpu = nginx.cpu_seconds() - cpu0
+    run.nginx_requests = nginx.requests() - requests0 - 1
+    return run
 
 
 def _wrk_error(result: infra.WrkResult) -> str:

@@ -27,7 +27,7 @@ from agent.probes.base import Probe, ProbeContext
 from agent.probes.dns import DnsProbe
 from agent.probes.tcp import ConnectProbe
 from bench import infra
-from bench.engine import Run, side_by_side
+from bench.engine import Run, blackbox_run, side_by_side
 from bench.infra import Summary, fmt_rate
 from shared.monitors import ConnectMonitor, DnsMonitor, MonitorBase
 
@@ -108,26 +108,6 @@ def _child(kind: str, target: str, duration: float, in_flight: int, start_at: fl
     return uvloop.run(_drive(kind, target, in_flight, duration, start_at))
 
 
-def _blackbox_run(blackbox: infra.Blackbox, module: str, target: str, duration: float) -> Run:
-    probe = blackbox.probe_url(target, module)
-    answer = infra.http_get(probe)
-    if "probe_success 1" not in answer:
-        raise RuntimeError(f"blackbox_exporter's {module} probe failed: {answer[-500:]}")
-    user0, system0 = blackbox.cpu_seconds()
-    result = infra.run_wrk(probe, duration)
-    user1, system1 = blackbox.cpu_seconds()
-    return Run(
-        label=f"blackbox_exporter {module}",
-        in_flight=64,
-        completed=result.requests,
-        errors=result.errors,
-        seconds=result.seconds,
-        client_user=result.cpu_user + user1 - user0,
-        client_system=result.cpu_system + system1 - system0,
-        name=f"blackbox {module}",
-    )
-
-
 def main(args: argparse.Namespace) -> list[Summary]:
     duration: float = args.duration
     print(f"\n=== probes: DNS and TCP checks/s, {duration:g} s of load per run ===")
@@ -155,7 +135,7 @@ def main(args: argparse.Namespace) -> list[Summary]:
         for kind, target in targets.items():
             if blackbox is not None:
                 module = "dns_a" if kind == "dns" else "tcp_connect"
-                peers[kind] = _blackbox_run(blackbox, module, target, duration)
+                peers[kind] = blackbox_run(blackbox, module, target, duration, f"blackbox {module}")
             runs[kind].append(_child(kind, target, duration, IN_FLIGHT, time.time()))
             if processes > 1:
                 args_ = (kind, target, duration)
