@@ -43,7 +43,8 @@ class Agent:
         self.runnable = frozenset(probes.probe_types())
         self.pool = WorkerPool(settings, self.metrics, self._on_results)
         self.link = AgentLink(settings.broker_url, self.id, self, self.metrics)
-        self._revisions: dict[str, str] = {}  # guid -> revision, of what the pool runs
+        # guid -> (revision, interval, offset) of what the pool runs: a new phase is news too
+        self._revisions: dict[str, tuple[str, int, float]] = {}
         self._results: list[bytes] = []  # from the workers, each a run of joined results
         self._result_count = 0
         self._send_wake = asyncio.Event()
@@ -78,7 +79,9 @@ class Agent:
             log.error("agent %s: monitor %s cannot run here: %s", self.id, monitor_guid, exc)
             self.metrics.dropped.labels(exc.reason).inc()
             return
-        if self._revisions.get(monitor_guid) == assignment.revision:
+        schedule = assignment.schedule
+        version = (assignment.revision, schedule.interval_seconds, schedule.offset_seconds)
+        if self._revisions.get(monitor_guid) == version:
             return  # the same assignment again (a resend after reconnect)
         log.info(
             "agent %s: monitor %s (%s) every %gs",
@@ -87,7 +90,7 @@ class Agent:
             monitor.Name,
             assignment.schedule.interval_seconds,
         )
-        self._revisions[monitor_guid] = assignment.revision
+        self._revisions[monitor_guid] = version
         self.pool.assign(monitor_guid, assignment.model_dump_json().encode())
         self.metrics.assignments.set(len(self.pool))
 
@@ -106,8 +109,8 @@ class Agent:
         guid = request.monitor_guid
         if guid not in self.pool:
             log.warning("agent %s: run request for unknown monitor %s", self.id, guid)
-        elif not self.pool.run_now(guid, request.model_dump_json().encode()):
-            log.warning("agent %s: monitor %s: its check worker is restarting", self.id, guid)
+        else:
+            self.pool.run_now(guid, request.model_dump_json().encode())
 
     def on_ack(self, ack: Ack) -> None:
         if self.outbox.acked(ack.batch_ids):
@@ -213,9 +216,13 @@ class Agent:
                     raise task.exception() or RuntimeError(f"{task.get_name()} ended")
         finally:
             log.info("agent %s: stopping", self.id)
-            await _cancel(background[1:])  # no flushes or sends while the workers finish
-            await self.pool.stop()  # checks cut short produce no result; the rest come here
-            self._flush()  # every finished result is on disk now
+            try:
+                # checks cut short produce no result; the finished ones arrive meanwhile, and
+                # the flush loop keeps writing them to disk
+                await self.pool.stop()
+            finally:
+                await _cancel(background[1:])  # no more flushes or sends
+                self._flush()  # every finished result is on disk now
             if self.link.session.connected.is_set():
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.link.say_offline(), 2)

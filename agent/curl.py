@@ -316,13 +316,13 @@ class CurlEngine:
                     self._epoll.unregister(fd)
             return
         mask = _EPOLL_MASKS[what & (pycurl.POLL_IN | pycurl.POLL_OUT)]
-        old = self._watched.get(fd, 0)
-        self._watched[fd] = mask  # 0: known, but nothing wanted (so not in the set)
-        if mask == old:
+        old = self._watched.get(fd, 0)  # 0: known, but nothing wanted (so not in the set)
+        if mask == old and fd in self._watched:
             return
         try:
             if not mask:
-                self._epoll.unregister(fd)  # else a hang-up would be reported without end
+                if old:
+                    self._epoll.unregister(fd)  # else a hang-up would be reported without end
             elif old:
                 self._epoll.modify(fd, mask)
             else:
@@ -332,8 +332,11 @@ class CurlEngine:
         except FileNotFoundError:  # closed and reopened behind our back
             if mask:
                 self._epoll.register(fd, mask)
-        except OSError as exc:  # closed already: libcurl will tell us to remove it
-            log.debug("epoll of socket %d: %s", fd, exc)
+        except OSError as exc:  # not watched: its transfer ends at its time-out, not hangs
+            self._watched.pop(fd, None)
+            log.warning("cannot watch socket %d for libcurl: %s", fd, exc)
+            return
+        self._watched[fd] = mask
 
     def _on_ready(self) -> None:
         """The loop found our epoll set readable: hand each ready socket to libcurl."""

@@ -25,7 +25,7 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 
 class CheckMetrics:
     """What a check worker counts: its checks, their lateness and its load. The agent's main
-    process serves the sum over its workers (`agent.pool.WorkerMetrics`)."""
+    process serves the sum over its workers (`agent.snapshot.WorkerMetrics`)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()

@@ -43,12 +43,16 @@ RESTART_PAUSE_MAX = 30.0
 OnResults = Callable[[int, bytes], None]
 
 
+MAX_QUEUED_RUNS = 1000
+
+
 class _Worker:
     def __init__(self, index: int) -> None:
         self.index = index
         self.proc: asyncio.subprocess.Process | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.stopping = False
+        self.queued_runs: list[bytes] = []  # run requests that came while it was restarting
 
     def send(self, data: bytes) -> bool:
         if self.writer is None or self.writer.is_closing():
@@ -69,9 +73,9 @@ class WorkerPool:
         self._on_results = on_results
         self._workers = [_Worker(index) for index in range(self.count)]
         self._assignments: dict[str, bytes] = {}  # guid -> the Assignment's JSON
-        # everything but the broker's URL (and its credentials): workers never talk to it
-        worker_settings = settings.model_dump_json(exclude={"broker_url"})
-        self._env = {**os.environ, SETTINGS_ENV: worker_settings}
+        # the settings, but not the broker's URL and credentials: workers never talk to it
+        self._env = {k: v for k, v in os.environ.items() if not k.startswith("PICKET_")}
+        self._env[SETTINGS_ENV] = settings.model_dump_json(exclude={"broker_url"})
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
@@ -97,9 +101,23 @@ class WorkerPool:
         self._owner(guid).send(frame(REMOVE, guid.encode()))
         return True
 
-    def run_now(self, guid: str, request: bytes) -> bool:
-        """Forward a run request to the monitor's worker; False if it is not running now."""
-        return self._owner(guid).send(frame(RUN, request))
+    def run_now(self, guid: str, request: bytes) -> None:
+        """Forward a run request to the monitor's worker; while that worker restarts, it is
+        kept (up to MAX_QUEUED_RUNS) and sent once the worker has its monitors again."""
+        worker = self._owner(guid)
+        if worker.send(frame(RUN, request)):
+            return
+        if len(worker.queued_runs) < MAX_QUEUED_RUNS:
+            worker.queued_runs.append(request)
+        else:
+            log.warning(
+                "agent %s: check worker %d is restarting and %d run requests wait; monitor %s's "
+                "dropped",
+                self.settings.agent_id,
+                worker.index,
+                len(worker.queued_runs),
+                guid,
+            )
 
     # --- processes ----------------------------------------------------------------------------
 
@@ -114,10 +132,16 @@ class WorkerPool:
                 group.create_task(self._keep(worker), name=f"worker-{worker.index}")
 
     async def _keep(self, worker: _Worker) -> None:
+        """Run the worker until the pool stops; start it again whenever it ends or cannot be
+        started (a fork refused for lack of memory or descriptors is retried, not fatal)."""
         pause = 0.5
         while not worker.stopping:
             started = time.monotonic()
-            code = await self._run_once(worker)
+            try:
+                code = await self._run_once(worker)
+                why = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            except OSError as exc:
+                why = f"could not be started ({exc})"
             if worker.stopping:
                 return
             self.metrics.worker_restarts.inc()
@@ -127,7 +151,7 @@ class WorkerPool:
                 "agent %s: check worker %d %s; starting it again in %.1fs",
                 self.settings.agent_id,
                 worker.index,
-                f"was killed by signal {-code}" if code < 0 else f"exited with code {code}",
+                why,
                 pause,
             )
             with contextlib.suppress(TimeoutError):  # a stop ends the pause
@@ -137,28 +161,32 @@ class WorkerPool:
     async def _run_once(self, worker: _Worker) -> int:
         ours, theirs = socket.socketpair()
         try:
-            worker.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "agent.worker",
-                str(theirs.fileno()),
-                str(worker.index),
-                str(os.getpid()),
-                env=self._env,
-                stdin=asyncio.subprocess.DEVNULL,
-                pass_fds=(theirs.fileno(),),
-            )
+            try:
+                worker.proc = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "agent.worker",
+                    str(theirs.fileno()),
+                    str(worker.index),
+                    str(os.getpid()),
+                    env=self._env,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    pass_fds=(theirs.fileno(),),
+                )
+            finally:
+                theirs.close()
+            reader, worker.writer = await asyncio.open_connection(sock=ours)
         except BaseException:
             ours.close()
             raise
-        finally:
-            theirs.close()
-        reader, worker.writer = await asyncio.open_connection(sock=ours)
         if worker.stopping:  # asked to stop while it was starting
             worker.writer.write(frame(STOP, b""))
         for guid, assignment in self._assignments.items():
             if self._owner(guid) is worker:
                 worker.writer.write(frame(ASSIGN, assignment))
+        for request in worker.queued_runs:
+            worker.writer.write(frame(RUN, request))
+        worker.queued_runs.clear()
         self.metrics.workers.inc()
         try:
             await self._read(worker, reader)
@@ -198,9 +226,10 @@ class WorkerPool:
     async def stop(self) -> None:
         """Ask every worker to finish: it cancels its checks, sends the results it has and
         exits; those results have reached `on_results` when this returns. A worker that
-        does not finish within STOP_GRACE_SECONDS is killed."""
+        does not finish within STOP_GRACE_SECONDS is killed. Never raises: a pool that failed
+        has been reported by its task already."""
         task = self._task
-        if task is None or task.done():  # never started, or failed (the agent saw why)
+        if task is None or task.done():
             return
         self._stopping.set()
         for worker in self._workers:
@@ -208,11 +237,14 @@ class WorkerPool:
             worker.send(frame(STOP, b""))
         try:
             await asyncio.wait_for(asyncio.shield(task), STOP_GRACE_SECONDS)
+            return
         except TimeoutError:
             log.error("agent %s: check workers did not stop; killing them", self.settings.agent_id)
-            for worker in self._workers:
-                if worker.proc is not None and worker.proc.returncode is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        worker.proc.send_signal(signal.SIGKILL)
-            with contextlib.suppress(Exception):
-                await task
+        except Exception:
+            log.exception("agent %s: check workers failed while stopping", self.settings.agent_id)
+        for worker in self._workers:
+            if worker.proc is not None and worker.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.proc.send_signal(signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            await task

@@ -61,7 +61,11 @@ class Scheduler:
         old = self._entries.get(entry.guid)
         now = time.time()
         if old is not None:
-            if old.revision == entry.revision:
+            if (old.revision, old.interval, old.offset) == (
+                entry.revision,
+                entry.interval,
+                entry.offset,
+            ):
                 return  # the same assignment again (a resend after reconnect)
             entry.last_slot = old.last_slot  # never run one slot twice across an update
             # a slot that came due just before the update still runs, with the new definition

@@ -32,7 +32,7 @@ class AgentSettings(PicketSettings):
     ack_timeout_seconds: float = Field(default=10.0, gt=0)
     max_batches_in_flight: int = Field(default=32, ge=1)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)  # kept for content matching
-    failed_body_bytes: int = Field(default=65_536, ge=0)  # sent with a failed check
+    failed_body_bytes: int = Field(default=65_536, ge=0, le=1_048_576)  # sent with a failure
 
     def worker_count(self) -> int:
         return self.workers or len(os.sched_getaffinity(0)) or 1

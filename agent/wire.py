@@ -37,6 +37,8 @@ def results_frame(count: int, joined: bytes) -> bytes:
 
 
 def split_results(payload: bytes) -> tuple[int, bytes]:
+    if len(payload) < COUNT.size:
+        raise FrameError(f"results frame of {len(payload)} bytes")
     (count,) = COUNT.unpack_from(payload)
     return count, payload[COUNT.size :]
 

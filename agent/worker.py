@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 SETTINGS_ENV = "PICKET_WORKER_SETTINGS"
 RESULTS_EVERY = 0.05
+RESULTS_PER_FRAME = 100  # x at most PICKET_FAILED_BODY_BYTES (1 MiB) each: far below MAX_FRAME
 METRICS_EVERY = 1.0
 
 
@@ -78,7 +79,9 @@ class Worker:
         if not results:
             return False
         self.runner.results = []
-        self.writer.write(results_frame(len(results), encode_results(results)))
+        for start in range(0, len(results), RESULTS_PER_FRAME):
+            chunk = results[start : start + RESULTS_PER_FRAME]
+            self.writer.write(results_frame(len(chunk), encode_results(chunk)))
         return True
 
     def _send_metrics(self) -> None:
@@ -98,15 +101,21 @@ class Worker:
             await self.writer.drain()
 
     def _on_frame(self, kind: int, payload: bytes) -> None:
-        if kind == ASSIGN:
-            self.runner.assign(Assignment.model_validate_json(payload))
-        elif kind == REMOVE:
-            self.runner.remove(payload.decode())
-        elif kind == RUN:
-            request = RunRequest.model_validate_json(payload)
-            self.runner.run_now(request.monitor_guid, request.confirms)
-        else:
-            raise FrameError(f"unknown frame kind {kind}")
+        """One frame from the main process. One that cannot be used is logged and skipped:
+        the main process validated it, so only a bug gets here, and a worker that crashed on
+        it would crash again on the same assignment when restarted, with all its monitors."""
+        try:
+            if kind == ASSIGN:
+                self.runner.assign(Assignment.model_validate_json(payload))
+            elif kind == REMOVE:
+                self.runner.remove(payload.decode())
+            elif kind == RUN:
+                request = RunRequest.model_validate_json(payload)
+                self.runner.run_now(request.monitor_guid, request.confirms)
+            else:
+                raise FrameError(f"unknown frame kind {kind}")
+        except Exception:
+            log.exception("%s: frame %r (%d bytes) skipped", self.name, chr(kind), len(payload))
 
     async def _read(self) -> None:
         """Frames from the main process until STOP or the end of the stream."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import to_json
 
 VERSION = 1
 
@@ -30,8 +31,8 @@ class AgentState(Message):
 
 
 class Schedule(Message):
-    interval_seconds: int
-    offset_seconds: float
+    interval_seconds: Annotated[int, Field(gt=0)]
+    offset_seconds: Annotated[float, Field(ge=0)]
 
 
 class Assignment(Message):
@@ -81,6 +82,12 @@ class CheckResult(Message):
     attributes: dict[str, Any] = Field(default_factory=dict)  # per type, e.g. DnsAnswers
     is_confirmation: bool = False
     confirms: str | None = None
+
+    @field_validator("details", mode="before")
+    @classmethod
+    def _details_text(cls, value: Any) -> Any:
+        """Agents built before details became text (and their outbox files) sent an object."""
+        return to_json(value).decode() if isinstance(value, dict) else value
 
 
 class ResultBatch(Message):

@@ -208,12 +208,24 @@ async def test_client_certificate(engine: CurlEngine, ca: trustme.CA) -> None:
         await server.stop()
 
 
+def _udp_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 @pytest.fixture
 def h2_server(ca: trustme.CA, tmp_path: Path) -> Iterator[str]:
     cert = ca.issue_cert("127.0.0.1")
     cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
     cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
     port = free_port()
+    while HTTP3_AVAILABLE and not _udp_free(port):  # HTTP/3 takes the same number over UDP
+        port = free_port()
+    quic = ["--quic-bind", f"127.0.0.1:{port}"] if HTTP3_AVAILABLE else []
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -225,8 +237,7 @@ def h2_server(ca: trustme.CA, tmp_path: Path) -> Iterator[str]:
             str(tmp_path / "key.pem"),
             "--bind",
             f"127.0.0.1:{port}",
-            "--quic-bind",  # HTTP/3 on the same port number, over UDP
-            f"127.0.0.1:{port}",
+            *quic,
             "tests.servers.h2app:app",
         ],
         cwd=REPO,
@@ -234,11 +245,14 @@ def h2_server(ca: trustme.CA, tmp_path: Path) -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
             break
         except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail(f"hypercorn did not start on port {port} (exit {proc.poll()})")
             time.sleep(0.05)
     yield f"https://127.0.0.1:{port}/"
     proc.terminate()

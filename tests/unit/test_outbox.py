@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 from agent.outbox import Outbox, PendingBatch, encode_results
-from shared.messages import CheckResult
+from shared.messages import CheckResult, ResultBatch
 
 
 def _result(n: int) -> CheckResult:
@@ -54,3 +55,28 @@ def test_a_corrupt_file_is_set_aside(tmp_path: Path) -> None:
     box = Outbox(tmp_path, "a1")
     assert len(box) == 0
     assert (tmp_path / "0001-bad.bad").exists()
+
+
+def test_a_batch_from_before_details_were_text_is_kept_and_read(tmp_path: Path) -> None:
+    old = {
+        "batch_id": "b1",
+        "agent": "a1",
+        "results": [
+            {
+                "uid": "uid1",
+                "monitor_guid": "m",
+                "monitor_type": "Http",
+                "scheduled_at": 1.0,
+                "started_at": 1.0,
+                "error_code": 0,
+                "error_description": "OK",
+                "details": {"Waterfall": [{"Url": "http://127.0.0.1/"}]},
+            }
+        ],
+    }
+    (tmp_path / "00000000000000000001-b1.json").write_text(json.dumps(old))
+    box = Outbox(tmp_path, "a1")
+    assert box.results == 1 and not list(tmp_path.glob("*.bad"))
+    (batch,) = box.due(time.monotonic(), resend_after=10, limit=10)
+    (result,) = ResultBatch.model_validate_json(batch.payload).results  # as the controller does
+    assert json.loads(result.details or "") == {"Waterfall": [{"Url": "http://127.0.0.1/"}]}
