@@ -183,20 +183,32 @@ async def supervise(settings: UpSettings) -> int:
         if settings.admin_password
         else f"in {data_dir / 'initial-admin-password'}"
     )
-    log.info(
-        "Picket is up. API: http://%s:%d/api/v4  controller metrics: http://%s:%d/metrics  "
-        "agent metrics: http://%s:%d/metrics  operator 'admin', password %s",
-        api_host,
-        api_port,
-        api_host,
-        api_port,
-        m_host,
-        m_port,
-        password_note,
+    # the controller answers on its API port once migrated and its admin exists: only then is
+    # Picket up (a newcomer's next step reads the password file)
+    stopper = asyncio.create_task(stop.wait())  # a Ctrl-C meanwhile is not kept waiting
+    answering = asyncio.create_task(
+        _wait_for_port(api_host, api_port, controller, time.monotonic() + 60)
     )
+    await asyncio.wait([stopper, answering], return_when=asyncio.FIRST_COMPLETED)
+    answering.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await answering
+    if not answering.cancelled() and answering.result():
+        log.info(
+            "Picket is up. API: http://%s:%d/api/v4  controller metrics: http://%s:%d/metrics  "
+            "agent metrics: http://%s:%d/metrics  operator 'admin', password %s",
+            api_host,
+            api_port,
+            api_host,
+            api_port,
+            m_host,
+            m_port,
+            password_note,
+        )
+    elif not stop.is_set() and controller.proc is not None and controller.proc.returncode is None:
+        log.warning("the controller's API does not answer on %s:%d yet", api_host, api_port)
 
     waits = {asyncio.create_task(c.wait()): c for c in children}
-    stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([stopper, *waits], return_when=asyncio.FIRST_COMPLETED)
     status = 0
     for task in done:
