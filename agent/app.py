@@ -43,8 +43,6 @@ class Agent:
         self.runnable = frozenset(probes.probe_types())
         self.pool = WorkerPool(settings, self.metrics, self._on_results)
         self.link = AgentLink(settings.broker_url, self.id, self, self.metrics)
-        # guid -> (revision, interval, offset) of what the pool runs: a new phase is news too
-        self._revisions: dict[str, tuple[str, int, float]] = {}
         self._results: list[bytes] = []  # from the workers, each a run of joined results
         self._result_count = 0
         self._send_wake = asyncio.Event()
@@ -79,9 +77,7 @@ class Agent:
             log.error("agent %s: monitor %s cannot run here: %s", self.id, monitor_guid, exc)
             self.metrics.dropped.labels(exc.reason).inc()
             return
-        schedule = assignment.schedule
-        version = (assignment.revision, schedule.interval_seconds, schedule.offset_seconds)
-        if self._revisions.get(monitor_guid) == version:
+        if not self.pool.assign(assignment):
             return  # the same assignment again (a resend after reconnect)
         log.info(
             "agent %s: monitor %s (%s) every %gs",
@@ -90,12 +86,9 @@ class Agent:
             monitor.Name,
             assignment.schedule.interval_seconds,
         )
-        self._revisions[monitor_guid] = version
-        self.pool.assign(monitor_guid, assignment.model_dump_json().encode())
         self.metrics.assignments.set(len(self.pool))
 
     def _unassign(self, guid: str, why: str) -> None:
-        self._revisions.pop(guid, None)
         if self.pool.remove(guid):
             log.info("agent %s: monitor %s %s", self.id, guid, why)
         self.metrics.assignments.set(len(self.pool))

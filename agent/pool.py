@@ -34,6 +34,7 @@ from agent.wire import (
     split_results,
 )
 from agent.worker import SETTINGS_ENV
+from shared.messages import Assignment
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,8 @@ class WorkerPool:
         metrics.registry.register(self.worker_metrics)
         self._on_results = on_results
         self._workers = [_Worker(index) for index in range(self.count)]
-        self._assignments: dict[str, bytes] = {}  # guid -> the Assignment's JSON
+        # guid -> ((revision, interval, offset), the Assignment's JSON)
+        self._assignments: dict[str, tuple[tuple[str, int, float], bytes]] = {}
         # the settings, but not the broker's URL and credentials: workers never talk to it
         self._env = {k: v for k, v in os.environ.items() if not k.startswith("PICKET_")}
         self._env[SETTINGS_ENV] = settings.model_dump_json(exclude={"broker_url"})
@@ -91,9 +93,19 @@ class WorkerPool:
     def _owner(self, guid: str) -> _Worker:
         return self._workers[zlib.crc32(guid.encode()) % self.count]
 
-    def assign(self, guid: str, assignment: bytes) -> None:
-        self._assignments[guid] = assignment
-        self._owner(guid).send(frame(ASSIGN, assignment))
+    def assign(self, assignment: Assignment) -> bool:
+        """Hand the monitor to its worker. False, and nothing sent, if the worker has this very
+        assignment already: the same revision, interval and offset (a resend after a
+        reconnect); a new phase alone is news."""
+        guid, schedule = assignment.monitor_guid, assignment.schedule
+        version = (assignment.revision, schedule.interval_seconds, schedule.offset_seconds)
+        known = self._assignments.get(guid)
+        if known is not None and known[0] == version:
+            return False
+        payload = assignment.model_dump_json().encode()
+        self._assignments[guid] = (version, payload)
+        self._owner(guid).send(frame(ASSIGN, payload))
+        return True
 
     def remove(self, guid: str) -> bool:
         if self._assignments.pop(guid, None) is None:
@@ -181,9 +193,9 @@ class WorkerPool:
             raise
         if worker.stopping:  # asked to stop while it was starting
             worker.writer.write(frame(STOP, b""))
-        for guid, assignment in self._assignments.items():
+        for guid, (_, payload) in self._assignments.items():
             if self._owner(guid) is worker:
-                worker.writer.write(frame(ASSIGN, assignment))
+                worker.writer.write(frame(ASSIGN, payload))
         for request in worker.queued_runs:
             worker.writer.write(frame(RUN, request))
         worker.queued_runs.clear()

@@ -54,7 +54,12 @@ def monitor_of(assignment: Assignment, runnable: Collection[str]) -> monitors.Mo
 
 class Runner:
     def __init__(
-        self, settings: AgentSettings, curl: CurlEngine, metrics: CheckMetrics, name: str
+        self,
+        settings: AgentSettings,
+        curl: CurlEngine,
+        metrics: CheckMetrics,
+        name: str,
+        max_pending: int,
     ) -> None:
         self.settings = settings
         self.name = name  # "agent-id/worker-n", for the logs
@@ -66,7 +71,7 @@ class Runner:
                 ca_file=settings.ca_file or None,
             )
         )
-        self.max_pending = settings.max_pending_checks
+        self.max_pending = max_pending  # started but unfinished checks; more: shed
         self.scheduler = Scheduler(self._start_scheduled, metrics.slots_skipped.inc)
         self.results: list[dict[str, Any]] = []
         self._checks: set[asyncio.Task[None]] = set()

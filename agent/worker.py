@@ -69,8 +69,13 @@ class Worker:
             ca_file=settings.ca_file or None,
         )
         self.metrics = CheckMetrics()
-        self.runner = Runner(settings, self.curl, self.metrics, self.name)
-        self.runner.max_pending = share(settings.max_pending_checks, workers)
+        self.runner = Runner(
+            settings,
+            self.curl,
+            self.metrics,
+            self.name,
+            max_pending=share(settings.max_pending_checks, workers),
+        )
         self.reader = reader
         self.writer = writer
 

@@ -121,12 +121,17 @@ async def _drive(
     )
 
 
-def _engine_run(nginx: infra.Nginx, in_flight: int, duration: float, full: bool) -> Run:
+def _at_nginx(nginx: infra.Nginx, measure: Callable[[], Run]) -> Run:
+    """`measure()`, with what nginx counted and spent meanwhile (less stub_status's own hit)."""
     requests0, cpu0 = nginx.requests(), nginx.cpu_seconds()
-    run = uvloop.run(_drive(nginx.url, in_flight, duration, full))
+    run = measure()
     run.nginx_requests = nginx.requests() - requests0 - 1
     run.nginx_cpu = nginx.cpu_seconds() - cpu0
     return run
+
+
+def _engine_run(nginx: infra.Nginx, in_flight: int, duration: float, full: bool) -> Run:
+    return _at_nginx(nginx, lambda: uvloop.run(_drive(nginx.url, in_flight, duration, full)))
 
 
 def side_by_side(
@@ -162,12 +167,10 @@ def side_by_side(
 def _processes_run(
     nginx: infra.Nginx, processes: int, in_flight: int, duration: float, full: bool
 ) -> Run:
-    requests0, cpu0 = nginx.requests(), nginx.cpu_seconds()
     args = (nginx.url, full, duration)
-    run = side_by_side(processes, _engine_child, args, in_flight, duration)
-    run.nginx_cpu = nginx.cpu_seconds() - cpu0
-    run.nginx_requests = nginx.requests() - requests0 - 1
-    return run
+    return _at_nginx(
+        nginx, lambda: side_by_side(processes, _engine_child, args, in_flight, duration)
+    )
 
 
 def _engine_child(url: str, full: bool, duration: float, in_flight: int, start_at: float) -> Run:
@@ -175,20 +178,27 @@ def _engine_child(url: str, full: bool, duration: float, in_flight: int, start_a
 
 
 def _wrk_run(nginx: infra.Nginx, duration: float, threads: int) -> Run:
-    requests0, cpu0 = nginx.requests(), nginx.cpu_seconds()
-    result = infra.run_wrk(nginx.url, duration, threads=threads, headers=["Connection: close"])
+    def measure() -> Run:
+        result = infra.run_wrk(nginx.url, duration, threads=threads, headers=["Connection: close"])
+        return _from_wrk(result, f"wrk -t{threads}, Connection: close", f"wrk -t{threads}")
+
+    return _at_nginx(nginx, measure)
+
+
+def _from_wrk(
+    result: infra.WrkResult, label: str, name: str, more_user: float = 0.0, more_system: float = 0.0
+) -> Run:
+    """A wrk run as a Run; `more_*`: CPU of a process wrk drove (blackbox_exporter)."""
     return Run(
-        label=f"wrk -t{threads}, Connection: close",
+        label=label,
         in_flight=64,
         completed=result.requests,
         errors=result.errors,
         seconds=result.seconds,
-        client_user=result.cpu_user,
-        client_system=result.cpu_system,
-        nginx_cpu=nginx.cpu_seconds() - cpu0,
-        nginx_requests=nginx.requests() - requests0 - 1,
+        client_user=result.cpu_user + more_user,
+        client_system=result.cpu_system + more_system,
         first_error=_wrk_error(result),
-        name=f"wrk -t{threads}",
+        name=name,
     )
 
 
@@ -203,25 +213,19 @@ def blackbox_run(
     bbx_user0, bbx_system0 = blackbox.cpu_seconds()
     result = infra.run_wrk(probe, duration)
     bbx_user1, bbx_system1 = blackbox.cpu_seconds()
-    return Run(
-        label=f"blackbox_exporter {module}",
-        in_flight=64,
-        completed=result.requests,
-        errors=result.errors,
-        seconds=result.seconds,
-        client_user=result.cpu_user + bbx_user1 - bbx_user0,
-        client_system=result.cpu_system + bbx_system1 - bbx_system0,
-        first_error=_wrk_error(result),
-        name=name,
+    return _from_wrk(
+        result,
+        f"blackbox_exporter {module}",
+        name,
+        bbx_user1 - bbx_user0,
+        bbx_system1 - bbx_system0,
     )
 
 
 def _blackbox_run(nginx: infra.Nginx, blackbox: infra.Blackbox, duration: float) -> Run:
-    requests0, cpu0 = nginx.requests(), nginx.cpu_seconds()
-    run = blackbox_run(blackbox, "http_2xx", nginx.url, duration, "blackbox")
-    run.nginx_cpu = nginx.cpu_seconds() - cpu0
-    run.nginx_requests = nginx.requests() - requests0 - 1
-    return run
+    return _at_nginx(
+        nginx, lambda: blackbox_run(blackbox, "http_2xx", nginx.url, duration, "blackbox")
+    )
 
 
 def _wrk_error(result: infra.WrkResult) -> str:

@@ -42,6 +42,11 @@ def free_port() -> int:
     raise RuntimeError("no free loopback port found")
 
 
+def http_monitor(name: str, url: str, **fields: Any) -> dict[str, Any]:
+    """An HTTP monitor's definition, checked every second unless `fields` say otherwise."""
+    return {"Name": name, "MonitorType": "Http", "Url": url, "CheckIntervalSeconds": 1, **fields}
+
+
 async def wait_for(
     probe: Callable[[], Awaitable[T | None]],
     what: str,

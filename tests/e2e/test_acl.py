@@ -11,7 +11,7 @@ import pytest
 
 from tests.e2e.conftest import Stack, ready
 from tests.e2e.test_flow import _at_least
-from tests.helpers import REPO, Mosquitto, Target, scrape, wait_for
+from tests.helpers import REPO, Mosquitto, Target, http_monitor, scrape, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -31,14 +31,7 @@ async def test_agents_confined_to_their_own_topics(
         )
         stack.agent(broker.login_url("agent-1", USERS["agent-1"]))
         api = await ready(stack, http)
-        guid = await api.create_monitor(
-            {
-                "Name": "through the ACL",
-                "MonitorType": "Http",
-                "Url": f"{target.base}/ok",
-                "CheckIntervalSeconds": 1,
-            }
-        )
+        guid = await api.create_monitor(http_monitor("through the ACL", f"{target.base}/ok"))
         await wait_for(lambda: _at_least(api, guid, 2), "checks through the ACL")
 
         # another agent's login sees none of agent-1's assignments and cannot fake its results

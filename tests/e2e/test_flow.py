@@ -11,7 +11,7 @@ import aiomqtt
 import pytest
 
 from tests.e2e.conftest import Stack, ready
-from tests.helpers import Api, Mosquitto, Proxy, Target, scrape, wait_for
+from tests.helpers import Api, Mosquitto, Proxy, Target, http_monitor, scrape, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -31,13 +31,11 @@ async def test_monitor_end_to_end(
 
     # a monitor on a target that waits DELAY_MS before answering
     guid = await api.create_monitor(
-        {
-            "Name": "slow target",
-            "MonitorType": "Http",
-            "Url": f"{target.base}/slow?ms={DELAY_MS}",
-            "CheckIntervalSeconds": 1,
-            "ErrorConditions": [{"ErrorConditionType": "HttpStatus", "Value": "200"}],
-        }
+        http_monitor(
+            "slow target",
+            f"{target.base}/slow?ms={DELAY_MS}",
+            ErrorConditions=[{"ErrorConditionType": "HttpStatus", "Value": "200"}],
+        )
     )
     _, monitor = await api.call("GET", f"/api/v4/Monitor/{guid}")
     assert monitor["CheckIntervalSeconds"] == 1 and "CheckInterval" not in monitor
@@ -155,14 +153,7 @@ async def test_broker_outage_loses_no_result(
     stack.controller(mosquitto.url, f"sqlite+aiosqlite:///{stack.workdir / 'picket.db'}")
     stack.agent(mosquitto.url)
     api = await ready(stack, http)
-    guid = await api.create_monitor(
-        {
-            "Name": "every second",
-            "MonitorType": "Http",
-            "Url": f"{target.base}/ok",
-            "CheckIntervalSeconds": 1,
-        }
-    )
+    guid = await api.create_monitor(http_monitor("every second", f"{target.base}/ok"))
     await wait_for(lambda: _at_least(api, guid, 2), "two stored checks")
 
     async def checks_run() -> float:
@@ -230,14 +221,7 @@ async def test_agent_keeps_results_across_restart_without_broker(
     stack.controller(mosquitto.url, f"sqlite+aiosqlite:///{stack.workdir / 'picket.db'}")
     agent = stack.agent(mosquitto.url)
     api = await ready(stack, http)
-    guid = await api.create_monitor(
-        {
-            "Name": "m",
-            "MonitorType": "Http",
-            "Url": f"{target.base}/ok",
-            "CheckIntervalSeconds": 1,
-        }
-    )
+    guid = await api.create_monitor(http_monitor("m", f"{target.base}/ok"))
     await wait_for(lambda: _at_least(api, guid, 1), "a stored check")
     mosquitto.kill()
 
@@ -275,13 +259,7 @@ async def test_agent_reconciles_assignments_after_a_partition(
     api = await ready(stack, http)
     guids = []
     for name in ("kept", "deleted while away"):
-        definition = {
-            "Name": name,
-            "MonitorType": "Http",
-            "Url": f"{target.base}/ok",
-            "CheckIntervalSeconds": 1,
-        }
-        guids.append(await api.create_monitor(definition))
+        guids.append(await api.create_monitor(http_monitor(name, f"{target.base}/ok")))
 
     async def assignments() -> float:
         return (await scrape(http, stack.agent_metrics))["picket_agent_assignments"]

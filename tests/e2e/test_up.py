@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.helpers import REPO, Api, Target, free_port, scrape, wait_for
+from tests.helpers import REPO, Api, Target, free_port, http_monitor, scrape, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -69,15 +69,11 @@ async def test_picket_up(
         status, monitor = await api.call(
             "POST",
             "/api/v4/Monitor",
-            json={
-                "Name": "local target",
-                "MonitorType": "Http",
-                "Url": f"{target.base}/ok",
-                "CheckIntervalSeconds": 1,
-                "ErrorConditions": [
-                    {"ErrorConditionType": "ContentMatch", "Value": "picket-target"}
-                ],
-            },
+            json=http_monitor(
+                "local target",
+                f"{target.base}/ok",
+                ErrorConditions=[{"ErrorConditionType": "ContentMatch", "Value": "picket-target"}],
+            ),
         )
         assert status == 201, monitor
 

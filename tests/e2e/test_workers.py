@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from tests.e2e.conftest import Stack, ready
-from tests.helpers import Mosquitto, Target, scrape, wait_for
+from tests.helpers import Mosquitto, Target, http_monitor, scrape, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -40,14 +40,7 @@ async def test_a_killed_worker_comes_back_with_its_monitors_and_dies_with_the_ag
     agent = stack.agent(mosquitto.url, PICKET_WORKERS="2")
     api = await ready(stack, http)
     guids = [
-        await api.create_monitor(
-            {
-                "Name": f"m{n}",
-                "MonitorType": "Http",
-                "Url": f"{target.base}/ok",
-                "CheckIntervalSeconds": 1,
-            }
-        )
+        await api.create_monitor(http_monitor(f"m{n}", f"{target.base}/ok"))
         for n in range(8)  # spread by hash: both workers very likely run some
     ]
 

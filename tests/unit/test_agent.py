@@ -19,10 +19,9 @@ async def test_an_overloaded_agent_sheds_slots_instead_of_piling_up(tmp_path: Pa
         data_dir=tmp_path,
         broker_url=f"mqtt://127.0.0.1:{free_port()}",
         agent_id="shed-test",
-        max_pending_checks=2,
     )
     curl = CurlEngine(1)
-    runner = Runner(settings, curl, CheckMetrics(), "shed-test/worker-0")
+    runner = Runner(settings, curl, CheckMetrics(), "shed-test/worker-0", max_pending=2)
     stuck = [asyncio.create_task(asyncio.sleep(60)) for _ in range(2)]
     runner._checks.update(stuck)  # two checks still running
     monitor = HttpMonitor.model_validate(

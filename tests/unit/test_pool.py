@@ -44,7 +44,7 @@ async def test_run_requests_wait_for_a_restarting_worker(tmp_path: Path, target:
         },
         schedule=Schedule(interval_seconds=3600, offset_seconds=0),
     )
-    pool.assign(GUID, assignment.model_dump_json().encode())
+    pool.assign(assignment)
     pool.start()
     worker = pool._workers[0]
     try:
