@@ -12,9 +12,11 @@ import gc
 import logging
 import random
 import time
+import traceback
 from collections.abc import Collection, Coroutine
 from typing import Any
 
+from pydantic import ValidationError
 from pydantic_core import to_json
 
 from agent import probes
@@ -22,10 +24,12 @@ from agent.curl import CurlEngine
 from agent.metrics import CheckMetrics
 from agent.probes.base import Outcome, Probe, ProbeContext
 from agent.scheduler import Scheduled, Scheduler
+from agent.scrub import scrub_outcome
 from agent.settings import AgentSettings
 from shared import monitors
 from shared.errors import ErrorCode
 from shared.messages import Assignment
+from shared.secrets import Scrubber, validation_summary
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +52,9 @@ def monitor_of(assignment: Assignment, runnable: Collection[str]) -> monitors.Mo
         raise Unrunnable("unsupported_type", f"type {kind!r} is not one this agent can run")
     try:
         return model.model_validate(assignment.monitor)
-    except ValueError as exc:  # pydantic's ValidationError is one
+    except ValidationError as exc:  # its own text quotes the input: secrets
+        raise Unrunnable("malformed", validation_summary(exc)) from None
+    except ValueError as exc:
         raise Unrunnable("malformed", str(exc)) from None
 
 
@@ -90,7 +96,11 @@ class Runner:
             return
         interval = float(assignment.schedule.interval_seconds)
         offset = assignment.schedule.offset_seconds % interval
-        self.scheduler.put(Scheduled(guid, assignment.revision, monitor, interval, offset))
+        # the monitor's secret values, scrubbed from its results and logs: found once here
+        scrubber = Scrubber.of(assignment.monitor)
+        self.scheduler.put(
+            Scheduled(guid, assignment.revision, monitor, interval, offset, scrubber=scrubber)
+        )
         self._heap_changed.set()
 
     def remove(self, guid: str) -> None:
@@ -167,8 +177,16 @@ class Runner:
         try:
             outcome = await self.probes[monitor.MonitorType].check(monitor)
         except Exception as exc:  # a probe bug: report it as data, keep the worker alive
-            log.exception("%s: monitor %s: probe failed", self.name, entry.guid)
+            trace = "".join(traceback.format_exception(exc))
+            log.error(
+                "%s: monitor %s: probe failed: %s",
+                self.name,
+                entry.guid,
+                entry.scrubber.text(trace) if entry.scrubber else trace,
+            )
             outcome = Outcome(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        if entry.scrubber:
+            scrub_outcome(outcome, entry.scrubber)
         self.metrics.check_done(monitor.MonitorType, outcome.ok, time.perf_counter() - clock)
         if not outcome.ok:
             log.info(

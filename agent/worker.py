@@ -20,6 +20,8 @@ import socket
 import sys
 import time
 
+from pydantic import ValidationError
+
 from agent.curl import CurlEngine
 from agent.metrics import CheckMetrics, rss_bytes
 from agent.outbox import encode_results
@@ -39,6 +41,7 @@ from agent.wire import (
 )
 from shared import logs
 from shared.messages import Assignment, RunRequest
+from shared.secrets import validation_summary
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +122,14 @@ class Worker:
                 self.runner.run_now(request.monitor_guid, request.confirms)
             else:
                 raise FrameError(f"unknown frame kind {kind}")
+        except ValidationError as exc:  # its own text quotes the assignment: secrets
+            log.error(
+                "%s: frame %r (%d bytes) skipped: %s",
+                self.name,
+                chr(kind),
+                len(payload),
+                validation_summary(exc),
+            )
         except Exception:
             log.exception("%s: frame %r (%d bytes) skipped", self.name, chr(kind), len(payload))
 

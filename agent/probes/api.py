@@ -19,10 +19,11 @@ from agent.probes.assertions import (
     substitute,
 )
 from agent.probes.base import Outcome, Probe
-from agent.probes.http import PHASES, PRIVATE_HEADERS, curl_error_code
+from agent.probes.http import PHASES, curl_error_code
 from shared.errors import ErrorCode
 from shared.monitors import MonitorBase, MultiStepApiMonitor
 from shared.msa import MsaStep, UserDefinedFunction
+from shared.secrets import MASK, is_secret_header, mask_url
 
 STEP_BODY_BYTES = 8192  # of each step's request and response kept in the step results
 
@@ -202,9 +203,10 @@ class MultiStepApiProbe(Probe):
                 value = MISSING
             variables[definition.Name] = value if isinstance(value, str) else ""
         results = [check_assertion(a, seen, variables) for a in step.Assertions]
+        secret = [is_secret_header(h.Key, h.IsSecret) for h in step.RequestHeaders]
         report.update(
             {
-                "Url": url,
+                "Url": mask_url(url),
                 "HttpMethod": step.Method,
                 "HttpStatusCode": str(response.status or ""),
                 "HttpStatusDescription": seen.reason,
@@ -219,7 +221,8 @@ class MultiStepApiProbe(Probe):
                 "Timings": phases,
                 "TotalBytes": response.total_bytes,
                 "RequestHeaders": "\r\n".join(
-                    f"{k}: {'***' if k.lower() in PRIVATE_HEADERS else v}" for k, v in headers
+                    f"{k}: {MASK if hidden else v}"
+                    for (k, v), hidden in zip(headers, secret, strict=True)
                 ),
                 "RequestBody": body[:STEP_BODY_BYTES],
                 "ResponseHeaders": response.raw_headers,
@@ -256,7 +259,7 @@ def _not_executed(name: str, step: MsaStep) -> dict[str, Any]:
     return {
         "StepName": name,
         "StepType": step.StepType,
-        "Url": step.Url,
+        "Url": mask_url(step.Url),
         "HttpMethod": step.Method,
         "StepExecuted": False,
         "Passed": False,

@@ -17,11 +17,10 @@ from agent import curl
 from agent.probes.base import Outcome, Probe
 from shared.errors import ErrorCode
 from shared.monitors import ErrorCondition, HttpMonitor, MonitorBase
+from shared.secrets import MASK, is_secret_header, mask_url
 
 MAX_REDIRECTS = 10
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-# sent only to the monitor's own origin, and masked in the stored waterfall
-PRIVATE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 PHASES: tuple[str, ...] = (
     "ResolveTime",
     "ConnectionTime",
@@ -137,10 +136,11 @@ class HttpProbe(Probe):
         self, monitor: HttpMonitor, url: str, method: str, body: bytes | None, timeout: float
     ) -> curl.HttpRequest:
         same_origin = _origin(url) == _origin(monitor.Url)
+        # credentials (shared.secrets) go only to the monitor's own origin
         headers = tuple(
             (h.Name, h.Value)
             for h in monitor.RequestHeaders
-            if same_origin or h.Name.lower() not in PRIVATE_HEADERS
+            if same_origin or not is_secret_header(h.Name, h.IsSecret)
         )
         key = monitor.ClientCertificateKey
         return curl.HttpRequest(
@@ -209,7 +209,7 @@ class HttpProbe(Probe):
             url = urljoin(url, location)
             if urlsplit(url).scheme.lower() not in ("http", "https"):
                 outcome.error_code = ErrorCode.INVALID_URL
-                outcome.error_message = f"redirect to a non-HTTP URL: {url}"
+                outcome.error_message = f"redirect to a non-HTTP URL: {mask_url(url)}"
                 break
             if response.status == 303 or (response.status in (301, 302) and method == "POST"):
                 method, body = "GET", None  # as browsers do
@@ -246,17 +246,18 @@ def _element(
     phases: dict[str, float],
     start_ms: float,
 ) -> dict[str, Any]:
-    """One waterfall element with Uptrends' PageElement fields (ms, µs resolution)."""
-    sent = [f"{request.method} {request.url}"]
+    """One waterfall element with Uptrends' PageElement fields (ms, µs resolution). Credential
+    headers and URL userinfo show as `******`; the runner scrubs the monitor's other secrets."""
+    url = mask_url(request.url)
+    sent = [f"{request.method} {url}"]
     if request.user_agent:
         sent.append(f"User-Agent: {request.user_agent}")
     sent.extend(
-        f"{name}: {'***' if name.lower() in PRIVATE_HEADERS else value}"
-        for name, value in request.headers
+        f"{name}: {MASK if is_secret_header(name) else value}" for name, value in request.headers
     )
     return {
         "Index": index,
-        "Url": request.url,
+        "Url": url,
         "ElementType": "Document",
         "HttpStatusCode": response.status or 0,
         "TotalBytes": response.total_bytes,
