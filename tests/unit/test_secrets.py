@@ -255,7 +255,9 @@ async def test_multi_step_secrets_are_write_only(
     edited = json.dumps(seen) if form == "script" else None
     field = "MultiStepApiTransactionScript" if form == "script" else "MsaSteps"
     value = edited if edited is not None else seen["MsaSteps"]
-    await _send(client, method, guid, {**shown, field: value} if method == "PUT" else {field: value})
+    await _send(
+        client, method, guid, {**shown, field: value} if method == "PUT" else {field: value}
+    )
     stored = steps_of(await _stored(client, guid))
     for step in stored["MsaSteps"]:
         step["Authentication"].pop("PasswordSpecified", None)  # GET says whether one is set
