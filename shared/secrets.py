@@ -273,23 +273,23 @@ def keep(new: dict[str, Any], old: dict[str, Any]) -> None:
 # --- the values to scrub ----------------------------------------------------------------------
 
 
-def _basic(user: str, password: str) -> str:
+def basic_token(user: str, password: str) -> str:
     """What libcurl sends for Basic authentication (and for userinfo in a URL)."""
     return base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-def _url_values(url: Any) -> list[str]:
+def url_secret_values(url: Any) -> list[str]:
     info = userinfo(url) if isinstance(url, str) else ""
     if not info:
         return []
     user, _, password = info.partition(":")
-    values = [info, unquote(info), _basic(unquote(user), unquote(password))]
+    values = [info, unquote(info), basic_token(unquote(user), unquote(password))]
     if password:
         values += [password, unquote(password)]
     return values
 
 
-def _header_values(headers: Any) -> list[str]:
+def header_secret_values(headers: Any) -> list[str]:
     values: list[str] = []
     for header in _dicts(headers):
         value = header.get("Value")
@@ -307,11 +307,12 @@ def _header_values(headers: Any) -> list[str]:
 def _msa_values(holder: dict[str, Any]) -> list[str]:
     values: list[str] = []
     for step in _dicts(holder.get("MsaSteps")):
-        values += _url_values(step.get("Url"))
-        values += _header_values(step.get("RequestHeaders"))
+        values += url_secret_values(step.get("Url"))
+        values += header_secret_values(step.get("RequestHeaders"))
         auth = step.get("Authentication")
-        if isinstance(auth, dict) and isinstance(auth.get("Password"), str) and auth["Password"]:
-            values += [auth["Password"], _basic(str(auth.get("UserName", "")), auth["Password"])]
+        password = auth.get("Password") if isinstance(auth, dict) else None
+        if isinstance(auth, dict) and isinstance(password, str) and password:
+            values += [password, basic_token(str(auth.get("UserName", "")), password)]
     for function in _dicts(holder.get("UserDefinedFunctions")):
         values += [str(function[k]) for k in FUNCTION_SECRETS if function.get(k)]
     return values
@@ -324,9 +325,9 @@ def secret_values(definition: dict[str, Any]) -> list[str]:
     values: list[str] = [str(definition[k]) for k in SECRET_FIELDS if definition.get(k)]
     password = definition.get("Password")
     if isinstance(password, str) and password:
-        values.append(_basic(str(definition.get("Username", "")), password))
-    values += _url_values(definition.get("Url"))
-    values += _header_values(definition.get("RequestHeaders"))
+        values.append(basic_token(str(definition.get("Username", "")), password))
+    values += url_secret_values(definition.get("Url"))
+    values += header_secret_values(definition.get("RequestHeaders"))
     values += _msa_values(definition)
     script = _parsed_script(definition.get(SCRIPT_FIELD))
     if script is not None:
@@ -371,15 +372,22 @@ class Scrubber:
         return data
 
     def deep(self, value: Any) -> Any:
-        """Strings anywhere in a JSON-like value (dict keys included), scrubbed."""
+        """Strings anywhere in a JSON-like value, scrubbed; dicts and lists are changed in
+        place (a check's details are its own), keys are left alone (the probe names them)."""
         if isinstance(value, str):
             return self.text(value)
         if isinstance(value, dict):
-            return {
-                self.text(k) if isinstance(k, str) else k: self.deep(v) for k, v in value.items()
-            }
-        if isinstance(value, list | tuple):
-            return [self.deep(v) for v in value]
+            for key, item in value.items():
+                if isinstance(item, str):
+                    value[key] = self.text(item)
+                elif isinstance(item, dict | list):
+                    self.deep(item)
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                if isinstance(item, str):
+                    value[index] = self.text(item)
+                elif isinstance(item, dict | list):
+                    self.deep(item)
         return value
 
 

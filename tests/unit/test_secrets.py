@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from agent.probes.base import Outcome
+from agent.curl import CurlEngine
+from agent.probes.api import MultiStepApiProbe
+from agent.probes.base import Outcome, ProbeContext
 from agent.scrub import scrub_outcome
 from controller.api.common import CONTROLLER
 from controller.app import Controller, create_app
@@ -20,8 +22,9 @@ from controller.db.store import Store
 from controller.settings import ControllerSettings
 from shared import secrets
 from shared.errors import ErrorCode
+from shared.monitors import MultiStepApiMonitor
 from shared.secrets import MASK, Scrubber
-from tests.helpers import free_port
+from tests.helpers import Target, free_port
 
 PASSWORD = "unit-test-password"
 ADMIN = {"Authorization": "Basic " + base64.b64encode(f"admin:{PASSWORD}".encode()).decode()}
@@ -281,3 +284,35 @@ async def test_multi_step_secrets_are_write_only(
     assert stored["MsaSteps"][1]["Authentication"]["Password"] == "tok-p1"  # kept
     assert stored["UserDefinedFunctions"][0]["JwtSigningKey"] == ""
     assert stored["UserDefinedFunctions"][1]["HashKey"] == "tok-hmac"
+
+
+async def test_secrets_made_from_variables_are_scrubbed(target: Target) -> None:
+    """A step's credential built from a variable ({{token}}) is known only while it runs."""
+    monitor = MultiStepApiMonitor.model_validate(
+        {
+            "Name": "made",
+            "MonitorType": "MultiStepApi",
+            "PredefinedVariables": [{"Key": "token", "Value": "dyn-token-4711"}],
+            "MsaSteps": [
+                {
+                    "Url": f"{target.base}/echo",
+                    "RequestHeaders": [{"Key": "Authorization", "Value": "Bearer {{token}}"}],
+                    "Assertions": [
+                        {"Source": "ResponseBodyText", "Comparison": "Equal", "TargetValue": "x"}
+                    ],
+                }
+            ],
+        }
+    )
+    assert "dyn-token-4711" not in secrets.secret_values(monitor.definition())
+    curl = CurlEngine(10)
+    try:
+        probe = MultiStepApiProbe(ProbeContext(curl=curl, max_body_bytes=1 << 20))
+        outcome = await probe.check(monitor)
+    finally:
+        curl.close()
+    assert outcome.error_code == ErrorCode.ASSERTION_FAILED
+    (step,) = outcome.details["StepResults"] if outcome.details else [None]
+    assert '"Authorization": "******"' in step["ResponseBody"], step
+    text = json.dumps(outcome.details) + outcome.error_message + outcome.description
+    assert "dyn-token-4711" not in text, text
