@@ -21,7 +21,10 @@ applies the policy before validation and the agent derives its scrub list from t
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
+import os
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -268,6 +271,21 @@ def keep(new: dict[str, Any], old: dict[str, Any]) -> None:
     if script is not None:
         _keep_msa(script, _parsed_script(old.get(SCRIPT_FIELD)) or {})
         new[SCRIPT_FIELD] = json.dumps(script)
+
+
+# --- the revision (the API's Hash) -----------------------------------------------------------
+
+# a plain hash of a definition would let anyone who can read the Hash and the rest of the
+# definition test guesses of its secrets offline; keyed with a key of this process's own, it
+# still changes with every edit (the agents see secret changes) and tells nothing. Revisions
+# are stored, so a restart with a new key only makes the next edit's revision differ.
+_REVISION_KEY = os.urandom(32)
+
+
+def revision(definition: dict[str, Any]) -> str:
+    """A definition's revision: 16 hex digits that change with any edit, secrets included."""
+    text = json.dumps(definition, sort_keys=True).encode()
+    return hmac.new(_REVISION_KEY, text, hashlib.sha256).hexdigest()[:16]
 
 
 # --- the values to scrub ----------------------------------------------------------------------

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import uuid
 from typing import Any
 
@@ -12,14 +10,14 @@ from pydantic import ValidationError
 
 from controller.api.common import PREFIX, controller, fail, invalid, json_body, ok
 from controller.db.store import MonitorRow, NameTaken, now_us
-from shared import monitors
+from shared import monitors, secrets
 from shared.timefmt import iso
 
 routes = web.RouteTableDef()
 
 
 def revision_of(definition: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:16]
+    return secrets.revision(definition)  # keyed: the Hash tells nothing about the secrets
 
 
 def validate(raw: dict[str, Any]) -> monitors.MonitorBase:

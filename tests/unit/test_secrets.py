@@ -4,6 +4,7 @@ what checks produce."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -316,3 +317,15 @@ async def test_secrets_made_from_variables_are_scrubbed(target: Target) -> None:
     assert '"Authorization": "******"' in step["ResponseBody"], step
     text = json.dumps(outcome.details) + outcome.error_message + outcome.description
     assert "dyn-token-4711" not in text, text
+
+
+async def test_the_hash_gives_no_way_to_test_a_guessed_secret(
+    client: TestClient[Any, Any],
+) -> None:
+    guid, shown = await _create(client, HTTP)
+    stored = await _stored(client, guid)  # what someone who guessed every secret would hash
+    plain = hashlib.sha256(json.dumps(stored, sort_keys=True).encode()).hexdigest()[:16]
+    assert shown["Hash"] != plain
+    await _send(client, "PATCH", guid, {"Password": "changed-only-the-secret"})
+    again = await (await client.get(f"/api/v4/Monitor/{guid}", headers=ADMIN)).json()
+    assert again["Hash"] != shown["Hash"]  # still changes with a secret: agents get the edit
