@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from agent.curl import CurlEngine
 from agent.probes.api import MultiStepApiProbe
 from agent.probes.base import Outcome, ProbeContext
+from agent.runner import Unrunnable, monitor_of
 from agent.scrub import scrub_outcome
 from controller.api.common import CONTROLLER
 from controller.app import Controller, create_app
@@ -23,6 +24,7 @@ from controller.db.store import Store
 from controller.settings import ControllerSettings
 from shared import secrets
 from shared.errors import ErrorCode
+from shared.messages import Assignment
 from shared.monitors import MultiStepApiMonitor
 from shared.secrets import MASK, Scrubber
 from tests.helpers import Target, free_port
@@ -329,3 +331,17 @@ async def test_the_hash_gives_no_way_to_test_a_guessed_secret(
     await _send(client, "PATCH", guid, {"Password": "changed-only-the-secret"})
     again = await (await client.get(f"/api/v4/Monitor/{guid}", headers=ADMIN)).json()
     assert again["Hash"] != shown["Hash"]  # still changes with a secret: agents get the edit
+
+
+def test_an_invalid_assignment_is_described_without_its_values() -> None:
+    monitor = {**HTTP, "Password": ["tok-in-a-list"], "RequestHeaders": "tok-as-text"}
+    assignment = Assignment(
+        monitor_guid="g",
+        revision="r",
+        monitor=monitor,
+        schedule={"interval_seconds": 60, "offset_seconds": 0},  # type: ignore[arg-type]
+    )
+    with pytest.raises(Unrunnable) as caught:
+        monitor_of(assignment, ["Http"])
+    assert "Password" in str(caught.value) and "RequestHeaders" in str(caught.value)
+    assert "tok-" not in str(caught.value), caught.value
