@@ -26,6 +26,7 @@ import hmac
 import json
 import os
 import re
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote, unquote
@@ -200,22 +201,28 @@ def _keep_headers(new: Any, old: Any) -> None:
                 header["IsSecret"] = True  # a kept secret stays one
 
 
+def _text(value: Any) -> str | None:
+    """A name or id as sent, if it is a non-empty string (the body is not validated yet)."""
+    return value if isinstance(value, str) and value else None
+
+
 def _step_matches(new: list[dict[str, Any]], old: list[dict[str, Any]]) -> list[Any]:
     """For each new step, the stored step it stands for: same `Authentication.Id`, else the
     same name (when unique), else the one at the same position."""
 
-    def auth_id(step: dict[str, Any]) -> Any:
+    def auth_id(step: dict[str, Any]) -> str | None:
         auth = step.get("Authentication")
-        return auth.get("Id") or None if isinstance(auth, dict) else None
+        return _text(auth.get("Id")) if isinstance(auth, dict) else None
 
     by_id = {auth_id(s): s for s in old if auth_id(s) is not None}
-    names = [s.get("Name") for s in old]
-    by_name = {s.get("Name"): s for s in old if s.get("Name") and names.count(s.get("Name")) == 1}
+    names = Counter(_text(s.get("Name")) for s in old)
+    by_name = {_text(s.get("Name")): s for s in old if names[_text(s.get("Name"))] == 1}
+    by_name.pop(None, None)
     matches: list[Any] = []
     for index, step in enumerate(new):
         found = by_id.get(auth_id(step)) if auth_id(step) is not None else None
-        if found is None and step.get("Name"):
-            found = by_name.get(step.get("Name"))
+        if found is None and _text(step.get("Name")) is not None:
+            found = by_name.get(_text(step.get("Name")))
         if found is None and index < len(old):
             found = old[index]
         matches.append(found)
@@ -239,9 +246,9 @@ def _keep_steps(new: Any, old: Any) -> None:
 
 
 def _keep_functions(new: Any, old: Any) -> None:
-    stored = {f.get("Name"): f for f in _dicts(old)}
+    stored = {_text(f.get("Name")): f for f in _dicts(old)}
     for function in _dicts(new):
-        before = stored.get(function.get("Name"))
+        before = stored.get(_text(function.get("Name")))
         if before is None:
             continue
         for key in FUNCTION_SECRETS:

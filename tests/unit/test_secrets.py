@@ -345,3 +345,23 @@ def test_an_invalid_assignment_is_described_without_its_values() -> None:
         monitor_of(assignment, ["Http"])
     assert "Password" in str(caught.value) and "RequestHeaders" in str(caught.value)
     assert "tok-" not in str(caught.value), caught.value
+
+
+async def test_odd_bodies_get_400_not_500(client: TestClient[Any, Any]) -> None:
+    guid, _ = await _create(client, MSA)
+    http_guid, _ = await _create(client, HTTP)
+    odd_steps: list[Any] = [
+        [{"Name": ["x"], "Authentication": {"Id": {"a": 1}, "Password": MASK}}],
+        [{"Name": {"n": 1}, "Url": 5, "RequestHeaders": "x"}, 7, None],
+        "steps",
+    ]
+    for steps in odd_steps:
+        for method in ("PUT", "PATCH"):
+            body = {"MsaSteps": steps, "UserDefinedFunctions": [{"Name": [1], "HashKey": MASK}]}
+            resp = await client.request(method, f"/api/v4/Monitor/{guid}", json=body, headers=ADMIN)
+            assert resp.status == 400, await resp.text()
+    for headers in ([{"Name": 5, "Value": MASK}], [{"Key": None}], "x", [None]):
+        resp = await client.patch(
+            f"/api/v4/Monitor/{http_guid}", json={"RequestHeaders": headers}, headers=ADMIN
+        )
+        assert resp.status == 400, await resp.text()
