@@ -45,6 +45,10 @@ PLACES = (
     "stepcookie",  # a step's Cookie
     "jwt",  # JwtSigningKey
     "hmac",  # HashKey
+    "scripturl",  # the same places inside a MultiStepApiTransactionScript
+    "scriptkey",
+    "scriptpass",
+    "scriptjwt",
 )
 
 
@@ -185,7 +189,34 @@ def _definitions(port: int, s: dict[str, str]) -> list[dict[str, Any]]:
             {"Name": "mac", "Type": "Hash", "HashAlgorithm": "HMACSHA256", "HashKey": s["hmac"]},
         ],
     }
-    return [http, ftp, msa]
+    script = {
+        "MsaSteps": [
+            {
+                "StepType": "HttpRequest",
+                "Name": "scripted",
+                "Url": f"http://script-user:{s['scripturl']}@{base}/fail",
+                "Method": "GET",
+                "RequestHeaders": [{"Key": "X-Api-Key", "Value": s["scriptkey"]}],
+                "Authentication": {
+                    "AuthenticationType": "Basic",
+                    "UserName": "svc",
+                    "Password": s["scriptpass"],
+                },
+                "Assertions": [status_200],
+            }
+        ],
+        "UserDefinedFunctions": [
+            {"Name": "sign", "Type": "JwtEncode", "JwtSigningKey": s["scriptjwt"]}
+        ],
+        "Version": 2,
+    }
+    msa_script = {
+        "Name": "secret script",
+        "MonitorType": "MultiStepApi",
+        "CheckIntervalSeconds": 1,
+        "MultiStepApiTransactionScript": json.dumps(script),
+    }
+    return [http, ftp, msa, msa_script]
 
 
 async def _failed_checks(api: Api, guid: str, least: int) -> list[dict[str, Any]] | None:
@@ -239,6 +270,8 @@ async def test_no_secret_comes_back_out(
         "basic(urlpass2)": _basic("ftp-user", planted["urlpass2"]),
         "basic(stepurl)": _basic("step-user", planted["stepurl"]),
         "basic(steppass)": _basic("svc", planted["steppass"]),
+        "basic(scriptpass)": _basic("svc", planted["scriptpass"]),
+        "basic(scripturl)": _basic("script-user", planted["scripturl"]),
     }
     debug = {"PICKET_LOG_LEVEL": "DEBUG"}
     stack.controller(mosquitto.url, database_url, **debug)
@@ -258,12 +291,13 @@ async def test_no_secret_comes_back_out(
         assert status == 201, created
         answers.append(("POST /Monitor", created))
         guids.append(created["MonitorGuid"])
-    http_guid, ftp_guid, msa_guid = guids
+    http_guid, ftp_guid, msa_guid, script_guid = guids
 
     # failed checks of each, the HTTP one's with its echoed body and a two-hop waterfall
     http_failed = await wait_for(lambda: _failed_checks(api, http_guid, 3), "failed HTTP checks")
     ftp_failed = await wait_for(lambda: _failed_checks(api, ftp_guid, 2), "failed redirects")
     msa_failed = await wait_for(lambda: _failed_checks(api, msa_guid, 2), "failed step checks")
+    msa_failed += await wait_for(lambda: _failed_checks(api, script_guid, 2), "failed scripts")
 
     await get("/api/v4/Monitor")
     for guid in guids:
@@ -290,12 +324,13 @@ async def test_no_secret_comes_back_out(
     assert ftp_failed[-1]["Attributes"]["ErrorMessage"].startswith(
         "redirect to a non-HTTP URL: ftp://127.0.0.1/x?auth="
     ), ftp_failed[-1]
-    steps = await get(f"/api/v4/MonitorCheck/{msa_failed[-1]['Id']}/MultiStepAPI")
+    last_of_first = [c for c in msa_failed if c["Attributes"]["MonitorGuid"] == msa_guid][-1]
+    steps = await get(f"/api/v4/MonitorCheck/{last_of_first['Id']}/MultiStepAPI")
     login, order = steps["Data"]["Attributes"]["StepResults"]
     assert login["Passed"] and not order["Passed"] and order["StepExecuted"], steps
     assert "******" in order["ResponseBody"] and order["RequestBody"] == "echoed ******", order
     assert "Cookie: ******" in order["RequestHeaders"], order
-    assert "the value was" in msa_failed[-1]["Attributes"]["ErrorMessage"], msa_failed[-1]
+    assert "the value was" in last_of_first["Attributes"]["ErrorMessage"], last_of_first
 
     # every API answer, the /metrics pages, every stored row, the logs of every process
     agent_metrics = await (await http.get(stack.agent_metrics)).text()
