@@ -140,9 +140,10 @@ class Outbox:
         head = _HEAD.format(batch=batch_id, agent=self._agent).encode()
         data = b"".join((head, items, b"]}"))
         size = _blocks(len(data))
-        self._make_room(size)
         path = self._dir / f"{time.time_ns():020d}-{batch_id}-{count}.json"
         _write_atomically(path, data)
+        # room is made once the batch is written: a disk that refuses it costs no older batch
+        self._make_room(size)
         pending = PendingBatch(batch_id, path, count, size, True)
         self._index(pending)
         return pending

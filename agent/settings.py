@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 import socket
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from shared import topics
 from shared.settings import BrokerUrl, ListenAddress, PicketSettings
@@ -41,6 +41,14 @@ class AgentSettings(PicketSettings):
 
     def worker_count(self) -> int:
         return self.workers or len(os.sched_getaffinity(0)) or 1
+
+    @field_validator("outbox_max_bytes")
+    @classmethod
+    def _outbox_holds_batches(cls, value: int, info: ValidationInfo) -> int:
+        message = info.data.get("max_message_bytes", 0)
+        if value < 2 * message:
+            raise ValueError(f"must be at least twice PICKET_MAX_MESSAGE_BYTES ({message})")
+        return value
 
     @field_validator("agent_id")
     @classmethod

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import stat
 from pathlib import Path
 from typing import Any
@@ -95,10 +94,16 @@ async def test_a_full_outbox_drops_the_oldest_counts_and_says_so(
 async def test_results_for_a_disk_that_refuses_writes_are_bounded_in_memory(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    agent = Agent(_settings(tmp_path, outbox_memory_max_bytes=65_536))
+    agent = Agent(_settings(tmp_path, max_message_bytes=16_384, outbox_memory_max_bytes=65_536))
+    agent.outbox.max_bytes = 8 * 4096  # the setting's floor is 1 MiB; the bound is the same
+    for n in range(2):  # the outbox nearly full: 2 batches of 3 blocks
+        agent._on_results(*_run(100 + n * 2, 2, 5000))
+        agent._flush()
+    assert agent.outbox.results == 4
     outbox_dir = tmp_path / "outbox" / "durable"
-    # a real refusal that root cannot override: the directory has become a regular file
-    shutil.rmtree(outbox_dir)
+    # a real refusal that root cannot override (chmod would not stop root): the outbox's
+    # directory moved away and a regular file in its place, so every write gets ENOTDIR
+    outbox_dir.rename(tmp_path / "away")
     outbox_dir.write_bytes(b"")
     for n in range(30):
         agent._on_results(*_run(n * 2, 2, 2000))  # ≈ 4.2 KB a run, 126 KB in all
@@ -109,11 +114,16 @@ async def test_results_for_a_disk_that_refuses_writes_are_bounded_in_memory(
     assert dropped >= 20 and agent._result_count + dropped == 60
     assert _sample(agent, "picket_agent_outbox_write_errors_total") == 30
     assert "cannot write" in caplog.text and "the disk refuses writes" in caplog.text
+    # failed writes cost no batch already on disk
+    assert agent.outbox.results == 4
+    assert not _sample(agent, "picket_agent_outbox_dropped_results_total", reason="outbox_full")
     outbox_dir.unlink()  # the disk is back: what is still in memory reaches it
-    outbox_dir.mkdir()
+    (tmp_path / "away").rename(outbox_dir)
     kept = agent._result_count
     agent._flush()
-    assert agent.outbox.results == kept and agent._result_bytes == 0
+    assert agent._result_bytes == 0 and agent.outbox.bytes <= 8 * 4096
+    full = _sample(agent, "picket_agent_outbox_dropped_results_total", reason="outbox_full")
+    assert agent.outbox.results + full == 4 + kept
 
 
 def _assignment(guid: str, name: str) -> Assignment:
