@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 FREEZE_AFTER_SECONDS = 2.0
 SAVE_ASSIGNMENTS_EVERY = 1.0  # seconds: at most one rewrite of the file a second
 DROP_LOG_EVERY = 10.0  # seconds between log lines about dropped results
+# while the broker is away nothing is sent, so results are written in fewer, larger batches:
+# a day's outage then leaves thousands of files, not hundreds of thousands (each one an entry
+# in the outbox's index in memory); a crash then loses at most this many seconds of results
+OFFLINE_FLUSH_SECONDS = 5.0
 
 
 class Agent:
@@ -60,6 +64,11 @@ class Agent:
         self._send_wake = asyncio.Event()
         self._flush_now = asyncio.Event()
         self._update_outbox_metrics()
+        # results waiting for an ack: on disk and still in memory
+        self.metrics.outbox_results.set_function(
+            lambda: float(self.outbox.results + self._result_count)
+        )
+        self.metrics.outbox_unwritten_bytes.set_function(lambda: float(self._result_bytes))
         self._saved = SavedAssignments(settings.data_dir / "assignments", self.id)
         self._assignments_changed = False
         self._restore_assignments()
@@ -213,10 +222,8 @@ class Agent:
             )
 
     def _update_outbox_metrics(self) -> None:
-        self.metrics.outbox_results.set(self.outbox.results)
         self.metrics.outbox_batches.set(len(self.outbox))
         self.metrics.outbox_bytes.set(self.outbox.bytes)
-        self.metrics.outbox_unwritten_bytes.set(self._result_bytes)
 
     # --- assignments on disk ----------------------------------------------------------------
 
@@ -248,12 +255,20 @@ class Agent:
 
     async def _flush_loop(self) -> None:
         interval = self.settings.batch_interval_ms / 1000.0
-        saved = 0.0
+        saved = flushed = 0.0
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._flush_now.wait(), timeout=interval)
+            full = self._flush_now.is_set()  # a whole batch waits
             self._flush_now.clear()
-            self._flush()
+            now = time.monotonic()
+            if (
+                full
+                or self.link.session.connected.is_set()
+                or now - flushed >= OFFLINE_FLUSH_SECONDS
+            ):
+                flushed = now
+                self._flush()
             if self._assignments_changed and time.monotonic() - saved >= SAVE_ASSIGNMENTS_EVERY:
                 saved = time.monotonic()
                 self._save_assignments()

@@ -37,7 +37,7 @@ _NAME = re.compile(r"^\d+-(?P<batch>[0-9A-Za-z._]+)-(?P<count>\d+)\.json$")
 OnDrop = Callable[[int, int], None]  # (results, batches) dropped to stay within the bound
 
 
-@dataclass
+@dataclass(slots=True)
 class PendingBatch:
     batch_id: str
     path: Path
