@@ -53,6 +53,7 @@ class Agent:
             self.id,
             settings.outbox_max_bytes,
             lambda results, batches: self._dropped("outbox_full", results, batches),
+            settings.max_message_bytes,
         )
         self.runnable = frozenset(probes.probe_types())
         self.pool = WorkerPool(settings, self.metrics, self._on_results)
@@ -238,20 +239,35 @@ class Agent:
         self._assignments_changed = False
 
     def _save_assignments(self) -> None:
-        if not self._assignments_changed:
-            return
+        """On stop: write them now, here."""
+        if self._assignments_changed:
+            self._assignments_changed = False
+            try:
+                self._saved.save(self.pool.payloads())
+            except OSError as exc:
+                self._save_failed(exc)
+
+    async def _save_assignments_in_thread(self) -> None:
+        """While running: thousands of monitors are megabytes to write and fsync, so off the
+        loop (the file's own lock keeps this and a save on stop from overlapping)."""
         self._assignments_changed = False
         try:
-            self._saved.save(self.pool.payloads())
+            await asyncio.to_thread(self._saved.save, self.pool.payloads())
+        except asyncio.CancelledError:
+            self._assignments_changed = True  # stopping: the save on stop writes them again
+            raise
         except OSError as exc:
-            self._assignments_changed = True
-            self.metrics.assignments_save_errors.inc()
-            log.error(
-                "agent %s: cannot save its assignments to %s: %s; retrying",
-                self.id,
-                self._saved.path,
-                exc,
-            )
+            self._save_failed(exc)
+
+    def _save_failed(self, exc: OSError) -> None:
+        self._assignments_changed = True
+        self.metrics.assignments_save_errors.inc()
+        log.error(
+            "agent %s: cannot save its assignments to %s: %s; retrying",
+            self.id,
+            self._saved.path,
+            exc,
+        )
 
     async def _flush_loop(self) -> None:
         interval = self.settings.batch_interval_ms / 1000.0
@@ -271,7 +287,7 @@ class Agent:
                 self._flush()
             if self._assignments_changed and time.monotonic() - saved >= SAVE_ASSIGNMENTS_EVERY:
                 saved = time.monotonic()
-                self._save_assignments()
+                await self._save_assignments_in_thread()
 
     async def _send_loop(self) -> None:
         resend_after = self.settings.ack_timeout_seconds

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +33,7 @@ class SavedAssignments:
     def __init__(self, directory: Path, agent_id: str) -> None:
         self.path = directory / f"{agent_id}.json"
         self._agent = agent_id
+        self._lock = threading.Lock()  # one writer at a time (a thread's, then the stop's)
 
     def load(self) -> tuple[list[Assignment], int]:
         """The assignments saved last, and how many entries were refused. A file that cannot
@@ -90,6 +92,10 @@ class SavedAssignments:
     def save(self, payloads: list[bytes]) -> None:
         """Replace the file with these assignments (each an Assignment's JSON): temp file,
         fsync, rename, directory fsync; mode 0600 (they carry monitor secrets)."""
+        with self._lock:
+            self._write(payloads)
+
+    def _write(self, payloads: list[bytes]) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         head = f'{{"v":1,"agent":"{self._agent}","saved_at":{time.time():.3f},"assignments":['
         data = b"".join((head.encode(), b",".join(payloads), b"]}"))

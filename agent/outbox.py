@@ -58,10 +58,12 @@ class Outbox:
         agent_id: str,
         max_bytes: int = 4 * 1024**3,
         on_drop: OnDrop | None = None,
+        max_message_bytes: int = 524_288,
     ) -> None:
         self._dir = directory
         self._agent = agent_id
         self.max_bytes = max_bytes
+        self.max_message_bytes = max_message_bytes
         self._on_drop = on_drop
         self._dir.mkdir(parents=True, exist_ok=True)
         self._pending: dict[str, PendingBatch] = {}  # oldest first
@@ -163,17 +165,25 @@ class Outbox:
             self._set_aside(batch.path, exc)
             self._forget(batch.batch_id, unlink=False)
             return None
-        if parsed.agent != self._agent:
-            # the agent id changed: send under the new id, results keep their own ids
-            data = parsed.model_copy(update={"agent": self._agent}).model_dump_json().encode()
-            try:
-                _write_atomically(batch.path, data)
-            except OSError as exc:
-                log.warning(
-                    "outbox file %s not rewritten for agent %s: %s", batch.path, self._agent, exc
-                )
+        if parsed.agent != self._agent or len(data) > self.max_message_bytes:
+            self._rewrite(batch, parsed)
+            return None
         batch.checked = True
         return data
+
+    def _rewrite(self, batch: PendingBatch, parsed: ResultBatch) -> None:
+        """A batch from before that was written under another agent id, or before batches
+        were bounded by size: its results go into new batches (sent on the next round) and it
+        is forgotten. Results keep their ids, so one stored already is not stored twice."""
+        room = self.max_message_bytes - batch_overhead(self._agent)
+        results = [result.model_dump() for result in parsed.results]
+        try:
+            for count, joined in encode_chunks(results, room, len(results)):
+                self.add(joined, count)
+        except OSError as exc:
+            log.error("outbox file %s not rewritten (retried): %s", batch.path, exc)
+            return
+        self._forget(batch.batch_id)
 
     def acked(self, batch_ids: list[str]) -> int:
         done = 0

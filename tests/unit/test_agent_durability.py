@@ -192,3 +192,18 @@ async def test_a_bad_saved_assignment_is_refused_like_an_mqtt_message(
     assert agent.pool.guids() == ["g1"]
     assert _sample(agent, "picket_agent_mqtt_messages_dropped_total", reason="malformed") == 2
     assert "cannot run here" in caplog.text
+
+
+async def test_assignments_that_cannot_be_saved_are_counted_and_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "assignments").write_bytes(b"")  # a file where the directory should be
+    agent = Agent(_settings(tmp_path))
+    agent.on_assignment("g1", _assignment("g1", "one"))
+    await agent._save_assignments_in_thread()
+    assert _sample(agent, "picket_agent_assignments_save_errors_total") == 1
+    assert "cannot save its assignments" in caplog.text and agent._assignments_changed
+    (tmp_path / "assignments").unlink()
+    await agent._save_assignments_in_thread()
+    assert not agent._assignments_changed
+    assert Agent(_settings(tmp_path)).pool.guids() == ["g1"]

@@ -124,12 +124,29 @@ def test_a_file_from_before_is_validated_when_first_sent(tmp_path: Path) -> None
     reopened = Outbox(tmp_path, "new-id")
     assert reopened.results == 2  # counted from the names, without reading gigabytes
     first, second = reopened.due(time.monotonic(), resend_after=10, limit=10)
-    payload = reopened.payload(first)
-    assert payload is not None
-    resent = ResultBatch.model_validate_json(payload)
-    assert resent.batch_id == good.batch_id and resent.agent == "new-id"
+    # written under the old agent id: its results move to a new batch under the new one
+    assert reopened.payload(first) is None and not good.path.exists()
     assert reopened.payload(second) is None  # set aside, logged, forgotten
     assert reopened.results == 1 and bad.path.with_suffix(".bad").exists()
+    (moved,) = reopened.due(time.monotonic(), resend_after=10, limit=10)
+    payload = reopened.payload(moved)
+    assert payload is not None
+    resent = ResultBatch.model_validate_json(payload)
+    assert resent.agent == "new-id" and [r.uid for r in resent.results] == ["uid1"]
+
+
+def test_an_oversized_batch_from_before_is_split_to_fit(tmp_path: Path) -> None:
+    box = Outbox(tmp_path, "a1")  # an older agent: no bound on a batch's size
+    _add(box, *(_sized(n, 3000) for n in range(20)))
+    reopened = Outbox(tmp_path, "a1", max_message_bytes=16_384)
+    (old,) = reopened.due(time.monotonic(), resend_after=10, limit=10)
+    assert reopened.payload(old) is None
+    uids = []
+    for batch in reopened.due(time.monotonic(), resend_after=10, limit=100):
+        payload = reopened.payload(batch)
+        assert payload is not None and len(payload) <= 16_384
+        uids += [r.uid for r in ResultBatch.model_validate_json(payload).results]
+    assert uids == [f"uid{n}" for n in range(20)] and reopened.results == 20
 
 
 def test_results_are_cut_into_runs_that_fit_a_message() -> None:
