@@ -47,7 +47,7 @@ class Agent:
         self.ipv4, self.ipv6 = agent_addresses(
             settings.agent_ipv4, settings.agent_ipv6, broker.host, broker.port
         )
-        self._dropped_logged = 0.0
+        self._dropped_logged = self._write_error_logged = -DROP_LOG_EVERY
         self.outbox = Outbox(
             settings.data_dir / "outbox" / self.id,
             self.id,
@@ -180,15 +180,18 @@ class Agent:
                 self.outbox.add(b",".join(runs), count)
             except OSError as exc:
                 self.metrics.outbox_errors.inc()
-                log.error(
-                    "agent %s: cannot write %d results to the outbox: %s; they wait in memory "
-                    "(%d bytes of at most %d) and the write is retried",
-                    self.id,
-                    self._result_count,
-                    exc,
-                    self._result_bytes,
-                    self.settings.outbox_memory_max_bytes,
-                )
+                now = time.monotonic()
+                if now - self._write_error_logged >= DROP_LOG_EVERY:  # retried every tick
+                    self._write_error_logged = now
+                    log.error(
+                        "agent %s: cannot write %d results to the outbox: %s; they wait in "
+                        "memory (%d bytes of at most %d) and the write is retried",
+                        self.id,
+                        self._result_count,
+                        exc,
+                        self._result_bytes,
+                        self.settings.outbox_memory_max_bytes,
+                    )
                 break
             written = True
             for _ in runs:
@@ -310,8 +313,9 @@ class Agent:
             for (batch, _), ok in zip(payloads, sent, strict=True):
                 if ok:
                     self.outbox.mark_sent(batch, now)
-            if len(payloads) < len(due):
+            if len(payloads) < len(due):  # set aside, or rewritten as new batches
                 self._update_outbox_metrics()
+                self._send_wake.set()
 
     # --- lifecycle --------------------------------------------------------------------------
 
