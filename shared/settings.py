@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from pydantic import AfterValidator, ValidationError
+from pydantic import AfterValidator, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -32,6 +32,9 @@ class PicketSettings(BaseSettings):
 
     data_dir: Path = Path("var")
     log_level: str = "INFO"
+    # the largest MQTT payload Picket sends (a result batch): below EMQX's default
+    # max_packet_size of 1 MB (Mosquitto's default is MQTT's own limit, 256 MB)
+    max_message_bytes: int = Field(default=524_288, ge=16_384, le=268_000_000)
 
 
 S = TypeVar("S", bound=PicketSettings)
