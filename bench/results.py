@@ -90,8 +90,8 @@ def main(args: argparse.Namespace) -> list[Summary]:
             )
         )
     table(
-        "results: CPU µs per result (best of 7 rounds); peers: the message as a pydantic model, and "
-        "parsing it",
+        "results: CPU µs per result (best of 7 rounds); peers: the message as a pydantic model "
+        "and parsing it",
         ["check", "make_result", "model_construct", "Ingest._row", "model_validate"],
         rows,
     )
