@@ -15,6 +15,7 @@ import pycurl
 import uvloop
 
 from bench import e2e, engine, infra, lateness, probes, timing
+from bench import results as results_bench
 from bench.infra import Summary
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], list[Summary]]] = {
@@ -23,6 +24,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], list[Summary]]] = {
     "lateness": lateness.main,
     "timing": timing.main,
     "e2e": e2e.main,
+    "results": results_bench.main,
 }
 
 

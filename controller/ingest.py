@@ -21,12 +21,14 @@ from controller.bus import ControllerBus
 from controller.db.store import Store
 from controller.metrics import ControllerMetrics
 from shared.messages import CheckResult, ResultBatch, RunRequest
+from shared.results import storage_plan
 
 log = logging.getLogger(__name__)
 
 NO_ERROR, UNCONFIRMED, CONFIRMED = 0, 1, 2
 LEVEL_NAMES = {NO_ERROR: "NoError", UNCONFIRMED: "Unconfirmed", CONFIRMED: "Confirmed"}
 LEVELS_BY_NAME = {name: level for level, name in LEVEL_NAMES.items()}
+STORED = storage_plan(CheckResult)  # where each field of a result goes in its row
 
 
 def error_level(result: CheckResult, current: int) -> int:
@@ -161,41 +163,35 @@ class Ingest:
         return result.details
 
     def _row(self, agent_id: str, result: CheckResult, level: int) -> dict[str, Any]:
+        """The check's row: each result field where its declaration says (shared/results.py),
+        plus what the controller adds (level, server, agent, staging)."""
         srv = self.assigner.server(agent_id)
         monitor = self.assigner.monitors.get(result.monitor_guid)
         staging = bool(monitor and monitor.definition.get("MonitorMode") == "Staging")
-        attributes: dict[str, Any] = {
-            **result.attributes,
-            **result.timings_ms,
-            "MonitorType": result.monitor_type,
-            "ErrorDescription": result.error_description,
-            "ErrorMessage": result.error_message,
-            "HttpStatusCode": result.http_status_code,
-            "TotalBytes": result.total_bytes,
-            "ResolvedIpAddress": result.resolved_ip,
-            "StagingMode": staging,
-            "IsConfirmation": result.is_confirmation,
-            "ConfirmsCheckUid": result.confirms,
-            "MonitorRevision": result.monitor_revision,
-            "AgentId": agent_id,
-        }
-        if result.warnings:
-            attributes["Warnings"] = result.warnings
+        attributes: dict[str, Any] = {}
+        for name in STORED.spreads:
+            attributes.update(getattr(result, name))
+        for name, attribute in STORED.attributes:
+            value = getattr(result, name)
+            if value or not attribute.omit_empty:
+                attributes[attribute.name] = value
+        attributes["StagingMode"] = staging
+        attributes["AgentId"] = agent_id
+        row: dict[str, Any] = {}
+        for name, column in STORED.columns:
+            value = getattr(result, name)
+            row[column.name] = int(value * 1_000_000) if column.micros else value
         body = result.response_body
         if body is not None and result.error_code != 0:
             # PostgreSQL text cannot hold NUL; a binary body is shown with U+FFFD instead
             body = body[: self.failed_body_bytes].replace("\x00", "\ufffd")
         else:
             body = None
-        return {
-            "uid": result.uid,
-            "monitor_guid": result.monitor_guid,
-            "server_id": srv.id if srv else None,
-            "ts_us": int(result.started_at * 1_000_000),
-            "scheduled_us": int(result.scheduled_at * 1_000_000),
-            "error_level": level,
-            "error_code": result.error_code,
-            "attributes": orjson.dumps(attributes).decode(),
-            "response_body": body,
-            "details": self._details(agent_id, result),
-        }
+        row.update(
+            server_id=srv.id if srv else None,
+            error_level=level,
+            attributes=orjson.dumps(attributes).decode(),
+            response_body=body,
+            details=self._details(agent_id, result),
+        )
+        return row

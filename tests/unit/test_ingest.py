@@ -102,3 +102,40 @@ async def test_details_are_stored_as_sent_when_they_are_a_json_object(ingest: In
     # not JSON, or not an object: the check is stored, its details are not
     assert by_time[2_000_000].details is None and by_time[3_000_000].details is None
     assert len(rows) == 3
+
+
+async def test_a_result_from_the_agent_is_stored_field_by_field_where_declared(
+    ingest: Ingest,
+) -> None:
+    """Every field of a result (shared/results.py declares them once) travels from the agent's
+    Outcome through the message to its row: each where its declaration says."""
+    from agent.probes.base import Outcome
+    from agent.runner import make_result
+    from controller.ingest import STORED
+    from shared.errors import ErrorCode
+
+    outcome = Outcome(ErrorCode.HTTP_STATUS_MISMATCH, "HTTP status 503")
+    outcome.http_status_code = 503
+    outcome.total_bytes = 17
+    outcome.resolved_ip = "127.0.0.9"
+    outcome.timings_ms = {"TotalTime": 12.5, "ConnectionTime": 0.25}
+    outcome.warnings = ["worth a look"]
+    outcome.attributes = {"DnsRcode": "NOERROR"}
+    outcome.body = b"down for maintenance"
+    outcome.details = {"Waterfall": [{"Url": "http://127.0.0.9/"}]}
+    sent = make_result(MONITOR, "rev-7", "Http", outcome, 1000.25, 1000.5, "f" * 32, 4)
+    result = CheckResult.model_validate(sent)
+    await ingest.process([_batch(result)])
+    (row,) = await ingest.store.checks_page(MONITOR, None, None, 0, False, None, 10)
+    assert row.details == outcome.details and row.response_body == "down"
+    for name, column in STORED.columns:
+        stored = getattr(row, column.name)
+        if column.micros:
+            assert stored == int(getattr(result, name) * 1_000_000), name
+        elif name not in ("details", "response_body"):
+            assert stored == getattr(result, name), name
+    for name, attribute in STORED.attributes:
+        assert row.attributes[attribute.name] == getattr(result, name), name
+    for name in STORED.spreads:
+        assert getattr(result, name) and getattr(result, name).items() <= row.attributes.items()
+    assert row.attributes["IsConfirmation"] is True and row.attributes["AgentId"] == "a1"
