@@ -75,3 +75,8 @@ class ControllerMetrics:
             "Delete transactions run by the retention task",
             registry=r,
         )
+        self.retention_failures = Counter(
+            "picket_retention_failures_total",
+            "Retention passes that failed (the database away); retried a minute later",
+            registry=r,
+        )

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 DAY_US = 86_400 * 1_000_000
 PASS_EVERY_SECONDS = 3600.0
+RETRY_SECONDS = 60.0
 # a deleted monitor's history is kept this long after its purge: a result admitted just before
 # the delete may still be committing, and the next pass deletes it too
 DELETED_GRACE_US = 10 * 60 * 1_000_000
@@ -50,9 +51,15 @@ class Retention:
         while True:
             deleted = self.assigner.monitor_deleted
             deleted.clear()
-            await self.run_once()
+            wait = self.every_seconds
+            try:
+                await self.run_once()
+            except Exception as exc:  # a database outage must not stop the controller
+                self.metrics.retention_failures.inc()
+                wait = min(wait, RETRY_SECONDS)
+                log.warning("retention: pass failed (%s); next try in %.0f s", exc, wait)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(deleted.wait(), self.every_seconds)
+                await asyncio.wait_for(deleted.wait(), wait)
 
     async def run_once(self, now_us: int | None = None) -> list[int]:
         """One pass; returns the rows each delete transaction removed."""

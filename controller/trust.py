@@ -89,6 +89,18 @@ def _addresses(values: list[Any], version: int) -> list[str]:
     return canonical
 
 
+def published_addresses(values: list[Any], version: int) -> list[str]:
+    """The valid addresses among stored ones, canonical: a row written before hellos were
+    validated must not put junk in the public address lists either."""
+    kept: list[str] = []
+    for value in values[:MAX_ADDRESSES]:
+        try:
+            kept.extend(_addresses([value], version))
+        except ValueError:
+            continue
+    return list(dict.fromkeys(kept))
+
+
 class ValidHello(Hello):
     """A hello as the controller accepts it; addresses come out in their canonical form."""
 

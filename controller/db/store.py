@@ -26,6 +26,7 @@ from controller.db.schema import (
     region,
     server,
 )
+from controller.trust import published_addresses
 
 
 def now_us() -> int:
@@ -185,8 +186,8 @@ class Store:
             checkpoint_id=row.checkpoint_id,
             checkpoint_name=row.checkpoint_name,
             region_id=row.region_id,
-            ipv4=json.loads(row.ipv4),
-            ipv6=json.loads(row.ipv6),
+            ipv4=published_addresses(json.loads(row.ipv4), 4),
+            ipv6=published_addresses(json.loads(row.ipv6), 6),
             online=bool(row.online),
             capacity=row.capacity,
             probe_types=json.loads(row.probe_types),

@@ -21,7 +21,7 @@ from controller.db.schema import monitor_check
 from controller.db.store import MonitorRow, Store
 from controller.settings import ControllerSettings
 from shared.messages import CheckResult, ResultBatch
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_for
 
 DAY = 86_400.0
 PASSWORD = "retention-test-password"
@@ -141,3 +141,24 @@ async def test_check_lists_report_the_retention(ctl: Controller) -> None:
         assert resp.status == 200
         period = (await resp.json())["Meta"]["Period"]
     assert period["MaximumRetentionDays"] == 30
+
+
+async def test_a_failed_pass_does_not_end_the_task(ctl: Controller) -> None:
+    """A database error (here: the table is gone) is logged and counted, and the task lives
+    on to try again; it would otherwise stop the whole controller."""
+    await _monitor(ctl, "doomed")
+    async with ctl.store.engine.begin() as conn:
+        await conn.execute(sa.text("DROP TABLE monitor_check"))
+    task = asyncio.create_task(ctl.retention.run())
+    try:
+
+        async def failed() -> bool:
+            value = ctl.metrics.registry.get_sample_value("picket_retention_failures_total")
+            return bool(value)
+
+        await wait_for(failed, "the failed pass to be counted")
+        assert not task.done()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

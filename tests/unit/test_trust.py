@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from controller.app import Controller
-from controller.db.schema import assignment, assignment_history, monitor_check
+from controller.db.schema import assignment, assignment_history, monitor_check, server
 from controller.db.store import MonitorRow, Store
 from controller.ingest import Ingest
 from controller.settings import ControllerSettings
@@ -315,3 +315,18 @@ async def test_an_invalid_hello_never_reaches_the_address_lists(
         "picket_hellos_refused_total", {"field": "ipv4"}
     )
     assert refused == 1
+
+
+async def test_addresses_stored_before_validation_are_not_published(ctl: Controller) -> None:
+    await _agents(ctl, "agent-old")
+    async with ctl.store.engine.begin() as conn:
+        await conn.execute(
+            sa.update(server)
+            .where(server.c.agent_id == "agent-old")
+            .values(
+                ipv4=json.dumps(["198.51.100.1", "<img src=x>", "1.2.3"]),
+                ipv6=json.dumps(["2001:DB8::1", "nope"]),
+            )
+        )
+    (srv,) = await ctl.store.servers()
+    assert srv.ipv4 == ["198.51.100.1"] and srv.ipv6 == ["2001:db8::1"]
