@@ -330,3 +330,42 @@ async def test_addresses_stored_before_validation_are_not_published(ctl: Control
         )
     (srv,) = await ctl.store.servers()
     assert srv.ipv4 == ["198.51.100.1"] and srv.ipv6 == ["2001:db8::1"]
+
+
+async def test_the_migration_keeps_what_is_assigned_today(database_url: str) -> None:
+    """A database of the previous schema: its current assignments become open intervals that
+    began at the epoch, so an upgrade refuses no result of an agent that has its monitor."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from controller.db import migrate
+
+    def upgrade_to(revision: str) -> Any:
+        def run(connection: Any) -> None:
+            config = Config()
+            config.set_main_option("script_location", str(migrate.MIGRATIONS))
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+
+        return run
+
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade_to("0002"))
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO assignment (monitor_guid, agent_id, revision) "
+                    "VALUES ('m-1', 'agent-a', 'r1')"
+                )
+            )
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade_to("head"))
+    finally:
+        await engine.dispose()
+    store = await Store.open(database_url)
+    try:
+        assert await store.assignment_history() == [("m-1", "agent-a", 0, None)]
+    finally:
+        await store.close()
