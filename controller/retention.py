@@ -55,6 +55,9 @@ class Retention:
             try:
                 await self.run_once()
             except Exception as exc:  # a database outage must not stop the controller
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # a driver that turned our cancellation into its own error
                 self.metrics.retention_failures.inc()
                 wait = min(wait, RETRY_SECONDS)
                 log.warning("retention: pass failed (%s); next try in %.0f s", exc, wait)
