@@ -41,7 +41,9 @@ CLOCK_GRACE_US = 60_000_000
 MAX_PENDING_RUNS = 100_000
 RUN_TTL_SECONDS = 3600.0
 LOG_EVERY_SECONDS = 10.0
+MAX_EPOCH_SECONDS = 2**62 / 1e6  # times are stored as 64-bit microseconds
 REASONS = {
+    "bad_time": "its scheduled or start time is not a time",
     "unknown_monitor": "the monitor does not exist (deleted?)",
     "not_assigned": "the monitor was not assigned to this agent at that time",
 }
@@ -276,6 +278,11 @@ class Acceptance:
     def reason_to_refuse(self, agent: str, result: CheckResult) -> str | None:
         if result.monitor_guid not in self.placement.monitors:
             return "unknown_monitor"
+        if not (
+            0 <= result.scheduled_at < MAX_EPOCH_SECONDS
+            and 0 <= result.started_at < MAX_EPOCH_SECONDS
+        ):
+            return "bad_time"  # NaN, infinite or beyond what a row can hold: never storable
         if self.history.assigned(agent, result.monitor_guid, int(result.scheduled_at * 1e6)):
             return None
         if self.runs.answers(agent, result):

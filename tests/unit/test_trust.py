@@ -369,3 +369,19 @@ async def test_the_migration_keeps_what_is_assigned_today(database_url: str) -> 
         assert await store.assignment_history() == [("m-1", "agent-a", 0, None)]
     finally:
         await store.close()
+
+
+async def test_a_result_with_an_impossible_time_is_refused_not_retried(ctl: Controller) -> None:
+    """NaN or a time beyond 64-bit microseconds could never be stored: dropped and counted,
+    instead of failing the transaction of every batch it travels with."""
+    await _agents(ctl, "agent-a")
+    row = await _monitor(ctl)
+    good = _result(row.guid, time.time())
+    bad = [
+        _result(row.guid, float("nan")),
+        _result(row.guid, time.time()).model_copy(update={"started_at": float("inf")}),
+        _result(row.guid, 1e300),
+        _result(row.guid, -5.0),
+    ]
+    assert await _store(ctl.ingest, "agent-a", good, *bad) == {good.uid}
+    assert _refused(ctl, "bad_time") == 4
