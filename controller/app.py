@@ -20,6 +20,7 @@ from controller.bus import ControllerBus
 from controller.db.store import Store
 from controller.ingest import Ingest
 from controller.metrics import ControllerMetrics
+from controller.retention import Retention
 from controller.settings import ControllerSettings
 from shared.messages import Hello, ResultBatch
 from shared.settings import parse_broker_url, parse_listen
@@ -52,6 +53,14 @@ class Controller:
             self.metrics,
             settings.failed_body_bytes,
             settings.ingest_batch_max,
+        )
+        self.retention = Retention(
+            store,
+            self.assigner,
+            self.metrics,
+            settings.result_retention_days,
+            settings.retention_batch_rows,
+            settings.retention_pause_seconds,
         )
 
     def background_ended(self, task: asyncio.Task[None]) -> None:
@@ -135,6 +144,7 @@ def _background(ctl: Controller) -> Callable[[web.Application], AsyncIterator[No
             asyncio.create_task(ctl.bus.run(), name="bus"),
             asyncio.create_task(ctl.ingest.run(), name="ingest"),
             asyncio.create_task(ctl.assigner.reconcile_forever(), name="reconcile"),
+            asyncio.create_task(ctl.retention.run(), name="retention"),
         ]
         for task in tasks:
             task.add_done_callback(ctl.background_ended)

@@ -11,6 +11,7 @@ from typing import Protocol
 from pydantic import ValidationError
 
 from controller.metrics import ControllerMetrics
+from controller.trust import HelloRefused, RequestedRuns, parse_hello
 from shared import topics
 from shared.messages import Ack, AgentState, Assignment, Hello, ResultBatch, RunRequest, Sync
 from shared.mqtt import Inbound, MqttSession
@@ -40,6 +41,7 @@ class ControllerBus:
             on_connect=handler.on_connected,
             on_drop=lambda reason: metrics.dropped.labels(reason).inc(),
         )
+        self.requested_runs = RequestedRuns()  # so their results are accepted (trust.py)
 
     async def run(self) -> None:
         await self.session.run()
@@ -48,9 +50,12 @@ class ControllerBus:
         levels = topics.split(message.topic)
         try:
             if len(levels) == 3 and levels[0] == "agents" and levels[2] == "hello":
-                hello = Hello.model_validate_json(message.payload)
-                if hello.agent != levels[1]:
-                    raise ValueError(f"hello from {hello.agent!r} on the topic of {levels[1]!r}")
+                try:
+                    hello = parse_hello(message.payload, levels[1])
+                except HelloRefused as exc:
+                    self._metrics.hellos_refused.labels(exc.field).inc()
+                    log.warning("controller: hello of agent %r refused: %s", levels[1][:64], exc)
+                    return
                 await self._handler.on_hello(hello)
             elif len(levels) == 3 and levels[0] == "agents" and levels[2] == "state":
                 if not message.payload:
@@ -83,6 +88,7 @@ class ControllerBus:
         return await self.session.publish(topics.ack(agent_id), payload)
 
     async def run_now(self, agent_id: str, request: RunRequest) -> bool:
+        self.requested_runs.requested(agent_id, request.monitor_guid, request.confirms)
         return await self.session.publish(topics.run(agent_id), request.model_dump_json().encode())
 
     async def sync(self, agent_id: str, sync: Sync) -> bool:

@@ -94,6 +94,7 @@ class Ingest:
                         )
 
     async def process(self, batches: list[ResultBatch]) -> None:
+        batches = self.assigner.acceptance.admit(batches)  # others dropped and counted
         rows: list[dict[str, Any]] = []
         results: dict[str, tuple[ResultBatch, CheckResult, int]] = {}
         levels = dict(self.levels)

@@ -52,3 +52,31 @@ class ControllerMetrics:
             "Re-checks requested to confirm an error",
             registry=r,
         )
+        self.results_refused = Counter(
+            "picket_results_refused_total",
+            "Results dropped: for a monitor that does not exist, or not assigned to the sender",
+            ["reason"],
+            registry=r,
+        )
+        self.hellos_refused = Counter(
+            "picket_hellos_refused_total",
+            "Agent hellos refused as invalid, by the field at fault",
+            ["field"],
+            registry=r,
+        )
+        self.retention_deleted = Counter(
+            "picket_retention_deleted_rows_total",
+            "Check rows deleted: older than the retention, or of a deleted monitor",
+            ["reason"],
+            registry=r,
+        )
+        self.retention_batches = Counter(
+            "picket_retention_batches_total",
+            "Delete transactions run by the retention task",
+            registry=r,
+        )
+        self.retention_failures = Counter(
+            "picket_retention_failures_total",
+            "Retention passes that failed (the database away); retried a minute later",
+            registry=r,
+        )

@@ -13,6 +13,9 @@ class ControllerSettings(PicketSettings):
     failed_body_bytes: int = Field(default=65_536, ge=0)
     ingest_batch_max: int = Field(default=64, ge=1)  # result batches per transaction
     credential_cache_seconds: float = Field(default=300.0, ge=0)
+    result_retention_days: int = Field(default=30, ge=1, le=36_500)  # checks older are deleted
+    retention_batch_rows: int = Field(default=1000, ge=1, le=100_000)  # per delete transaction
+    retention_pause_seconds: float = Field(default=0.05, ge=0, le=60)  # between transactions
 
     def resolved_database_url(self) -> str:
         """SQLAlchemy async URL; plain sqlite:// and postgresql:// mean aiosqlite and asyncpg."""

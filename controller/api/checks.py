@@ -160,9 +160,10 @@ async def monitor_checks(request: web.Request) -> web.Response:
         if more or sorting == "Ascending":
             cursors["Next"] = last
             links["Next"] = str(request.rel_url.update_query({"Cursor": last}))
-    period: dict[str, str | None] = {
+    period: dict[str, str | int | None] = {
         "From": iso(start) if start is not None else None,
         "To": iso(end) if end is not None else None,
+        "MaximumRetentionDays": ctl.settings.result_retention_days,
     }
     return ok(
         {

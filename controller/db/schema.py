@@ -106,3 +106,15 @@ monitor_check = sa.Table(
     sa.Column("details", sa.Text, nullable=True),  # JSON per type: headers, waterfall (0002)
     sa.Index("ix_monitor_check_monitor_ts", "monitor_guid", "ts_us", "id"),
 )
+
+# when each monitor was placed on each agent (0003): results are accepted by this history
+assignment_history = sa.Table(
+    "assignment_history",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("monitor_guid", sa.String(36), nullable=False),
+    sa.Column("agent_id", sa.String(64), nullable=False),
+    sa.Column("start_us", sa.BigInteger, nullable=False),
+    sa.Column("end_us", sa.BigInteger, nullable=True),  # NULL: assigned now
+    sa.Index("ix_assignment_history_monitor_agent", "monitor_guid", "agent_id"),
+)

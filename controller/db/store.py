@@ -18,6 +18,7 @@ from controller.db import migrate
 from controller.db.schema import (
     api_account,
     assignment,
+    assignment_history,
     checkpoint,
     monitor,
     monitor_check,
@@ -25,6 +26,7 @@ from controller.db.schema import (
     region,
     server,
 )
+from controller.trust import published_addresses
 
 
 def now_us() -> int:
@@ -184,8 +186,8 @@ class Store:
             checkpoint_id=row.checkpoint_id,
             checkpoint_name=row.checkpoint_name,
             region_id=row.region_id,
-            ipv4=json.loads(row.ipv4),
-            ipv6=json.loads(row.ipv6),
+            ipv4=published_addresses(json.loads(row.ipv4), 4),
+            ipv6=published_addresses(json.loads(row.ipv6), 6),
             online=bool(row.online),
             capacity=row.capacity,
             probe_types=json.loads(row.probe_types),
@@ -330,9 +332,9 @@ class Store:
         return True
 
     async def delete_monitor(self, guid: str) -> bool:
+        """The monitor's checks go afterwards, in batches (controller/retention.py)."""
         async with self.engine.begin() as conn:
             result = await conn.execute(sa.delete(monitor).where(monitor.c.guid == guid))
-            await conn.execute(sa.delete(monitor_check).where(monitor_check.c.monitor_guid == guid))
         return bool(result.rowcount)
 
     # --- assignments --------------------------------------------------------------------------
@@ -343,12 +345,21 @@ class Store:
             rows = await conn.execute(sa.select(assignment))
             return {(r.monitor_guid, r.agent_id): r.revision for r in rows}
 
-    async def set_assignment(self, monitor_guid: str, agent_id: str, revision: str | None) -> None:
+    async def set_assignment(
+        self, monitor_guid: str, agent_id: str, revision: str | None, at_us: int | None = None
+    ) -> None:
+        """Record what is published, and in the history when the placement began or ended."""
+        stamp = now_us() if at_us is None else at_us
+        h = assignment_history.c
         async with self.engine.begin() as conn:
             await conn.execute(
                 sa.delete(assignment).where(
                     assignment.c.monitor_guid == monitor_guid, assignment.c.agent_id == agent_id
                 )
+            )
+            current = (h.monitor_guid == monitor_guid) & (h.agent_id == agent_id)
+            open_interval = await conn.scalar(
+                sa.select(h.id).where(current, h.end_us.is_(None)).limit(1)
             )
             if revision is not None:
                 await conn.execute(
@@ -356,6 +367,41 @@ class Store:
                         monitor_guid=monitor_guid, agent_id=agent_id, revision=revision
                     )
                 )
+                if open_interval is None:
+                    await conn.execute(
+                        sa.insert(assignment_history).values(
+                            monitor_guid=monitor_guid, agent_id=agent_id, start_us=stamp
+                        )
+                    )
+            elif open_interval is not None:
+                await conn.execute(
+                    sa.update(assignment_history)
+                    .where(current, h.end_us.is_(None))
+                    .values(end_us=stamp)
+                )
+
+    async def assignment_history(self) -> list[tuple[str, str, int, int | None]]:
+        """(monitor guid, agent id, start, end or None while assigned)."""
+        h = assignment_history.c
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(h.monitor_guid, h.agent_id, h.start_us, h.end_us).order_by(h.id)
+            )
+            return [(r.monitor_guid, r.agent_id, r.start_us, r.end_us) for r in rows]
+
+    async def forget_history(
+        self, monitor_guid: str | None = None, ended_before_us: int | None = None
+    ) -> int:
+        """Delete a (deleted) monitor's closed intervals, or all that ended before a time."""
+        h = assignment_history.c
+        query = sa.delete(assignment_history).where(h.end_us.is_not(None))
+        if monitor_guid is not None:
+            query = query.where(h.monitor_guid == monitor_guid)
+        if ended_before_us is not None:
+            query = query.where(h.end_us < ended_before_us)
+        async with self.engine.begin() as conn:
+            result = await conn.execute(query)
+        return int(result.rowcount or 0)
 
     # --- checks -------------------------------------------------------------------------------
 
@@ -450,3 +496,18 @@ class Store:
                 sa.select(c.monitor_guid, c.error_level).join(latest, latest.c.id == c.id)
             )
             return {r.monitor_guid: r.error_level for r in rows}
+
+    async def delete_checks(self, monitor_guid: str, before_us: int | None, limit: int) -> int:
+        """Delete at most `limit` of a monitor's checks (those started before `before_us`, or
+        all), in one short transaction on the (monitor, time) index. Returns how many."""
+        c = monitor_check.c
+        chosen = sa.select(c.id).where(c.monitor_guid == monitor_guid)
+        if before_us is not None:
+            chosen = chosen.where(c.ts_us < before_us)
+        async with self.engine.begin() as conn:
+            # read first: a pass that finds nothing to delete takes no write lock
+            ids = list((await conn.execute(chosen.order_by(c.ts_us).limit(limit))).scalars())
+            if not ids:
+                return 0
+            result = await conn.execute(sa.delete(monitor_check).where(c.id.in_(ids)))
+        return int(result.rowcount or 0)

@@ -11,7 +11,7 @@ import pytest
 
 from controller.assigner import Assigner
 from controller.bus import ControllerBus
-from controller.db.store import Store
+from controller.db.store import MonitorRow, Store
 from controller.ingest import CONFIRMED, NO_ERROR, UNCONFIRMED, Ingest
 from controller.metrics import ControllerMetrics
 from shared.messages import CheckResult, ResultBatch
@@ -25,7 +25,11 @@ async def ingest(database_url: str) -> AsyncIterator[Ingest]:
     store = await Store.open(database_url)
     metrics = ControllerMetrics()
     bus = ControllerBus(f"mqtt://127.0.0.1:{free_port()}", _NoHandler(), metrics)
-    yield Ingest(store, bus, Assigner(store, bus, metrics), metrics, 65536, 64)
+    assigner = Assigner(store, bus, metrics)
+    # MONITOR exists and is placed on agent a1, which sends these results (controller/trust.py)
+    assigner.monitors[MONITOR] = MonitorRow(MONITOR, "m", "Http", True, {}, "r1", 0, 0)
+    assigner.history.opened(MONITOR, "a1", 0)
+    yield Ingest(store, bus, assigner, metrics, 65536, 64)
     await store.close()
 
 
