@@ -15,7 +15,7 @@ from controller import api
 from controller.api.checkpoints import PUBLIC_PATHS
 from controller.api.common import CONTROLLER, PRINCIPAL, ApiError
 from controller.assigner import Assigner
-from controller.auth import Authenticator, ensure_admin
+from controller.auth import Authenticator, AuthLimits, TooManyAttempts, ensure_admin
 from controller.bus import ControllerBus
 from controller.db.store import Store
 from controller.ingest import Ingest
@@ -39,7 +39,18 @@ class Controller:
         self.settings = settings
         self.store = store
         self.metrics = ControllerMetrics()
-        self.auth = Authenticator(store, settings.credential_cache_seconds)
+        self.auth = Authenticator(
+            store,
+            AuthLimits(
+                max_password_checks=settings.password_check_limit(),
+                cache_seconds=settings.credential_cache_seconds,
+                failures_per_user_address=settings.login_failures_per_user_address,
+                failures_per_address=settings.login_failures_per_address,
+                failure_window_seconds=settings.login_failure_window_seconds,
+                throttle_max_entries=settings.login_throttle_max_entries,
+            ),
+            self.metrics,
+        )
         self.bus = ControllerBus(settings.broker_url, self, self.metrics)
         self.assigner = Assigner(store, self.bus, self.metrics)
         # set by a signal, or when a background loop dies
@@ -108,7 +119,14 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     if request.path in PUBLIC_PATHS or request.path == "/metrics" or request.path == "/":
         return await handler(request)
     ctl = request.app[CONTROLLER]
-    principal = await ctl.auth.authenticate(request.headers.get("Authorization"))
+    try:
+        principal = await ctl.auth.authenticate(
+            request.headers.get("Authorization"), request.remote
+        )
+    except TooManyAttempts as exc:
+        raise ApiError(
+            429, [(None, f"Try again later: {exc.why}")], {"Retry-After": str(exc.retry_after)}
+        ) from None
     if principal is None:
         raise ApiError(401, [(None, "Valid Basic credentials are required")])
     request[PRINCIPAL] = principal
@@ -128,7 +146,7 @@ async def index(request: web.Request) -> web.Response:
 
 def _background(ctl: Controller) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        await ensure_admin(ctl.store, ctl.settings.data_dir, ctl.settings.admin_password)
+        await ensure_admin(ctl.store, ctl.settings.data_dir, ctl.settings.admin_password, ctl.auth)
         await ctl.assigner.load()
         await ctl.ingest.load()
         tasks = [
@@ -155,6 +173,11 @@ def create_app(ctl: Controller) -> web.Application:
     app.router.add_get("/", index)
     api.setup(app)
     app.cleanup_ctx.append(_background(ctl))
+
+    async def close_auth(_app: web.Application) -> None:
+        ctl.auth.close()
+
+    app.on_cleanup.append(close_auth)
     return app
 
 
