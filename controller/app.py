@@ -17,6 +17,7 @@ from controller.api.common import CONTROLLER, PRINCIPAL, ApiError
 from controller.assigner import Assigner
 from controller.auth import Authenticator, AuthLimits, TooManyAttempts, ensure_admin
 from controller.bus import ControllerBus
+from controller.db.connect import DatabaseUnusable, open_store
 from controller.db.store import Store
 from controller.ingest import Ingest
 from controller.metrics import ControllerMetrics
@@ -55,7 +56,7 @@ class Controller:
         self.assigner = Assigner(store, self.bus, self.metrics)
         # set by a signal, or when a background loop dies
         self.stopping = stopping or asyncio.Event()
-        self.failed = False
+        self.failed = ""  # why, once a background loop has died
         self.ingest = Ingest(
             store,
             self.bus,
@@ -70,9 +71,14 @@ class Controller:
         (loudly) so a supervisor restarts it, rather than answer the API and store nothing."""
         if task.cancelled() or self.stopping.is_set():
             return
+        died = task.exception() or RuntimeError("it returned")
         log.error(
-            "controller: background task %s ended: %r; stopping", task.get_name(), task.exception()
+            "controller: background task %s died: %r; stopping",
+            task.get_name(),
+            died,
+            exc_info=died,
         )
+        self.failed = f"its {task.get_name()} task died: {died!r}"
         self.stopping.set()
 
     async def on_connected(self) -> None:
@@ -160,7 +166,8 @@ def _background(ctl: Controller) -> Callable[[web.Application], AsyncIterator[No
         for task in tasks:
             task.cancel()
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            # a task that died was logged by background_ended
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
     return ctx
@@ -183,7 +190,10 @@ def create_app(ctl: Controller) -> web.Application:
 
 async def serve(settings: ControllerSettings) -> None:
     stop = stop_event()
-    store = await Store.open(settings.resolved_database_url())
+    try:
+        store = await open_store(settings.resolved_database_url(), settings.database_wait_seconds)
+    except DatabaseUnusable as exc:
+        raise SystemExit(f"controller: {exc}; exiting") from None
     try:
         ctl = Controller(settings, store, stop)
         runner = web.AppRunner(create_app(ctl), access_log=None)
@@ -213,7 +223,7 @@ async def serve(settings: ControllerSettings) -> None:
     finally:
         await store.close()
     if ctl.failed:
-        raise SystemExit("controller: stopped because a background task died (see above)")
+        raise SystemExit(f"controller: stopped because {ctl.failed} (see above)")
     log.info("controller: stopped")
 
 

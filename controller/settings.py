@@ -20,6 +20,7 @@ class ControllerSettings(PicketSettings):
     login_failures_per_address: int = Field(default=100, ge=1)
     login_failure_window_seconds: float = Field(default=600.0, gt=0)
     login_throttle_max_entries: int = Field(default=100_000, ge=10)
+    database_wait_seconds: float = Field(default=60.0, ge=0)
 
     def password_check_limit(self) -> int:
         return self.max_password_checks or max(1, len(os.sched_getaffinity(0)) // 2)
