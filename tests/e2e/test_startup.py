@@ -76,8 +76,10 @@ def test_agent_with_an_unusable_data_dir_exits(tmp_path: Path) -> None:
     result = _run([sys.executable, "-m", "shared.cli", "agent"], env)
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        f"agent a1: cannot use the data directory {blocker}"
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"agent a1: cannot use the data directory {blocker}")
     )
 
 
@@ -168,6 +170,8 @@ def test_a_dead_background_task_stops_the_process_non_zero(side: str, tmp_path: 
     task = "ingest" if side == "controller" else "send"
     who = "controller" if side == "controller" else "agent a1"
     assert f"{who}: background task {task} died: RuntimeError(" in err, err
-    assert err.strip().splitlines()[-1].startswith(
-        f"{who}: stopped because its {task} task died: RuntimeError("
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(f"{who}: stopped because its {task} task died: RuntimeError(")
     ), err
