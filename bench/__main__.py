@@ -14,7 +14,7 @@ from types import FrameType
 import pycurl
 import uvloop
 
-from bench import e2e, engine, infra, lateness, probes, timing
+from bench import auth, e2e, engine, infra, lateness, probes, timing
 from bench.infra import Summary
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], list[Summary]]] = {
@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], list[Summary]]] = {
     "lateness": lateness.main,
     "timing": timing.main,
     "e2e": e2e.main,
+    "auth": auth.main,
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -15,7 +16,7 @@ import secrets
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,29 +100,40 @@ class PasswordChecker:
         self._busy = 0
         self._executor = ThreadPoolExecutor(max_workers=limit, thread_name_prefix="password")
 
-    async def _run(self, fn: Callable[[], _T]) -> _T:
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """One of the `limit` places; TooManyAttempts at once when none is free. Taken before
+        the user is even looked up, so a flood answered 429 costs no database work either."""
         if self._busy >= self.limit:
             self._metrics.password_checks.labels("busy").inc()
             raise TooManyAttempts(1, "every password check is busy")
         self._busy += 1
         self._metrics.password_checks_running.set(self._busy)
+        try:
+            yield
+        finally:
+            self._busy -= 1
+            self._metrics.password_checks_running.set(self._busy)
+
+    async def _run(self, fn: Callable[[], _T]) -> _T:
+        """In a thread of the pool; the caller holds a slot, so it never waits for one."""
         started = time.perf_counter()
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
         finally:
-            self._busy -= 1
-            self._metrics.password_checks_running.set(self._busy)
             self._metrics.password_check_duration.observe(time.perf_counter() - started)
 
     async def verify(self, password: str, stored: str | None) -> bool:
-        """`stored` None (no such user): the same work against a dummy hash, and False."""
+        """Within a slot. `stored` None (no such user): the same work against a dummy hash,
+        and False."""
         matched = await self._run(lambda: verify_password(password, stored or _DUMMY_HASH))
         matched = matched and stored is not None
         self._metrics.password_checks.labels("ok" if matched else "wrong").inc()
         return matched
 
     async def hash(self, password: str) -> str:
-        return await self._run(lambda: hash_password(password))
+        async with self.slot():
+            return await self._run(lambda: hash_password(password))
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -329,6 +341,10 @@ class Authenticator:
         self.checker.close()
 
     async def _lookup(self, username: str, password: str) -> Principal | None:
+        async with self.checker.slot():
+            return await self._lookup_in_slot(username, password)
+
+    async def _lookup_in_slot(self, username: str, password: str) -> Principal | None:
         account = await self._store.api_account(username)
         if account is not None:
             if not await self.checker.verify(password, account["password_hash"]):
