@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 ADMIN_USERNAME = "admin"
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 _T = TypeVar("_T")
+# a remembered login is checked again after credential_cache_seconds; if every password check
+# is busy then, it is still accepted for this many times as long again
+STALE_IF_BUSY = 10
 # checked against when the user name is unknown: the same scrypt work, and never a match
 _DUMMY_HASH = "scrypt${n}${r}${p}$".format(**_SCRYPT) + "$".join(
     base64.b64encode(bytes(size)).decode() for size in (16, 32)
@@ -244,6 +247,8 @@ class Authenticator:
     - Good credentials are remembered for `cache_seconds`, keyed by an HMAC (a key made at
       start, never stored) of user name and password: a memory dump does not give a fast
       hash to guess against. A password change through `set_operator_password` forgets them.
+      Once stale they are checked again; if every check is busy then (a flood), they still
+      count for up to STALE_IF_BUSY times `cache_seconds`, so good clients ride out a flood.
     """
 
     def __init__(self, store: Store, limits: AuthLimits, metrics: ControllerMetrics) -> None:
@@ -266,7 +271,8 @@ class Authenticator:
             metrics,
         )
         self._cache_key = secrets.token_bytes(32)
-        self._cache: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
+        # digest -> (principal, fresh until, usable while the checks are busy until)
+        self._cache: OrderedDict[bytes, tuple[Principal, float, float]] = OrderedDict()
         self._running: dict[bytes, asyncio.Future[Principal | None]] = {}
 
     def _digest(self, username: str, password: str) -> bytes:
@@ -291,10 +297,8 @@ class Authenticator:
             raise TooManyAttempts(wait, "too many failed logins from this address")
         key = self._digest(username, password)
         cached = self._cache.get(key)
-        if cached is not None:
-            if cached[1] > now:
-                return cached[0]
-            del self._cache[key]
+        if cached is not None and cached[1] > now:
+            return cached[0]
         running = self._running.get(key)
         if running is not None:
             # the same credentials already being checked (a client's parallel requests):
@@ -306,11 +310,19 @@ class Authenticator:
         lookup.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             principal = await asyncio.shield(lookup)
+        except TooManyAttempts:
+            if cached is not None and cached[2] > now:
+                # every check is busy (a flood from many addresses): a login verified a little
+                # while ago, with no password change since, still counts
+                self._metrics.password_checks.labels("stale_ok").inc()
+                return cached[0]
+            raise
         finally:
             if self._running.get(key) is lookup:
                 del self._running[key]
         now = time.monotonic()
         if principal is None:
+            self._cache.pop(key, None)
             self.pairs.failed(pair, now)
             self.addresses.failed(address, now)
             self._metrics.login_failures.inc()
@@ -320,7 +332,13 @@ class Authenticator:
             return None
         self.pairs.forget(pair)
         if self._limits.cache_seconds > 0:
-            self._cache[key] = (principal, now + self._limits.cache_seconds)
+            fresh = now + self._limits.cache_seconds
+            self._cache[key] = (
+                principal,
+                fresh,
+                fresh + STALE_IF_BUSY * self._limits.cache_seconds,
+            )
+            self._cache.move_to_end(key)
             while len(self._cache) > 10_000:
                 self._cache.popitem(last=False)
         return principal
@@ -330,7 +348,7 @@ class Authenticator:
         if username is None:
             self._cache.clear()
             return
-        for key in [k for k, (p, _) in self._cache.items() if p.username == username]:
+        for key in [k for k, (p, _, _) in self._cache.items() if p.username == username]:
             del self._cache[key]
 
     async def set_operator_password(self, guid: str, username: str, password: str) -> None:

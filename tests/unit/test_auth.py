@@ -215,3 +215,27 @@ async def test_register_for_another_operator_checks_permission_first(
         server.url("/api/v4/Register?operatorGuid=guid-carol"), headers=admin
     ) as resp:
         assert resp.status == 201 and (await resp.json())["OperatorName"] == "Carol"
+
+
+async def test_busy_checks_answer_429_at_once_but_keep_recent_logins(
+    make_server: ServerFactory,
+) -> None:
+    """With the one check slot taken, a new login is 429 without a lookup or hash; a login
+    verified a moment ago whose memory has gone stale still gets in (a flood from many
+    addresses must not lock out the clients already working)."""
+    server = await make_server(max_password_checks=1, credential_cache_seconds=0.2)
+    assert (await server.get("admin", PASSWORD))[0] == 200
+    await asyncio.sleep(0.3)  # stale now: it would be checked again
+    async with server.ctl.auth.checker.slot():  # the pool is busy
+        status, body, headers = await server.get("admin", PASSWORD)
+        assert status == 200, body
+        status, body, headers = await server.get("someone-else", "whatever")
+        assert status == 429 and headers["Retry-After"] == "1", body
+    metrics = await server.metrics()
+    assert metrics['picket_password_checks_total{outcome="stale_ok"}'] == 1
+    assert metrics['picket_password_checks_total{outcome="busy"}'] == 2
+    assert metrics["picket_password_check_duration_seconds_count"] == 1
+    # free again: the stale login is checked for real
+    assert (await server.get("admin", PASSWORD))[0] == 200
+    metrics = await server.metrics()
+    assert metrics["picket_password_check_duration_seconds_count"] == 2
