@@ -286,9 +286,11 @@ def main(args: argparse.Namespace) -> list[Summary]:
     quiet = phases[0]
     summaries = []
     for ph in phases[1:3]:
+        p50_ratio = ph.p(50) / quiet.p(50) if quiet.p(50) else float("nan")
         p99_ratio = ph.p(99) / quiet.p(99) if quiet.p(99) else float("nan")
         ingest_ratio = ph.ingest_rate / quiet.ingest_rate if quiet.ingest_rate else float("nan")
         summaries += [
+            Summary("auth", f"good p50, {ph.name} / quiet", f"{p50_ratio:.2f}x"),
             Summary("auth", f"good p99, {ph.name} / quiet", f"{p99_ratio:.2f}x"),
             Summary("auth", f"stored/s, {ph.name} / quiet", f"{ingest_ratio:.2f}x"),
         ]
