@@ -239,3 +239,15 @@ async def test_busy_checks_answer_429_at_once_but_keep_recent_logins(
     assert (await server.get("admin", PASSWORD))[0] == 200
     metrics = await server.metrics()
     assert metrics["picket_password_check_duration_seconds_count"] == 2
+
+
+def test_failures_count_against_an_ipv4_address_or_an_ipv6_64() -> None:
+    from controller.auth import address_key
+
+    assert address_key("192.0.2.7") == "192.0.2.7"
+    assert address_key("::ffff:192.0.2.7") == "192.0.2.7"
+    assert address_key("2001:db8:1:2:aaaa::1") == address_key("2001:db8:1:2:bbbb::9")
+    assert address_key("2001:db8:1:2::1") == "2001:db8:1:2::/64"
+    assert address_key("2001:db8:1:3::1") != address_key("2001:db8:1:2::1")
+    assert address_key("fe80::1%eth0") == "fe80::/64"
+    assert address_key(None) == "-"
