@@ -15,8 +15,9 @@ from controller import api
 from controller.api.checkpoints import PUBLIC_PATHS
 from controller.api.common import CONTROLLER, PRINCIPAL, ApiError
 from controller.assigner import Assigner
-from controller.auth import Authenticator, ensure_admin
+from controller.auth import Authenticator, AuthLimits, TooManyAttempts, ensure_admin
 from controller.bus import ControllerBus
+from controller.db.connect import DatabaseUnusable, open_store
 from controller.db.store import Store
 from controller.ingest import Ingest
 from controller.metrics import ControllerMetrics
@@ -40,12 +41,23 @@ class Controller:
         self.settings = settings
         self.store = store
         self.metrics = ControllerMetrics()
-        self.auth = Authenticator(store, settings.credential_cache_seconds)
+        self.auth = Authenticator(
+            store,
+            AuthLimits(
+                max_password_checks=settings.password_check_limit(),
+                cache_seconds=settings.credential_cache_seconds,
+                failures_per_user_address=settings.login_failures_per_user_address,
+                failures_per_address=settings.login_failures_per_address,
+                failure_window_seconds=settings.login_failure_window_seconds,
+                throttle_max_entries=settings.login_throttle_max_entries,
+            ),
+            self.metrics,
+        )
         self.bus = ControllerBus(settings.broker_url, self, self.metrics)
         self.assigner = Assigner(store, self.bus, self.metrics)
         # set by a signal, or when a background loop dies
         self.stopping = stopping or asyncio.Event()
-        self.failed = False
+        self.failed = ""  # why, once a background loop has died
         self.ingest = Ingest(
             store,
             self.bus,
@@ -68,9 +80,14 @@ class Controller:
         (loudly) so a supervisor restarts it, rather than answer the API and store nothing."""
         if task.cancelled() or self.stopping.is_set():
             return
+        died = task.exception() or RuntimeError("it returned")
         log.error(
-            "controller: background task %s ended: %r; stopping", task.get_name(), task.exception()
+            "controller: background task %s died: %r; stopping",
+            task.get_name(),
+            died,
+            exc_info=died,
         )
+        self.failed = f"its {task.get_name()} task died: {died!r}"
         self.stopping.set()
 
     async def on_connected(self) -> None:
@@ -117,7 +134,14 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     if request.path in PUBLIC_PATHS or request.path == "/metrics" or request.path == "/":
         return await handler(request)
     ctl = request.app[CONTROLLER]
-    principal = await ctl.auth.authenticate(request.headers.get("Authorization"))
+    try:
+        principal = await ctl.auth.authenticate(
+            request.headers.get("Authorization"), request.remote
+        )
+    except TooManyAttempts as exc:
+        raise ApiError(
+            429, [(None, f"Try again later: {exc.why}")], {"Retry-After": str(exc.retry_after)}
+        ) from None
     if principal is None:
         raise ApiError(401, [(None, "Valid Basic credentials are required")])
     request[PRINCIPAL] = principal
@@ -137,7 +161,7 @@ async def index(request: web.Request) -> web.Response:
 
 def _background(ctl: Controller) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        await ensure_admin(ctl.store, ctl.settings.data_dir, ctl.settings.admin_password)
+        await ensure_admin(ctl.store, ctl.settings.data_dir, ctl.settings.admin_password, ctl.auth)
         await ctl.assigner.load()
         await ctl.ingest.load()
         tasks = [
@@ -152,7 +176,8 @@ def _background(ctl: Controller) -> Callable[[web.Application], AsyncIterator[No
         for task in tasks:
             task.cancel()
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            # a task that died was logged by background_ended
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
     return ctx
@@ -165,12 +190,20 @@ def create_app(ctl: Controller) -> web.Application:
     app.router.add_get("/", index)
     api.setup(app)
     app.cleanup_ctx.append(_background(ctl))
+
+    async def close_auth(_app: web.Application) -> None:
+        ctl.auth.close()
+
+    app.on_cleanup.append(close_auth)
     return app
 
 
 async def serve(settings: ControllerSettings) -> None:
     stop = stop_event()
-    store = await Store.open(settings.resolved_database_url())
+    try:
+        store = await open_store(settings.resolved_database_url(), settings.database_wait_seconds)
+    except DatabaseUnusable as exc:
+        raise SystemExit(f"controller: {exc}; exiting") from None
     try:
         ctl = Controller(settings, store, stop)
         runner = web.AppRunner(create_app(ctl), access_log=None)
@@ -200,7 +233,7 @@ async def serve(settings: ControllerSettings) -> None:
     finally:
         await store.close()
     if ctl.failed:
-        raise SystemExit("controller: stopped because a background task died (see above)")
+        raise SystemExit(f"controller: stopped because {ctl.failed} (see above)")
     log.info("controller: stopped")
 
 

@@ -80,3 +80,39 @@ class ControllerMetrics:
             "Retention passes that failed (the database away); retried a minute later",
             registry=r,
         )
+        # logins (controller/auth.py)
+        self.password_checks = Counter(
+            "picket_password_checks_total",
+            "Password checks by outcome (busy: refused with 429, nothing hashed)",
+            ["outcome"],
+            registry=r,
+        )
+        self.password_checks_running = Gauge(
+            "picket_password_checks_running", "Password checks hashing now", registry=r
+        )
+        self.password_check_duration = Histogram(
+            "picket_password_check_duration_seconds",
+            "Time of one password check (scrypt), in its thread",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+            registry=r,
+        )
+        self.login_failures = Counter(
+            "picket_login_failures_total", "Logins refused with 401", registry=r
+        )
+        self.login_throttled = Counter(
+            "picket_login_throttled_total",
+            "Logins refused with 429 after too many failures from the client",
+            registry=r,
+        )
+        self.login_throttle_entries = Gauge(
+            "picket_login_throttle_entries",
+            "Keys with failed logins remembered",
+            ["table"],
+            registry=r,
+        )
+        self.login_throttle_evictions = Counter(
+            "picket_login_throttle_evictions_total",
+            "Keys forgotten because their table was full",
+            ["table"],
+            registry=r,
+        )

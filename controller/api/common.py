@@ -21,15 +21,23 @@ PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 class ApiError(Exception):
     """An error answered as `{"Messages": [{"Message": ..., "Field": ...}]}`."""
 
-    def __init__(self, status: int, messages: list[tuple[str | None, str]]) -> None:
+    def __init__(
+        self,
+        status: int,
+        messages: list[tuple[str | None, str]],
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(messages[0][1] if messages else "")
         self.status = status
         self.messages = messages
+        self.headers = headers or {}
 
     def response(self) -> web.Response:
         body = {"Messages": [{"Message": msg, "Field": field} for field, msg in self.messages]}
-        headers = {"WWW-Authenticate": 'Basic realm="Picket"'} if self.status == 401 else None
-        return web.json_response(body, status=self.status, headers=headers)
+        headers = dict(self.headers)
+        if self.status == 401:
+            headers["WWW-Authenticate"] = 'Basic realm="Picket"'
+        return web.json_response(body, status=self.status, headers=headers or None)
 
 
 def fail(status: int, message: str, field: str | None = None) -> NoReturn:
