@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from shared import jsonin
 from shared.msa import (
     MsaScript,
     MsaStep,
@@ -409,9 +410,9 @@ class MultiStepApiMonitor(MonitorBase):
         keep_function_keys(new.get("UserDefinedFunctions"), old.get("UserDefinedFunctions"))
         if new.get("MultiStepApiTransactionScript") and old.get("MultiStepApiTransactionScript"):
             try:
-                new_script = json.loads(new["MultiStepApiTransactionScript"])
-                old_script = json.loads(old["MultiStepApiTransactionScript"])
-            except (json.JSONDecodeError, TypeError):
+                new_script = jsonin.loads(new["MultiStepApiTransactionScript"])
+                old_script = jsonin.loads(old["MultiStepApiTransactionScript"])
+            except (ValueError, TypeError):
                 return  # validation names the problem
             if not isinstance(new_script, dict) or not isinstance(old_script, dict):
                 return
