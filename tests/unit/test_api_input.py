@@ -211,3 +211,28 @@ async def test_a_stale_hash_is_a_409(client: TestClient[Any, Any]) -> None:
     # without a Hash, an edit applies to whatever is stored (as before)
     resp = await client.patch(path, json={"Notes": "four"}, headers=ADMIN)
     assert resp.status == 204
+
+
+async def test_condition_fields_without_meaning_are_refused(client: TestClient[Any, Any]) -> None:
+    def body(**condition: Any) -> dict[str, Any]:
+        return {
+            **MONITOR,
+            "ErrorConditions": [{"ErrorConditionType": "ContentMatch", "Value": "ok", **condition}],
+        }
+
+    for condition, field in [
+        ({"Percentage": "50"}, "ErrorConditions[0].Percentage"),
+        ({"Level": "Warning"}, "ErrorConditions[0].Level"),
+        ({"Effect": "Maybe"}, "ErrorConditions[0].Effect"),
+    ]:
+        resp = await client.post("/api/v4/Monitor", json=body(**condition), headers=ADMIN)
+        got, message = await _error(resp, 400)
+        assert got == field, message
+        if "Effect" not in condition:
+            assert "not supported" in message
+    # as Uptrends exports them: null (or an empty Percentage) is accepted
+    created = await _create(
+        client, **body(Percentage="", Level=None, Effect="Indicate") | {"Name": "indicate"}
+    )
+    assert created["ErrorConditions"][0]["Effect"] == "Indicate"
+    assert created["ErrorConditions"][0]["Percentage"] is None
