@@ -69,6 +69,19 @@ def controller(request: web.Request) -> Controller:
     return request.app[CONTROLLER]
 
 
+def id_param(request: web.Request, name: str) -> int:
+    """A whole-number id from the path; one no row can have (too many digits for int(), or
+    beyond 64 bits) is a 404 naming the parameter, like any other unknown id."""
+    text = request.match_info[name]
+    try:
+        ident = int(text)
+    except ValueError:
+        ident = -1
+    if not 0 <= ident < 2**63:
+        fail(404, f"{name}: no such id {text[:40]!r}", name)
+    return ident
+
+
 def principal(request: web.Request) -> Principal:
     try:
         return request[PRINCIPAL]

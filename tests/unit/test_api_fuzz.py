@@ -57,6 +57,7 @@ ODD_STRINGS = (
     "NaN",
     "Infinity",
     "9" * 400,
+    "9" * 5000,  # more digits than int() converts
     "-" + "9" * 40,
     "null",
     "[]",
@@ -159,8 +160,12 @@ bodies = st.one_of(
 )
 
 
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
 def _encode(text: str) -> str:
-    return quote(text.encode("utf-8", "surrogatepass"), safe="")
+    return quote(_utf8(text), safe="")
 
 
 def _routes(client: TestClient[Any, Any]) -> list[tuple[str, str]]:
@@ -251,6 +256,17 @@ async def test_no_input_gets_a_500(fuzz_client: TestClient[Any, Any], data: st.D
     assume(len(path) < 8000)
     body = data.draw(bodies, label="body") if method in ("POST", "PUT", "PATCH") else None
     headers = {**ADMIN, "Content-Type": "application/json"}
+    if data.draw(st.integers(0, 9), label="odd credentials") == 0:
+        credentials = data.draw(
+            st.one_of(
+                st.sampled_from(["\x00:x", "admin\x00:x", ":", "admin:", "\ud800:x"]),
+                odd_text,
+                st.binary(max_size=40),
+            ),
+            label="credentials",
+        )
+        raw = credentials if isinstance(credentials, bytes) else _utf8(credentials)
+        headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
     resp = await client.request(method, URL(path, encoded=True), data=body, headers=headers)
     text = await resp.text(errors="replace")
     assert resp.status < 500, (method, path, body[:300] if body else None, resp.status, text)

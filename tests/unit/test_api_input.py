@@ -113,6 +113,12 @@ async def test_unstorable_text_is_a_400(client: TestClient[Any, Any]) -> None:
         assert got == field, raw[:40]
     resp = await client.get("/api/v4/Monitor/%00", headers=ADMIN)
     assert (await _error(resp, 400))[0] == "monitorGuid"
+    nul_login = {"Authorization": "Basic " + base64.b64encode(b"admin\x00:x").decode()}
+    resp = await client.get("/api/v4/Monitor", headers=nul_login)
+    assert resp.status == 401
+    for path in ("/api/v4/Checkpoint/" + "9" * 5000, "/api/v4/Checkpoint/Server/" + "9" * 30):
+        resp = await client.get(path, headers=ADMIN)
+        assert (await _error(resp, 404))[0] in ("checkpointId", "serverId")
     resp = await client.post("/api/v4/Register?description=%00", headers=ADMIN)
     assert (await _error(resp, 400))[0] == "description"
 
@@ -236,3 +242,19 @@ async def test_condition_fields_without_meaning_are_refused(client: TestClient[A
     )
     assert created["ErrorConditions"][0]["Effect"] == "Indicate"
     assert created["ErrorConditions"][0]["Percentage"] is None
+
+
+def test_constant_fields_are_documented_as_fixed() -> None:
+    """Fields the API answers with a constant say so in docs/api.md (see "No constant presented
+    as data"); when one becomes real, its line there changes with it."""
+    text = " ".join((Path(__file__).parents[2] / "docs" / "api.md").read_text().split())
+    for phrase in [
+        '`AccountId` is always `"1"` (fixed',
+        "the last is fixed to the same as Tls12_Tls11_Tls10",
+        "fixed: `StaleTime` is 0",
+        "`UrlIsBlocked` false (Picket blocks no URLs)",
+        "`IsPrimaryCheckpoint` is always true",
+        "`IsPartialCheck` and `IsConcurrentCheck` are always false",
+        "`Percentage` and `Level` are refused",
+    ]:
+        assert phrase in text, phrase
