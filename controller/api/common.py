@@ -45,7 +45,7 @@ def field_path(loc: tuple[int | str, ...]) -> str | None:
         if isinstance(part, int):
             path += f"[{part}]"
         else:
-            path += ("." if path else "") + part
+            path += ("." if path else "") + (part or '""')  # a field named "" is named so
     return path or None
 
 
@@ -113,7 +113,7 @@ async def refuse_unstorable_text(request: web.Request, handler: Handler) -> web.
     for name, value in [*request.match_info.items(), *request.query.items()]:
         problem = jsonin.problem_in(name) or jsonin.problem_in(value)
         if problem:
-            where = ascii(name) if jsonin.problem_in(name) else name
+            where = ascii(name) if jsonin.problem_in(name) or not name else name
             fail(400, f"{where}: {problem}", where)
     return await handler(request)
 

@@ -273,6 +273,11 @@ async def test_no_input_gets_a_500(fuzz_client: TestClient[Any, Any], data: st.D
     if resp.status >= 400 and method != "HEAD":
         messages = json.loads(text)["Messages"]
         assert messages and all(m["Message"] for m in messages), text
+    if (
+        resp.status == 400 and method != "HEAD"
+    ):  # names the field, unless the body as a whole is what is wrong
+        whole = ("The request body", "The request is nested")
+        assert all(m["Field"] or m["Message"].startswith(whole) for m in messages), text
 
 
 @pytest.mark.parametrize(

@@ -258,3 +258,35 @@ def test_constant_fields_are_documented_as_fixed() -> None:
         "`Percentage` and `Level` are refused",
     ]:
         assert phrase in text, phrase
+
+
+async def test_patches_through_two_controllers_all_apply(
+    client: TestClient[Any, Any], tmp_path: Path, database_url: str
+) -> None:
+    """A second controller on the same database: its process-local lock does not help, the
+    compare-and-swap in the database does."""
+    settings = ControllerSettings(
+        data_dir=tmp_path / "second",
+        database_url=database_url,
+        admin_password=PASSWORD,
+        broker_url=f"mqtt://127.0.0.1:{free_port()}",
+    )
+    store = await Store.open(settings.resolved_database_url())
+    try:
+        async with TestClient(TestServer(create_app(Controller(settings, store)))) as second:
+            guid = (await _create(client))["MonitorGuid"]
+            responses = await asyncio.gather(
+                *(
+                    (client, second)[n % 2].patch(
+                        f"/api/v4/Monitor/{guid}", json=change, headers=ADMIN
+                    )
+                    for n, change in enumerate(CHANGES)
+                )
+            )
+            assert [r.status for r in responses] == [204] * len(CHANGES)
+            got = await (await second.get(f"/api/v4/Monitor/{guid}", headers=ADMIN)).json()
+            for change in CHANGES:
+                for key, value in change.items():
+                    assert got[key] == value, (key, got)
+    finally:
+        await store.close()
