@@ -219,7 +219,13 @@ async def _known_ids(client: TestClient[Any, Any]) -> list[str]:
             for n, detail in enumerate(details)
         ]
     )
-    return [guid, "1", "2", "3"]
+    msa = await client.post(
+        "/api/v4/Monitor", json={"Name": "fuzz script", **VALID["Script"]}, headers=ADMIN
+    )
+    assert msa.status == 201, await msa.text()
+    admin = await store.operator_by_username("admin")
+    assert admin is not None
+    return [guid, (await msa.json())["MonitorGuid"], admin["guid"], "1", "2", "3"]
 
 
 @settings(
@@ -247,7 +253,9 @@ async def test_no_input_gets_a_500(fuzz_client: TestClient[Any, Any], data: st.D
         template,
     )
     query = data.draw(
-        st.dictionaries(st.one_of(st.sampled_from(PARAMS), odd_text), odd_text, max_size=4),
+        st.dictionaries(
+            st.one_of(st.sampled_from(PARAMS), odd_text), st.one_of(ids, odd_text), max_size=4
+        ),
         label="query",
     )
     if query:
