@@ -148,21 +148,23 @@ async def _edit(
     )
 
 
-def _known_fields() -> frozenset[str]:
+def _known_fields() -> dict[str, str]:
+    """Every monitor field name, by its lower-case form."""
     names = set(monitors.READ_ONLY_FIELDS)
     for type_name in monitors.monitor_types():
         names.update(_model(type_name).model_fields)
-    return frozenset(names)
+    return {name.lower(): name for name in names}
 
 
 def _filter(request: web.Request) -> list[str]:
-    """`filter=Name,IsActive`: the fields to return; a field no monitor type has is a 400
-    (it would otherwise answer a list of empty objects)."""
+    """`filter=Name,IsActive`: the fields to return (in any case, as .NET reads them); a field
+    no monitor type has is a 400 (it would otherwise answer a list of empty objects)."""
+    known = _known_fields()
     wanted = [f.strip() for f in request.query.get("filter", "").split(",") if f.strip()]
-    unknown = [f for f in wanted if f not in _known_fields()]
+    unknown = [f for f in wanted if f.lower() not in known]
     if unknown:
         fail(400, f"filter: {', '.join(map(repr, unknown))} is not a monitor field", "filter")
-    return wanted
+    return [known[f.lower()] for f in wanted]
 
 
 def _only(item: dict[str, Any], wanted: list[str]) -> dict[str, Any]:

@@ -144,7 +144,7 @@ async def test_extreme_periods_are_answered(client: TestClient[Any, Any]) -> Non
 
 async def test_filter_names_real_fields(client: TestClient[Any, Any]) -> None:
     guid = (await _create(client))["MonitorGuid"]
-    listed = await (await client.get("/api/v4/Monitor?filter=Name,Hash", headers=ADMIN)).json()
+    listed = await (await client.get("/api/v4/Monitor?filter=name,Hash", headers=ADMIN)).json()
     assert len(listed) == 1 and set(listed[0]) == {"Name", "Hash"}
     # a field of another monitor type is a field: this monitor just has none
     listed = await (await client.get("/api/v4/Monitor?filter=DnsQuery", headers=ADMIN)).json()
