@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from controller import api
 from controller.api.checkpoints import PUBLIC_PATHS
-from controller.api.common import CONTROLLER, PRINCIPAL, ApiError
+from controller.api.common import CONTROLLER, PRINCIPAL, ApiError, refuse_unstorable_text
 from controller.assigner import Assigner
 from controller.auth import Authenticator, AuthLimits, TooManyAttempts, ensure_admin
 from controller.bus import ControllerBus
@@ -119,6 +119,10 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         if exc.status < 400:
             raise
         response = ApiError(exc.status, [(None, exc.reason)]).response()
+    except RecursionError:
+        # a safety net: input is checked for depth where it is parsed (shared/jsonin.py)
+        log.exception("API %s %s: deep input got past the checks", request.method, request.path)
+        response = ApiError(400, [(None, "The request is nested too deeply")]).response()
     except Exception:
         log.exception("API %s %s failed", request.method, request.path)
         response = ApiError(500, [(None, "Internal server error")]).response()
@@ -184,7 +188,7 @@ def _background(ctl: Controller) -> Callable[[web.Application], AsyncIterator[No
 
 
 def create_app(ctl: Controller) -> web.Application:
-    app = web.Application(middlewares=[errors_and_metrics, authenticate])
+    app = web.Application(middlewares=[errors_and_metrics, authenticate, refuse_unstorable_text])
     app[CONTROLLER] = ctl
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/", index)

@@ -144,11 +144,14 @@ class Assigner:
                 self.history.closed(guid, agent, stamp)
                 log.info("monitor %s removed from agent %s", guid, agent)
 
-    async def save_monitor(self, monitor: MonitorRow, create: bool) -> bool:
+    async def save_monitor(
+        self, monitor: MonitorRow, create: bool, expected_revision: str | None = None
+    ) -> bool:
         """Store a monitor and place it, as one step: concurrent edits of one monitor cannot
-        leave the database and the agents disagreeing. False: it was deleted meanwhile."""
+        leave the database and the agents disagreeing. False: it was deleted meanwhile;
+        RevisionChanged: its stored revision is not `expected_revision` (when given)."""
         async with self._lock:
-            if not await self.store.save_monitor(monitor, create):
+            if not await self.store.save_monitor(monitor, create, expected_revision):
                 return False
             self.monitors[monitor.guid] = monitor
             await self._apply(monitor.guid)

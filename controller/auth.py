@@ -80,6 +80,8 @@ def parse_basic(header: str) -> tuple[str, str] | None:
     except (binascii.Error, UnicodeDecodeError):
         return None
     username, sep, password = decoded.partition(":")
+    if "\x00" in decoded:  # no stored name holds one, and PostgreSQL cannot compare it
+        return None
     return (username, password) if sep else None
 
 

@@ -78,6 +78,10 @@ class NameTaken(Exception):
     pass
 
 
+class RevisionChanged(Exception):
+    """The monitor was changed by someone else since it was read (its revision differs)."""
+
+
 class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -302,8 +306,12 @@ class Store:
             row = (await conn.execute(sa.select(monitor).where(monitor.c.guid == guid))).first()
             return self._monitor(row) if row else None
 
-    async def save_monitor(self, row: MonitorRow, create: bool) -> bool:
-        """False when an update finds the monitor gone (deleted meanwhile)."""
+    async def save_monitor(
+        self, row: MonitorRow, create: bool, expected_revision: str | None = None
+    ) -> bool:
+        """False when an update finds the monitor gone (deleted meanwhile). With
+        `expected_revision`, an update is a compare-and-swap: RevisionChanged when the stored
+        revision is another (a concurrent edit, here or in another controller)."""
         values = {
             "name": row.name,
             "monitor_type": row.monitor_type,
@@ -325,9 +333,14 @@ class Store:
                     sa.insert(monitor).values(guid=row.guid, created_us=row.created_us, **values)
                 )
             else:
-                result = await conn.execute(
-                    sa.update(monitor).where(monitor.c.guid == row.guid).values(**values)
-                )
+                update = sa.update(monitor).where(monitor.c.guid == row.guid)
+                if expected_revision is not None:
+                    update = update.where(monitor.c.revision == expected_revision)
+                result = await conn.execute(update.values(**values))
+                if not result.rowcount and expected_revision is not None:
+                    found = sa.select(monitor.c.guid).where(monitor.c.guid == row.guid)
+                    if await conn.scalar(found) is not None:
+                        raise RevisionChanged(row.guid)
                 return bool(result.rowcount)
         return True
 
