@@ -17,7 +17,7 @@ from controller.api.common import CONTROLLER, PRINCIPAL, ApiError
 from controller.assigner import Assigner
 from controller.auth import Authenticator, ensure_admin
 from controller.bus import ControllerBus
-from controller.db.store import Store
+from controller.db.store import Store, StoreUnavailable
 from controller.ingest import Ingest
 from controller.metrics import ControllerMetrics
 from controller.settings import ControllerSettings
@@ -52,6 +52,8 @@ class Controller:
             self.metrics,
             settings.failed_body_bytes,
             settings.ingest_batch_max,
+            settings.ingest_queue_max_bytes,
+            settings.ingest_attempts,
         )
 
     def background_ended(self, task: asyncio.Task[None]) -> None:
@@ -73,8 +75,8 @@ class Controller:
     async def on_state(self, agent_id: str, online: bool) -> None:
         await self.assigner.on_state(agent_id, online)
 
-    async def on_results(self, batch: ResultBatch) -> None:
-        await self.ingest.submit(batch)
+    def on_results(self, batch: ResultBatch, size: int) -> bool:
+        return self.ingest.offer(batch, size)
 
 
 def _route_name(request: web.Request) -> str:
@@ -89,6 +91,12 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         response = await handler(request)
     except ApiError as exc:
         response = exc.response()
+    except StoreUnavailable:
+        # the store logs the outage once; each request is not worth a traceback
+        response = ApiError(
+            503, [(None, "The database is unavailable; try again later")]
+        ).response()
+        response.headers["Retry-After"] = "5"
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

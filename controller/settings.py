@@ -13,6 +13,18 @@ class ControllerSettings(PicketSettings):
     failed_body_bytes: int = Field(default=65_536, ge=0)
     ingest_batch_max: int = Field(default=64, ge=1)  # result batches per transaction
     credential_cache_seconds: float = Field(default=300.0, ge=0)
+    ingest_queue_max_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1,
+        description="result batches waiting to be stored, in bytes as received; when full, "
+        "new batches are refused (not acknowledged) and the agents keep and resend them",
+    )
+    ingest_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="tries to store a result batch the database refuses before its results "
+        "go to the dead-letter table (and the batch is acknowledged)",
+    )
 
     def resolved_database_url(self) -> str:
         """SQLAlchemy async URL; plain sqlite:// and postgresql:// mean aiosqlite and asyncpg."""
