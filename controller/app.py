@@ -75,8 +75,10 @@ class Controller:
     async def on_state(self, agent_id: str, online: bool) -> None:
         await self.assigner.on_state(agent_id, online)
 
-    def on_results(self, batch: ResultBatch, size: int) -> bool:
-        return self.ingest.offer(batch, size)
+    def on_results(
+        self, batch: ResultBatch, size: int, rejects: list[tuple[str, str]] | None = None
+    ) -> bool:
+        return self.ingest.offer(batch, size, rejects)
 
 
 def _route_name(request: web.Request) -> str:

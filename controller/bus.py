@@ -22,7 +22,16 @@ from pydantic import ValidationError
 from controller.db.store import StoreUnavailable
 from controller.metrics import ControllerMetrics
 from shared import topics
-from shared.messages import Ack, AgentState, Assignment, Hello, ResultBatch, RunRequest, Sync
+from shared.messages import (
+    Ack,
+    AgentState,
+    Assignment,
+    CheckResult,
+    Hello,
+    ResultBatch,
+    RunRequest,
+    Sync,
+)
 from shared.mqtt import Inbound, MqttSession
 from shared.settings import parse_broker_url
 
@@ -33,9 +42,42 @@ class BusHandler(Protocol):
     async def on_connected(self) -> None: ...
     async def on_hello(self, hello: Hello) -> None: ...
     async def on_state(self, agent_id: str, online: bool) -> None: ...
-    def on_results(self, batch: ResultBatch, size: int) -> bool:
-        """Queue a batch of `size` bytes, or refuse it (no ack: the agent resends); at once."""
+    def on_results(
+        self, batch: ResultBatch, size: int, rejects: list[tuple[str, str]] | None = None
+    ) -> bool:
+        """Queue a batch of `size` bytes, or refuse it (no ack: the agent resends); at once.
+        `rejects`: its results that failed validation, as (JSON text, why)."""
         ...
+
+
+def salvage_batch(payload: bytes) -> tuple[ResultBatch, list[tuple[str, str]]] | None:
+    """A result batch whose envelope is valid but some results are not: the valid results, and
+    each invalid one as (its JSON text, why), so that the batch can be stored, the rest kept as
+    dead letters, and the batch acknowledged instead of being resent forever. None when not
+    even the batch's id and agent can be read (then nobody can be told, and it is dropped)."""
+    try:
+        raw = json.loads(payload)  # the lenient parser: lone surrogates and all
+    except ValueError:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("results"), list):
+        return None
+    try:
+        shell = ResultBatch.model_validate({**raw, "results": []})
+    except ValidationError:
+        return None
+    good: list[CheckResult] = []
+    bad: list[tuple[str, str]] = []
+    for item in raw["results"]:
+        try:
+            good.append(CheckResult.model_validate(item))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "result"
+            text = json.dumps(item, ensure_ascii=True, default=repr)
+            bad.append((text, f"{where}: {first['msg']}"))
+    if not bad:
+        return None
+    return shell.model_copy(update={"results": good}), bad
 
 
 class ControlQueue:
@@ -114,10 +156,17 @@ class ControllerBus:
                 agent, online = levels[1], state.state == "online"
                 self.control.put("state", agent, lambda: self._handler.on_state(agent, online))
             elif len(levels) == 2 and levels[0] == "results":
-                batch = ResultBatch.model_validate_json(message.payload)
+                rejects: list[tuple[str, str]] = []
+                try:
+                    batch = ResultBatch.model_validate_json(message.payload)
+                except ValidationError:
+                    salvaged = salvage_batch(message.payload)
+                    if salvaged is None:
+                        raise
+                    batch, rejects = salvaged
                 if batch.agent != levels[1]:
                     raise ValueError(f"results of {batch.agent!r} on the topic of {levels[1]!r}")
-                self._handler.on_results(batch, len(message.payload))
+                self._handler.on_results(batch, len(message.payload), rejects)
             else:
                 self._metrics.dropped.labels("unknown_topic").inc()
         except (ValidationError, ValueError, json.JSONDecodeError) as exc:

@@ -22,7 +22,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
@@ -58,6 +58,8 @@ def error_level(result: CheckResult, current: int) -> int:
 class Queued:
     batch: ResultBatch
     size: int  # bytes as received
+    # results of the batch that failed validation: (their JSON text, why), kept as dead letters
+    rejects: list[tuple[str, str]] = field(default_factory=list)
     attempts: int = 0
 
 
@@ -99,8 +101,11 @@ class Ingest:
 
     # --- the queue ------------------------------------------------------------------------------
 
-    def offer(self, batch: ResultBatch, size: int) -> bool:
-        """Queue a batch, or refuse it at once (no ack: the agent keeps it and resends)."""
+    def offer(
+        self, batch: ResultBatch, size: int, rejects: list[tuple[str, str]] | None = None
+    ) -> bool:
+        """Queue a batch, or refuse it at once (no ack: the agent keeps it and resends).
+        `rejects`: results of the batch that failed validation, (JSON text, why)."""
         key = (batch.agent, batch.batch_id)
         if key in self._pending:
             self.metrics.batches_refused.labels("already_queued").inc()
@@ -120,7 +125,7 @@ class Ingest:
                 )
             self._refused += 1
             return False
-        entry = Queued(batch, size)
+        entry = Queued(batch, size, rejects or [])
         self._pending[key] = entry
         self._queue.append(entry)
         self._bytes += size
@@ -151,6 +156,9 @@ class Ingest:
         while True:
             group = await self._take()
             try:
+                for entry in group:
+                    if entry.rejects:
+                        await self._keep_rejects(entry)
                 await self._ingest(group)
             finally:
                 for entry in group:
@@ -214,9 +222,9 @@ class Ingest:
                 self.metrics.ingest_errors.inc()
                 entry.attempts += 1
                 error = exc
-        await self._dead_letter(entry, error)
+        await self._dead_letter(entry)
 
-    async def _dead_letter(self, entry: Queued, error: BaseException) -> None:
+    async def _dead_letter(self, entry: Queued) -> None:
         """Store what the database takes one result at a time, keep the rest as dead letters
         with the reason, and acknowledge the batch."""
         batch = entry.batch
@@ -227,32 +235,47 @@ class Ingest:
             try:
                 confirmations += await self._when_available(partial(self._store, single))
             except REFUSED as exc:
-                letters.append(_letter(batch, result, entry.attempts, exc))
-        if letters:  # none: each alone was stored, what failed was their being together
-            try:
-                await self._when_available(lambda: self.store.insert_dead_letters(letters))
-                self.metrics.dead_letters.inc(len(letters))
-            except REFUSED:
-                log.exception(
-                    "agent %s: batch %s: %d results refused by the database could not even be "
-                    "kept as dead letters; they are lost",
-                    batch.agent,
-                    batch.batch_id,
-                    len(letters),
-                )
-            log.warning(
-                "agent %s: batch %s: %d of %d results refused by the database after %d tries "
-                "(%s), kept in the dead-letter table; monitors %s",
+                letters.append(_letter(batch, result, entry.attempts, _why(exc)))
+        # none: each alone was stored, what failed was their being together
+        await self._keep(batch, letters, len(batch.results))
+        await self._acknowledge([batch])
+        await self._request_confirmations(confirmations)
+
+    async def _keep_rejects(self, entry: Queued) -> None:
+        """Results of a batch that failed validation become dead letters before the rest of
+        the batch is stored (and the batch acknowledged)."""
+        letters = [
+            _letter(entry.batch, None, 1, f"invalid: {reason}", text)
+            for text, reason in entry.rejects
+        ]
+        await self._keep(entry.batch, letters, len(entry.batch.results) + len(letters))
+        entry.rejects = []
+
+    async def _keep(self, batch: ResultBatch, letters: list[dict[str, Any]], total: int) -> None:
+        if not letters:
+            return
+        try:
+            await self._when_available(lambda: self.store.insert_dead_letters(letters))
+            self.metrics.dead_letters.inc(len(letters))
+        except REFUSED:
+            log.exception(
+                "agent %s: batch %s: %d results could not even be kept as dead letters; "
+                "they are lost",
                 batch.agent,
                 batch.batch_id,
                 len(letters),
-                len(batch.results),
-                entry.attempts,
-                error,
-                sorted({str(letter["monitor_guid"]) for letter in letters}),
             )
-        await self._acknowledge([batch])
-        await self._request_confirmations(confirmations)
+        log.warning(
+            "agent %s: batch %s: %d of %d results kept in the dead-letter table after %d "
+            "tries (monitors %s; first reason: %s)",
+            batch.agent,
+            batch.batch_id,
+            len(letters),
+            total,
+            letters[0]["attempts"],
+            sorted({str(letter["monitor_guid"]) for letter in letters}),
+            letters[0]["reason"],
+        )
 
     # --- one transaction ------------------------------------------------------------------------
 
@@ -385,19 +408,32 @@ def _escaped(text: object, limit: int) -> str:
     return str(text).encode("unicode_escape").decode("ascii")[:limit]
 
 
+def _why(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
 def _letter(
-    batch: ResultBatch, result: CheckResult, attempts: int, error: BaseException
+    batch: ResultBatch,
+    result: CheckResult | None,
+    attempts: int,
+    reason: str,
+    text: str | None = None,
 ) -> dict[str, Any]:
-    payload = json.dumps(
-        result.model_dump(mode="python"), ensure_ascii=True, default=repr, allow_nan=True
-    )
+    """A dead-letter row: the result as received (`text` when it failed validation)."""
+    raw: Any = result.model_dump(mode="python") if result is not None else None
+    if text is not None:
+        raw = json.loads(text)
+    payload = json.dumps(raw, ensure_ascii=True, default=repr, allow_nan=True)
+    fields = raw if isinstance(raw, dict) else {}
     return {
         "received_us": now_us(),
         "agent_id": _escaped(batch.agent, 200),
         "batch_id": _escaped(batch.batch_id, 200),
-        "result_uid": _escaped(result.uid, 200),
-        "monitor_guid": _escaped(result.monitor_guid, 200),
+        "result_uid": _escaped(fields.get("uid"), 200) if "uid" in fields else None,
+        "monitor_guid": (
+            _escaped(fields.get("monitor_guid"), 200) if "monitor_guid" in fields else None
+        ),
         "attempts": attempts,
-        "reason": _escaped(f"{type(error).__name__}: {error}", 2000),
+        "reason": _escaped(reason, 2000),
         "payload": payload,
     }

@@ -33,7 +33,9 @@ class _NoHandler:
     async def on_connected(self) -> None: ...
     async def on_hello(self, hello: Any) -> None: ...
     async def on_state(self, agent_id: str, online: bool) -> None: ...
-    def on_results(self, batch: ResultBatch, size: int) -> bool:
+    def on_results(
+        self, batch: ResultBatch, size: int, rejects: list[tuple[str, str]] | None = None
+    ) -> bool:
         return False
 
 
