@@ -90,7 +90,7 @@ class Ingest:
         self._pending: dict[tuple[str, str], Queued] = {}  # queued or being stored
         self._bytes = 0
         self._wake = asyncio.Event()
-        self._refused = 0  # batches refused since the queue last filled up (0: not full)
+        self._refused = 0  # batches refused since the queue last filled up
         self._holding = False  # the database is away and batches wait for it
         metrics.ingest_queue_bytes.set_function(lambda: float(self._bytes))
         metrics.ingest_queue_batches.set_function(lambda: float(len(self._pending)))
@@ -113,15 +113,13 @@ class Ingest:
         # an empty queue takes any batch, so that one larger than the bound is not refused forever
         if self._bytes and self._bytes + size > self.queue_max_bytes:
             self.metrics.batches_refused.labels("queue_full").inc()
-            if not self._refused:
+            if not self._refused:  # logged once until the queue has drained
                 log.warning(
                     "ingest queue full (%d bytes in %d batches, limit %d): refusing new result "
-                    "batches; the agents keep them and resend (batch %s of agent %s is the first)",
+                    "batches until it has drained; the agents keep them and resend",
                     self._bytes,
                     len(self._pending),
                     self.queue_max_bytes,
-                    batch.batch_id,
-                    batch.agent,
                 )
             self._refused += 1
             return False
@@ -135,10 +133,10 @@ class Ingest:
     def _release(self, entry: Queued) -> None:
         if self._pending.pop((entry.batch.agent, entry.batch.batch_id), None) is entry:
             self._bytes -= entry.size
-        if self._refused and self._bytes <= self.queue_max_bytes // 2:
+        if self._refused and not self._pending:
             log.warning(
-                "ingest queue below half full again: accepting result batches (%d refused "
-                "meanwhile, to be resent by their agents)",
+                "ingest queue drained; %d result batches were refused meanwhile (their agents "
+                "resend them)",
                 self._refused,
             )
             self._refused = 0
@@ -177,8 +175,8 @@ class Ingest:
                 if not self._holding:
                     self._holding = True
                     log.warning(
-                        "ingest: database unavailable; holding %d result batches (%d bytes) and "
-                        "retrying with backoff; new batches are refused once %d bytes wait",
+                        "ingest: holding %d result batches (%d bytes) until the database "
+                        "returns; new batches are refused once %d bytes wait",
                         len(self._pending),
                         self._bytes,
                         self.queue_max_bytes,
