@@ -254,7 +254,6 @@ class Ingest:
             return
         try:
             await self._when_available(lambda: self.store.insert_dead_letters(letters))
-            self.metrics.dead_letters.inc(len(letters))
         except REFUSED:
             log.exception(
                 "agent %s: batch %s: %d results could not even be kept as dead letters; "
@@ -263,6 +262,8 @@ class Ingest:
                 batch.batch_id,
                 len(letters),
             )
+            return
+        self.metrics.dead_letters.inc(len(letters))
         log.warning(
             "agent %s: batch %s: %d of %d results kept in the dead-letter table after %d "
             "tries (monitors %s; first reason: %s)",
