@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -110,10 +111,16 @@ _TRANSIENT_CODES = ("40001", "40P01", "55P03")
 _SQLITE_TRANSIENT = ("locked", "busy", "disk", "unable to open", "readonly", "i/o")
 
 
+# asyncpg quotes the value it could not send: keep the argument and the why, not the value
+_ARGUMENT_VALUE = re.compile(r"^(invalid input for query argument \$\d+): .* \(([^()]*)\)$")
+
+
 def _reason(exc: BaseException) -> str:
+    """The first line of the database's message, without the values it quotes."""
     orig = getattr(exc, "orig", None)
     text = str(orig if orig is not None else exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:500]
+    first = _ARGUMENT_VALUE.sub(r"\1 (\2)", text[0]) if text else type(exc).__name__
+    return first[:500]
 
 
 def translate(exc: BaseException) -> StoreError | None:
