@@ -17,8 +17,9 @@ from controller.app import Controller
 from controller.db.store import Store
 from controller.settings import ControllerSettings
 from shared import topics
-from shared.messages import CheckResult, Hello, ResultBatch
+from shared.messages import AgentState, CheckResult, Hello, ResultBatch
 from tests.helpers import Mosquitto, wait_for
+from tests.postgres import private_cluster
 
 MONITOR = "22222222-2222-4222-8222-222222222222"
 AGENT = "a1"
@@ -209,3 +210,29 @@ async def test_results_the_database_refuses_become_dead_letters_and_are_acknowle
         assert json.loads(invalid["payload"])["error_code"] == "not a number"
         if len(bad) > 1:
             assert "0x00" in by_uid["nul\\x00in-uid"]["reason"]
+
+
+async def test_a_hello_during_a_database_outage_is_kept_and_handled_when_it_returns(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    with private_cluster() as cluster:
+        url = await cluster.create_database("hello")
+        async with (
+            _controller(url, mosquitto, tmp_path) as ctl,
+            _agent_link(mosquitto) as agent,
+        ):
+            await asyncio.to_thread(cluster.stop)
+            for n in range(3):  # the newest hello of an agent is the one that counts
+                hello = Hello(agent="a3", checkpoint=f"Place {n}", region="Loopland")
+                await agent.client.publish(topics.hello("a3"), hello.model_dump_json().encode())
+            # a presence message behind them: once it waits too, every hello has arrived
+            online = AgentState(state="online").model_dump_json().encode()
+            await agent.client.publish(topics.state("a4"), online)
+            await wait_for(
+                lambda: _true(_metric(ctl, "picket_control_messages_pending") == 2),
+                "the newest hello and the presence to wait for the database",
+            )
+            await asyncio.to_thread(cluster.start)
+            server = await wait_for(lambda: ctl.store.server_by_agent("a3"), "the hello")
+            assert server.checkpoint_name == "Place 2"
+            assert [c["name"] for c in await ctl.store.checkpoints()] == ["Place 2"]
