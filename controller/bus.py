@@ -92,6 +92,7 @@ class ControlQueue:
     def __init__(self, metrics: ControllerMetrics) -> None:
         self._pending: OrderedDict[tuple[str, str], Callable[[], Awaitable[None]]] = OrderedDict()
         self._wake = asyncio.Event()
+        self._metrics = metrics
         metrics.control_pending.set_function(lambda: float(len(self._pending)))
 
     def put(self, kind: str, agent_id: str, work: Callable[[], Awaitable[None]]) -> None:
@@ -117,7 +118,9 @@ class ControlQueue:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, max_backoff)
             except Exception:
+                # a handler bug must not stop the hellos and presence behind it
                 log.exception("controller: handling the %s of agent %s failed", key[0], key[1])
+                self._metrics.dropped.labels("handler_error").inc()
 
 
 class ControllerBus:
