@@ -18,7 +18,7 @@ from controller.assigner import Assigner
 from controller.auth import Authenticator, AuthLimits, TooManyAttempts, ensure_admin
 from controller.bus import ControllerBus
 from controller.db.connect import DatabaseUnusable, open_store
-from controller.db.store import Store
+from controller.db.store import Store, StoreUnavailable
 from controller.ingest import Ingest
 from controller.metrics import ControllerMetrics
 from controller.retention import Retention
@@ -65,6 +65,8 @@ class Controller:
             self.metrics,
             settings.failed_body_bytes,
             settings.ingest_batch_max,
+            settings.ingest_queue_max_bytes,
+            settings.ingest_attempts,
         )
         self.retention = Retention(
             store,
@@ -99,8 +101,10 @@ class Controller:
     async def on_state(self, agent_id: str, online: bool) -> None:
         await self.assigner.on_state(agent_id, online)
 
-    async def on_results(self, batch: ResultBatch) -> None:
-        await self.ingest.submit(batch)
+    def on_results(
+        self, batch: ResultBatch, size: int, rejects: list[tuple[str, str]] | None = None
+    ) -> bool:
+        return self.ingest.offer(batch, size, rejects)
 
 
 def _route_name(request: web.Request) -> str:
@@ -115,6 +119,12 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         response = await handler(request)
     except ApiError as exc:
         response = exc.response()
+    except StoreUnavailable:
+        # the store logs the outage once; each request is not worth a traceback
+        response = ApiError(
+            503, [(None, "The database is unavailable; try again later")]
+        ).response()
+        response.headers["Retry-After"] = "5"
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

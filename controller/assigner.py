@@ -9,13 +9,14 @@ in the database so a restarted controller removes what it no longer wants.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import math
 import time
 
 from controller.bus import ControllerBus
-from controller.db.store import MonitorRow, ServerRow, Store
+from controller.db.store import MonitorRow, ServerRow, Store, StoreUnavailable
 from controller.metrics import ControllerMetrics
 from controller.trust import Acceptance, AssignmentHistory
 from shared import monitors
@@ -176,7 +177,9 @@ class Assigner:
         """Publishes that failed (a broker hiccup) are retried here, not only on reconnect."""
         while True:
             await asyncio.sleep(every)
-            await self.sync_all()
+            # the store logs an outage; the next round tries again
+            with contextlib.suppress(StoreUnavailable):
+                await self.sync_all()
 
     async def on_hello(self, hello: Hello) -> None:
         srv = await self.store.register_server(

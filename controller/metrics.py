@@ -116,3 +116,33 @@ class ControllerMetrics:
             ["table"],
             registry=r,
         )
+        self.ingest_queue_bytes = Gauge(
+            "picket_ingest_queue_bytes",
+            "Result batches waiting to be stored (or being stored), in bytes as received",
+            registry=r,
+        )
+        self.ingest_queue_batches = Gauge(
+            "picket_ingest_queue_batches",
+            "Result batches waiting to be stored (or being stored)",
+            registry=r,
+        )
+        self.batches_refused = Counter(
+            "picket_result_batches_refused_total",
+            "Result batches not queued and not acknowledged (the agent resends them): "
+            "queue_full, or already_queued (a resend of a batch still waiting)",
+            ["reason"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "picket_results_dead_lettered_total",
+            "Results the database refused, kept in the dead-letter table (and acknowledged)",
+            registry=r,
+        )
+        self.database_up = Gauge(
+            "picket_database_up", "1 while the database answers, 0 during an outage", registry=r
+        )
+        self.control_pending = Gauge(
+            "picket_control_messages_pending",
+            "Hellos and presence messages waiting to be handled (the newest per agent)",
+            registry=r,
+        )

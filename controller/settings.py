@@ -24,6 +24,18 @@ class ControllerSettings(PicketSettings):
     result_retention_days: int = Field(default=30, ge=1, le=36_500)  # checks older are deleted
     retention_batch_rows: int = Field(default=1000, ge=1, le=100_000)  # per delete transaction
     retention_pause_seconds: float = Field(default=0.05, ge=0, le=60)  # between transactions
+    ingest_queue_max_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1,
+        description="result batches waiting to be stored, in bytes as received; when full, "
+        "new batches are refused (not acknowledged) and the agents keep and resend them",
+    )
+    ingest_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="tries to store a result batch the database refuses before its results "
+        "go to the dead-letter table (and the batch is acknowledged)",
+    )
 
     def password_check_limit(self) -> int:
         return self.max_password_checks or max(1, len(os.sched_getaffinity(0)) // 2)

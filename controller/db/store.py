@@ -1,16 +1,27 @@
-"""All SQL the controller runs. The rest of the controller sees plain rows and values."""
+"""All SQL the controller runs. The rest of the controller sees plain rows and values.
+
+Database errors are translated here, at the boundary: no SQLAlchemy or driver exception leaves
+this module. `StoreUnavailable` means "try again later" (the server is down or unreachable, a
+connection broke, SQLite is locked); `StoreRejected` means the database refused these values
+(a NUL in text on PostgreSQL, an integer out of range, a string too long, a unique key taken)
+and will refuse them again. An outage is logged once when it begins and once when it ends.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -20,6 +31,7 @@ from controller.db.schema import (
     assignment,
     assignment_history,
     checkpoint,
+    dead_letter,
     monitor,
     monitor_check,
     operator,
@@ -27,6 +39,8 @@ from controller.db.schema import (
     server,
 )
 from controller.trust import published_addresses
+
+log = logging.getLogger(__name__)
 
 
 def now_us() -> int:
@@ -74,7 +88,19 @@ class CheckRow:
     details: dict[str, Any] | None
 
 
-class NameTaken(Exception):
+class StoreError(Exception):
+    """A database operation failed; the message says why (never with a password in it)."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached or cannot answer now: the same call may succeed later."""
+
+
+class StoreRejected(StoreError):
+    """The database refused the values given: the same call will fail again."""
+
+
+class NameTaken(StoreRejected):
     pass
 
 
@@ -82,10 +108,121 @@ class RevisionChanged(Exception):
     """The monitor was changed by someone else since it was read (its revision differs)."""
 
 
+# SQLSTATE classes (and codes) that say "not now" rather than "not this": connection exceptions,
+# insufficient resources, operator intervention (shutdown, starting up), system errors,
+# serialization failures and deadlocks, lock timeouts
+_TRANSIENT_CLASSES = ("08", "53", "57", "58")
+_TRANSIENT_CODES = ("40001", "40P01", "55P03")
+# SQLite's OperationalError: a lock or a disk problem passes; "no such table" does not
+_SQLITE_TRANSIENT = ("locked", "busy", "disk", "unable to open", "readonly", "i/o")
+
+
+# asyncpg quotes the value it could not send: keep the argument and the why, not the value
+_ARGUMENT_VALUE = re.compile(r"^(invalid input for query argument \$\d+): .* \(([^()]*)\)$")
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of the database's message, without the values it quotes."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip().splitlines()
+    first = _ARGUMENT_VALUE.sub(r"\1 (\2)", text[0]) if text else type(exc).__name__
+    return first[:500]
+
+
+def translate(exc: BaseException) -> StoreError | None:
+    """Our exception for a database or driver error; None for anything else (a bug of ours)."""
+    if isinstance(exc, StoreError):
+        return exc
+    reason = _reason(exc)
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return StoreUnavailable(reason)
+        orig = exc.orig
+        cause = orig.__cause__ if orig is not None else None
+        code = getattr(orig, "sqlstate", None) or getattr(cause, "sqlstate", None)
+        if isinstance(code, str) and code:
+            if code[:2] in _TRANSIENT_CLASSES or code in _TRANSIENT_CODES:
+                return StoreUnavailable(reason)
+            return StoreRejected(reason)
+        if isinstance(exc, sa_exc.OperationalError):
+            if any(word in reason.lower() for word in _SQLITE_TRANSIENT):
+                return StoreUnavailable(reason)
+            return StoreRejected(reason)
+        if isinstance(cause, OSError):
+            return StoreUnavailable(reason)
+        return StoreRejected(reason)
+    if isinstance(exc, sa_exc.TimeoutError):  # no connection free in the pool in time
+        return StoreUnavailable(reason)
+    code = getattr(exc, "sqlstate", None)  # a driver error SQLAlchemy did not wrap
+    if isinstance(code, str) and code:
+        transient = code[:2] in _TRANSIENT_CLASSES or code in _TRANSIENT_CODES
+        return StoreUnavailable(reason) if transient else StoreRejected(reason)
+    if isinstance(exc, OSError | TimeoutError):  # refused, reset, unreachable, timed out
+        return StoreUnavailable(reason)
+    if isinstance(exc, sa_exc.SQLAlchemyError):
+        return StoreRejected(reason)
+    # raised while binding values (SQLite: an integer beyond 64 bits, a lone surrogate)
+    if isinstance(exc, OverflowError | UnicodeError):
+        return StoreRejected(reason)
+    if type(exc).__module__.split(".")[0] in ("asyncpg", "aiosqlite", "sqlite3"):
+        return StoreRejected(reason)
+    return None
+
+
 class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self.available = True
+        self.outages = 0
+        self._down_since = 0.0
+
+    def _failed(self, error: StoreError) -> None:
+        if isinstance(error, StoreUnavailable) and self.available:
+            self.available = False
+            self.outages += 1
+            self._down_since = time.monotonic()
+            log.warning(
+                "database %s unavailable: %s; retrying with backoff until it returns "
+                "(the API answers 503 meanwhile; results wait in memory, then on the agents)",
+                self.engine.url.render_as_string(hide_password=True),
+                error,
+            )
+
+    def _succeeded(self) -> None:
+        if not self.available:
+            self.available = True
+            log.warning(
+                "database %s is back after %.1fs",
+                self.engine.url.render_as_string(hide_password=True),
+                time.monotonic() - self._down_since,
+            )
+
+    @contextlib.asynccontextmanager
+    async def _translated(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except Exception as exc:
+            error = translate(exc)
+            if error is None:
+                raise
+            self._failed(error)
+            if error is exc:
+                raise
+            raise error from exc
+        self._succeeded()
+
+    @contextlib.asynccontextmanager
+    async def _begin(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction, committed at the end; errors translated."""
+        async with self._translated(), self.engine.begin() as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def _connect(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reading; errors translated."""
+        async with self._translated(), self.engine.connect() as conn:
+            yield conn
 
     @classmethod
     async def open(cls, url: str) -> Store:
@@ -105,9 +242,17 @@ class Store:
                 cur.close()
 
         else:
-            engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
-        await migrate.upgrade(engine)
-        return cls(engine)
+            engine = create_async_engine(
+                url,
+                pool_size=10,
+                max_overflow=10,
+                pool_pre_ping=True,
+                connect_args={"timeout": 10},  # a server that does not answer is "unavailable"
+            )
+        store = cls(engine)
+        async with store._translated():
+            await migrate.upgrade(engine)
+        return store
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -138,7 +283,7 @@ class Store:
     ) -> ServerRow:
         """Ids are assigned on first registration and kept (keyed by names and agent id)."""
         stamp = now_us()
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             region_id = await self._id_for(conn, region, region_name)
             checkpoint_id = await self._id_for(
                 conn, checkpoint, checkpoint_name, code=checkpoint_name, region_id=region_id
@@ -160,7 +305,7 @@ class Store:
         return found
 
     async def set_server_online(self, agent_id: str, online: bool) -> bool:
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             result = await conn.execute(
                 sa.update(server)
                 .where(server.c.agent_id == agent_id)
@@ -198,18 +343,18 @@ class Store:
         )
 
     async def servers(self) -> list[ServerRow]:
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             rows = await conn.execute(self._servers_query().order_by(server.c.id))
             return [self._server(r) for r in rows]
 
     async def server_by_agent(self, agent_id: str) -> ServerRow | None:
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             rows = await conn.execute(self._servers_query().where(server.c.agent_id == agent_id))
             row = rows.first()
             return self._server(row) if row else None
 
     async def checkpoints(self) -> list[dict[str, Any]]:
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             rows = await conn.execute(
                 sa.select(
                     checkpoint.c.id,
@@ -226,21 +371,21 @@ class Store:
     # --- operators and API accounts -----------------------------------------------------------
 
     async def operator_by_username(self, username: str) -> dict[str, Any] | None:
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             row = (
                 await conn.execute(sa.select(operator).where(operator.c.username == username))
             ).first()
             return dict(row._mapping) if row else None
 
     async def operator_by_guid(self, guid: str) -> dict[str, Any] | None:
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             row = (await conn.execute(sa.select(operator).where(operator.c.guid == guid))).first()
             return dict(row._mapping) if row else None
 
     async def create_operator(
         self, guid: str, username: str, full_name: str, password_hash: str, is_admin: bool
     ) -> None:
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             await conn.execute(
                 sa.insert(operator).values(
                     guid=guid,
@@ -253,7 +398,7 @@ class Store:
             )
 
     async def set_operator_password(self, guid: str, password_hash: str) -> None:
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             await conn.execute(
                 sa.update(operator)
                 .where(operator.c.guid == guid)
@@ -263,7 +408,7 @@ class Store:
     async def create_api_account(
         self, username: str, password_hash: str, operator_guid: str, description: str
     ) -> None:
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             await conn.execute(
                 sa.insert(api_account).values(
                     username=username,
@@ -275,7 +420,7 @@ class Store:
             )
 
     async def api_account(self, username: str) -> dict[str, Any] | None:
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             row = (
                 await conn.execute(sa.select(api_account).where(api_account.c.username == username))
             ).first()
@@ -297,12 +442,12 @@ class Store:
         )
 
     async def monitors(self) -> list[MonitorRow]:
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             rows = await conn.execute(sa.select(monitor).order_by(monitor.c.created_us))
             return [self._monitor(r) for r in rows]
 
     async def monitor(self, guid: str) -> MonitorRow | None:
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             row = (await conn.execute(sa.select(monitor).where(monitor.c.guid == guid))).first()
             return self._monitor(row) if row else None
 
@@ -320,33 +465,43 @@ class Store:
             "revision": row.revision,
             "modified_us": row.modified_us,
         }
-        async with self.engine.begin() as conn:
-            taken = await conn.scalar(
-                sa.select(monitor.c.guid).where(
-                    monitor.c.name == row.name, monitor.c.guid != row.guid
-                )
-            )
-            if taken is not None:
-                raise NameTaken(row.name)
-            if create:
-                await conn.execute(
-                    sa.insert(monitor).values(guid=row.guid, created_us=row.created_us, **values)
-                )
-            else:
-                update = sa.update(monitor).where(monitor.c.guid == row.guid)
-                if expected_revision is not None:
-                    update = update.where(monitor.c.revision == expected_revision)
-                result = await conn.execute(update.values(**values))
-                if not result.rowcount and expected_revision is not None:
-                    found = sa.select(monitor.c.guid).where(monitor.c.guid == row.guid)
-                    if await conn.scalar(found) is not None:
-                        raise RevisionChanged(row.guid)
-                return bool(result.rowcount)
+        taken_by_other = sa.select(monitor.c.guid).where(
+            monitor.c.name == row.name, monitor.c.guid != row.guid
+        )
+        try:
+            async with self._begin() as conn:
+                if await conn.scalar(taken_by_other) is not None:
+                    raise NameTaken(row.name)
+                if create:
+                    await conn.execute(
+                        sa.insert(monitor).values(
+                            guid=row.guid, created_us=row.created_us, **values
+                        )
+                    )
+                else:
+                    update = sa.update(monitor).where(monitor.c.guid == row.guid)
+                    if expected_revision is not None:
+                        update = update.where(monitor.c.revision == expected_revision)
+                    result = await conn.execute(update.values(**values))
+                    if not result.rowcount and expected_revision is not None:
+                        found = sa.select(monitor.c.guid).where(monitor.c.guid == row.guid)
+                        if await conn.scalar(found) is not None:
+                            raise RevisionChanged(row.guid)
+                    return bool(result.rowcount)
+        except NameTaken:
+            raise
+        except StoreRejected:
+            # another writer took the name between our look and our write (the unique index
+            # caught it): the same answer as when we see it first
+            async with self._connect() as conn:
+                if await conn.scalar(taken_by_other) is not None:
+                    raise NameTaken(row.name) from None
+            raise
         return True
 
     async def delete_monitor(self, guid: str) -> bool:
         """The monitor's checks go afterwards, in batches (controller/retention.py)."""
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             result = await conn.execute(sa.delete(monitor).where(monitor.c.guid == guid))
         return bool(result.rowcount)
 
@@ -354,7 +509,7 @@ class Store:
 
     async def assignments(self) -> dict[tuple[str, str], str]:
         """(monitor guid, agent id) -> revision published."""
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             rows = await conn.execute(sa.select(assignment))
             return {(r.monitor_guid, r.agent_id): r.revision for r in rows}
 
@@ -364,7 +519,7 @@ class Store:
         """Record what is published, and in the history when the placement began or ended."""
         stamp = now_us() if at_us is None else at_us
         h = assignment_history.c
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             await conn.execute(
                 sa.delete(assignment).where(
                     assignment.c.monitor_guid == monitor_guid, assignment.c.agent_id == agent_id
@@ -396,7 +551,7 @@ class Store:
     async def assignment_history(self) -> list[tuple[str, str, int, int | None]]:
         """(monitor guid, agent id, start, end or None while assigned)."""
         h = assignment_history.c
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             rows = await conn.execute(
                 sa.select(h.monitor_guid, h.agent_id, h.start_us, h.end_us).order_by(h.id)
             )
@@ -412,7 +567,7 @@ class Store:
             query = query.where(h.monitor_guid == monitor_guid)
         if ended_before_us is not None:
             query = query.where(h.end_us < ended_before_us)
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             result = await conn.execute(query)
         return int(result.rowcount or 0)
 
@@ -423,7 +578,7 @@ class Store:
         if not uids:
             return set()
         found: set[str] = set()
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             for start in range(0, len(uids), 500):
                 chunk = uids[start : start + 500]
                 rows = await conn.execute(
@@ -441,9 +596,23 @@ class Store:
             .on_conflict_do_nothing(index_elements=["uid"])
             .returning(monitor_check.c.uid)
         )
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             result = await conn.execute(stmt, list(rows))
             return {r.uid for r in result}
+
+    async def insert_dead_letters(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Results the database refused, kept with the reason (see schema.dead_letter)."""
+        if rows:
+            async with self._begin() as conn:
+                await conn.execute(sa.insert(dead_letter), list(rows))
+
+    async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest dead letters first."""
+        async with self._connect() as conn:
+            rows = await conn.execute(
+                sa.select(dead_letter).order_by(dead_letter.c.id.desc()).limit(limit)
+            )
+            return [dict(r._mapping) for r in rows]
 
     @staticmethod
     def _check(row: Any) -> CheckRow:
@@ -462,7 +631,7 @@ class Store:
         )
 
     async def check(self, check_id: int) -> CheckRow | None:
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             row = (
                 await conn.execute(sa.select(monitor_check).where(monitor_check.c.id == check_id))
             ).first()
@@ -494,7 +663,7 @@ class Store:
             else:
                 query = query.where(c.id > after[1])
         order = (c.ts_us.desc(), c.id.desc()) if descending else (c.id.asc(),)
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             rows = await conn.execute(query.order_by(*order).limit(limit))
             return [self._check(r) for r in rows]
 
@@ -504,7 +673,7 @@ class Store:
         latest = (
             sa.select(c.monitor_guid, sa.func.max(c.id).label("id")).group_by(c.monitor_guid)
         ).subquery()
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             rows = await conn.execute(
                 sa.select(c.monitor_guid, c.error_level).join(latest, latest.c.id == c.id)
             )
@@ -517,7 +686,7 @@ class Store:
         chosen = sa.select(c.id).where(c.monitor_guid == monitor_guid)
         if before_us is not None:
             chosen = chosen.where(c.ts_us < before_us)
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             # read first: a pass that finds nothing to delete takes no write lock
             ids = list((await conn.execute(chosen.order_by(c.ts_us).limit(limit))).scalars())
             if not ids:

@@ -1,7 +1,7 @@
 """Assignment history: when each monitor was placed on each agent, so results are accepted
 only from the agent that had the monitor at the result's scheduled time.
 
-Revision ID: 0003_assignments
+Revision ID: 0003
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003_assignments"
+revision = "0003"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
