@@ -158,12 +158,27 @@ class Marks:
         transfer ended (completed or not) gets the rest of the total, the steps not reached
         get 0, and the phases never add up to more than the total."""
         total = max(0, self.total)
+        tls = self.tls or self.appconnect > 0
+        if (  # the common case, a completed transfer: every mark there and in order
+            0 < self.namelookup <= self.connect
+            and (self.connect <= self.appconnect <= self.pretransfer or not tls)
+            and 0 < self.pretransfer <= self.posttransfer <= self.starttransfer <= total
+        ):
+            return {
+                "ResolveTime": self.namelookup / 1000.0,
+                "ConnectionTime": (self.connect - self.namelookup) / 1000.0,
+                "HttpsHandshakeTime": (self.appconnect - self.connect) / 1000.0 if tls else 0.0,
+                "SendTime": (self.posttransfer - self.pretransfer) / 1000.0,
+                "WaitTime": (self.starttransfer - self.posttransfer) / 1000.0,
+                "DownloadTime": (total - self.starttransfer) / 1000.0,
+                "TotalTime": total / 1000.0,
+            }
         # (phase that ends at the mark, the mark); None: no mark of its own (TLS off)
         steps: list[tuple[str, int]] = [
             ("ResolveTime", self.namelookup or (1 if self.connect else 0)),
             ("ConnectionTime", self.connect),
         ]
-        if self.tls or self.appconnect:
+        if tls:
             steps.append(("HttpsHandshakeTime", self.appconnect))
         steps += [
             ("", self.pretransfer),  # request set-up: a few microseconds, no phase
@@ -236,6 +251,7 @@ class _Transfer:
     tried: bytes = b""  # libcurl's last "Trying <address>..." (refused connects have no IP)
     scan: BodyScan | None = None
     scanner: Callable[[bytes], None] | None = None
+    tls: bool = False
 
 
 class CurlEngine:
@@ -291,6 +307,7 @@ class CurlEngine:
         transfer = _Transfer(handle=handle, future=self._loop.create_future())
         transfer.limit = req.max_body_bytes
         transfer.scan = req.scan
+        transfer.tls = _is_tls(req.url)
         self._configure(handle, req, transfer)
         self._transfers[id(handle)] = transfer
         try:
@@ -381,7 +398,7 @@ class CurlEngine:
             posttransfer=int(c.getinfo(pycurl.POSTTRANSFER_TIME_T)),
             starttransfer=int(c.getinfo(pycurl.STARTTRANSFER_TIME_T)),
             total=int(c.getinfo(pycurl.TOTAL_TIME_T)),
-            tls=_is_tls(str(c.getinfo(pycurl.EFFECTIVE_URL) or "")),
+            tls=t.tls,
         )
         primary_ip = str(c.getinfo(pycurl.PRIMARY_IP) or "")
         if not primary_ip and t.tried:  # a refused or failed connect: the address it tried
