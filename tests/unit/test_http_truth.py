@@ -65,6 +65,17 @@ async def _check(engine: CurlEngine, url: str, max_body: int = MIB, **fields: An
     return await HttpProbe(ProbeContext(curl=engine, max_body_bytes=max_body)).check(monitor)
 
 
+def _brotli_stored(data: bytes) -> bytes:
+    """A brotli stream of one uncompressed meta-block (RFC 7932, 9.2): no brotli library needed."""
+    assert 0 < len(data) <= 1 << 16
+    bits = [0, 0, 0, 0]  # WBITS 16; ISLAST 0; MNIBBLES 4
+    bits += [(len(data) - 1) >> i & 1 for i in range(16)]  # MLEN - 1
+    bits += [1]  # ISUNCOMPRESSED
+    bits += [0] * (-len(bits) % 8)
+    head = bytes(sum(b << i for i, b in enumerate(bits[k : k + 8])) for k in range(0, len(bits), 8))
+    return head + data + bytes([0b11])  # ISLAST, ISLASTEMPTY
+
+
 def _match(value: str, match_type: str) -> dict[str, str]:
     return {"ErrorConditionType": "ContentMatch", "Value": value, "MatchType": match_type}
 
@@ -121,6 +132,12 @@ class Site:
         if name == "deflate":
             body = zlib.compress(b"deflated hello " * 1000)
             return web.Response(body=body, headers={"Content-Encoding": "deflate"})
+        if name == "br":
+            body = _brotli_stored(b"brotli hello " * 1000)
+            return web.Response(body=body, headers={"Content-Encoding": "br"})
+        if name == "zstd":  # what a zstd body starts with; this libcurl cannot decode it
+            body = bytes.fromhex("28b52ffd") + b"\x00" * 64
+            return web.Response(body=body, headers={"Content-Encoding": "zstd"})
         if name == "latin1":
             return web.Response(
                 body="prix: 5 € café crème".encode("cp1252").replace(b"\x80", b"E"),
@@ -327,12 +344,12 @@ async def test_ipv6_required_of_an_ipv4_target(engine: CurlEngine, site: Site) -
 # --- item 8: compression and default headers ---------------------------------------------------
 
 
-@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
 async def test_compressed_bodies_are_matched_decoded(
     engine: CurlEngine, site: Site, encoding: str
 ) -> None:
     assert encoding in DECODED_ENCODINGS
-    word = "compressed hello" if encoding == "gzip" else "deflated hello"
+    word = {"gzip": "compressed hello", "deflate": "deflated hello", "br": "brotli hello"}[encoding]
     outcome = await _check(
         engine,
         f"{site.base}/{encoding}",
@@ -342,7 +359,22 @@ async def test_compressed_bodies_are_matched_decoded(
     on_the_wire = len(gzip.compress(b"compressed hello " * 1000))
     if encoding == "gzip":
         assert outcome.total_bytes == on_the_wire  # TotalBytes: as it came, compressed
-    assert outcome.total_bytes < 1000
+    if encoding == "br":
+        assert outcome.total_bytes == len(_brotli_stored(b"brotli hello " * 1000))
+    else:
+        assert outcome.total_bytes < 1000
+
+
+@pytest.mark.skipif("zstd" in DECODED_ENCODINGS, reason="this libcurl decodes zstd")
+async def test_an_encoding_the_agent_cannot_decode_says_so(engine: CurlEngine, site: Site) -> None:
+    outcome = await _check(
+        engine,
+        f"{site.base}/zstd",
+        RequestHeaders=[{"Name": "Accept-Encoding", "Value": "zstd"}],
+        ErrorConditions=[_match("anything", "ErrorWhenContains")],
+    )
+    assert outcome.error_code == ErrorCode.UNSUPPORTED, outcome
+    assert "content encoding" in outcome.error_message
 
 
 async def test_default_headers_are_a_real_clients(engine: CurlEngine, site: Site) -> None:
