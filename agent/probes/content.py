@@ -95,6 +95,7 @@ class Body:
         self._decoder = decoder
         if self.texts:
             text = decoder.decode(kept)
+            self._found.update(t for t in self.texts if t in text)  # no need to look further
             self._tail = text[-self._overlap :] if self._overlap else ""
         return self._feed
 

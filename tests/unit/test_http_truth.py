@@ -20,7 +20,13 @@ import pytest
 import trustme
 from aiohttp import web
 
-from agent.curl import DECODED_ENCODINGS, DEFAULT_USER_AGENT, HTTP3_AVAILABLE, CurlEngine
+from agent.curl import (
+    DECODED_ENCODINGS,
+    DEFAULT_USER_AGENT,
+    HTTP3_AVAILABLE,
+    CurlEngine,
+    Marks,
+)
 from agent.probes.base import Outcome, ProbeContext
 from agent.probes.content import Body, charset
 from agent.probes.http import HttpProbe
@@ -241,6 +247,27 @@ def test_text_split_across_pieces_is_found() -> None:
 
 
 # --- item 2: phases of failed transfers --------------------------------------------------------
+
+
+def test_marks_of_failed_transfers_are_believed_up_to_the_first_missing() -> None:
+    # as libcurl 8.23 reports them (µs): later marks filled with the time of the failure
+    refused = Marks(namelookup=10, pretransfer=49, posttransfer=49, starttransfer=49, total=49)
+    assert refused.phases_ms()["ConnectionTime"] == 0.039
+    _assert_honest(refused.phases_ms(), "ConnectionTime", 0.039)
+    stalled = Marks(
+        namelookup=36,
+        connect=158,
+        pretransfer=1_001_498,
+        posttransfer=1_001_499,
+        starttransfer=1_001_499,
+        total=1_001_500,
+        tls=True,
+    )
+    _assert_honest(stalled.phases_ms(), "HttpsHandshakeTime", 1001.342)
+    silent = Marks(namelookup=42, connect=141, pretransfer=171, posttransfer=171, total=1_006_059)
+    _assert_honest(silent.phases_ms(), "WaitTime", 1005.888)
+    unresolved = Marks(total=5000).phases_ms()
+    assert unresolved["ResolveTime"] == 5.0 and unresolved["TotalTime"] == 5.0
 
 
 async def test_silent_server_time_is_waiting(engine: CurlEngine) -> None:
