@@ -361,6 +361,14 @@ async def test_http2_and_http3_required_of_an_http11_server(
         await server.stop()
 
 
+async def test_http2_required_over_plain_http_of_an_http11_server(
+    engine: CurlEngine, site: Site
+) -> None:
+    outcome = await _check(engine, f"{site.base}/ok", HttpVersion="Http2")  # h2c Upgrade
+    assert outcome.error_code == ErrorCode.VERSION_NOT_AS_REQUIRED, outcome
+    assert outcome.error_message == "Http2 required, the server answered over HTTP/1.1"
+
+
 async def test_ipv6_required_of_an_ipv4_target(engine: CurlEngine, site: Site) -> None:
     outcome = await _check(engine, f"{site.base}/ok", IpVersion="IpV6")
     assert outcome.error_code == ErrorCode.VERSION_NOT_AS_REQUIRED, outcome
