@@ -336,7 +336,7 @@ def _element(
         sent = [f"{request.method} {url}"]
         sent.append(f"User-Agent: {request.user_agent or curl.DEFAULT_USER_AGENT}")
         sent.extend(
-            f"{name}: {MASK if is_secret_header(name) else value}"
+            f"{name}: {MASK if is_secret_header(name) or name.lower() in secret_names else value}"
             for name, value in request.headers
         )
     return {
