@@ -348,7 +348,12 @@ class CurlEngine:
         for line in req.cookies:
             c.setopt(pycurl.COOKIELIST, line)
         if req.headers:
-            c.setopt(pycurl.HTTPHEADER, [f"{name}: {value}" for name, value in req.headers])
+            lines = [f"{name}: {value}" for name, value in req.headers]
+            own = [value for name, value in req.headers if name.lower() == "cookie"]
+            if own:  # one Cookie header with the cookie engine's (RFC 6265: never two)
+                lines = [line for line in lines if line[:7].lower() != "cookie:"]
+                c.setopt(pycurl.COOKIE, "; ".join(own))
+            c.setopt(pycurl.HTTPHEADER, lines)
         method = req.method.upper()
         if method == "HEAD":
             c.setopt(pycurl.NOBODY, 1)

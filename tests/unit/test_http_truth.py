@@ -337,6 +337,19 @@ async def test_a_cookie_set_on_a_redirect_is_sent_on_the_next_hop(
     assert b"cookie was []" in (again.body or b"")
 
 
+async def test_the_monitors_cookie_and_a_redirects_go_in_one_header(
+    engine: CurlEngine, site: Site
+) -> None:
+    outcome = await _check(
+        engine, f"{site.base}/login", RequestHeaders=[{"Name": "Cookie", "Value": "mine=1"}]
+    )
+    assert outcome.ok, outcome
+    assert b"cookie was [session=abc123; mine=1]" in (outcome.body or b"")
+    assert outcome.details is not None
+    sent = outcome.details["Waterfall"][1]["RequestHeaders"].split("\r\n")
+    assert sum(1 for line in sent if line.lower().startswith("cookie:")) == 1
+
+
 # --- item 7: the versions required -------------------------------------------------------------
 
 
