@@ -173,7 +173,7 @@ class Marks:
                 "DownloadTime": (total - self.starttransfer) / 1000.0,
                 "TotalTime": total / 1000.0,
             }
-        # (phase that ends at the mark, the mark); None: no mark of its own (TLS off)
+        # (the phase that ends at the step's mark, the mark); "": a step that is no phase
         steps: list[tuple[str, int]] = [
             ("ResolveTime", self.namelookup or (1 if self.connect else 0)),
             ("ConnectionTime", self.connect),
