@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 NO_ERROR, UNCONFIRMED, CONFIRMED = 0, 1, 2
 LEVEL_NAMES = {NO_ERROR: "NoError", UNCONFIRMED: "Unconfirmed", CONFIRMED: "Confirmed"}
 LEVELS_BY_NAME = {name: level for level, name in LEVEL_NAMES.items()}
+# a confirmation asked for and not answered within this long (the agent restarted, its result
+# was lost) no longer holds back the next one: more than the longest check (120 s) and its trip
+CONFIRMATION_WAIT_SECONDS = 300.0
 
 
 def error_level(result: CheckResult, current: int) -> int:
@@ -56,6 +59,8 @@ class Ingest:
         self.queue: asyncio.Queue[ResultBatch] = asyncio.Queue(maxsize=10_000)
         self.levels: dict[str, int] = {}
         self.latest: dict[str, float] = {}  # start time of each monitor's newest result
+        # monitors with a confirmation asked for and no result of it yet: when it was asked
+        self.confirming: dict[str, float] = {}
 
     async def load(self) -> None:
         self.levels = await self.store.last_levels()
@@ -134,7 +139,15 @@ class Ingest:
         self.metrics.batches.inc(len(batches))
         for uid in sorted(inserted, key=lambda u: results[u][1].started_at):
             batch, result, level = results[uid]
-            if level == UNCONFIRMED and not result.is_confirmation and uid not in stale:
+            if result.is_confirmation:
+                self.confirming.pop(result.monitor_guid, None)
+            elif level == UNCONFIRMED and uid not in stale:
+                # at most one confirmation of a monitor in flight: the failures that come in
+                # meanwhile (a short interval, a long time limit) wait for its verdict
+                asked = self.confirming.get(result.monitor_guid)
+                if asked is not None and now - asked < CONFIRMATION_WAIT_SECONDS:
+                    continue
+                self.confirming[result.monitor_guid] = now
                 self.metrics.confirmations.inc()
                 await self.bus.run_now(
                     batch.agent, RunRequest(monitor_guid=result.monitor_guid, confirms=uid)
