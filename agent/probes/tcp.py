@@ -35,6 +35,28 @@ async def close_quietly(writer: asyncio.StreamWriter | None) -> None:
             await writer.wait_closed()
 
 
+async def read_reply(
+    reader: asyncio.StreamReader, expected: bytes, received: bytearray, marks: dict[str, float]
+) -> None:
+    """Read into `received` until it holds `expected`, the peer closes (a reset after a reply
+    is a close too) or MAX_REPLY_BYTES have come."""
+    while expected not in received and len(received) < MAX_REPLY_BYTES:
+        try:
+            chunk = await reader.read(MAX_REPLY_BYTES - len(received))
+        except ConnectionResetError:
+            if not received:
+                raise
+            break
+        if not chunk:
+            break
+        marks.setdefault("first_byte", time.perf_counter())
+        received += chunk
+
+
+def not_found(expected: str, received: bytearray) -> str:
+    return f"expected {expected!r} not found in the {len(received)} bytes received"
+
+
 def connect_error(exc: OSError) -> ErrorCode:
     if isinstance(exc, socket.gaierror):
         return ErrorCode.DNS_FAILURE
@@ -51,7 +73,7 @@ class ConnectProbe(Probe):
         outcome = Outcome()
         marks = {"began": time.perf_counter()}
         writer: asyncio.StreamWriter | None = None
-        received = b""
+        received = bytearray()
         try:
             async with asyncio.timeout(monitor.TimeoutSeconds):
                 family, address = await resolve(
@@ -67,20 +89,24 @@ class ConnectProbe(Probe):
                     marks["sent"] = time.perf_counter()
                 if monitor.ExpectString:
                     expected = monitor.ExpectString.encode()
-                    while expected not in received and len(received) < MAX_REPLY_BYTES:
-                        chunk = await reader.read(4096)
-                        if not chunk:
-                            break
-                        marks.setdefault("first_byte", time.perf_counter())
-                        received += chunk
-                    if expected not in received:
+                    await read_reply(reader, expected, received, marks)
+                    if expected not in received:  # the peer closed, or the byte limit
                         outcome.error_code = ErrorCode.CONTENT_MISMATCH
-                        outcome.error_message = (
-                            f"the reply does not contain {monitor.ExpectString!r}"
-                        )
+                        outcome.error_message = not_found(monitor.ExpectString, received)
         except TimeoutError:
-            outcome.error_code = ErrorCode.TIMEOUT
-            outcome.error_message = f"no connection or reply within {monitor.TimeoutSeconds} s"
+            if received:  # a reply came, without the text, and the server kept the line open
+                outcome.error_code = ErrorCode.CONTENT_MISMATCH
+                outcome.error_message = (
+                    f"{not_found(monitor.ExpectString, received)} "
+                    f"(no more within {monitor.TimeoutSeconds} s)"
+                )
+            else:
+                outcome.error_code = ErrorCode.TIMEOUT
+                outcome.error_message = (
+                    f"no reply within {monitor.TimeoutSeconds} s"
+                    if "connected" in marks
+                    else f"no connection within {monitor.TimeoutSeconds} s"
+                )
         except OSError as exc:
             outcome.error_code = connect_error(exc)
             outcome.error_message = str(exc) or type(exc).__name__
@@ -88,7 +114,7 @@ class ConnectProbe(Probe):
             marks["done"] = time.perf_counter()
             await close_quietly(writer)
         outcome.total_bytes = len(received)
-        outcome.body = received or None
+        outcome.body = bytes(received) or None
         after_connect = "sent" if "sent" in marks else "connected"
         outcome.timings_ms = {
             "ResolveTime": span_ms(marks, "resolved", "began"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 import ssl
 from pathlib import Path
@@ -49,6 +51,63 @@ async def test_connect(echo_port: int) -> None:
     assert refused.error_code == ErrorCode.CONNECTION_REFUSED
     v6 = await _connect(NetworkAddress="::1", Port=free_port(), IpVersion="IpV6")
     assert v6.error_code in (ErrorCode.CONNECTION_REFUSED, ErrorCode.CONNECTION_FAILED)
+
+
+async def _server(handler: Any) -> tuple[asyncio.Server, int]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    return server, int(server.sockets[0].getsockname()[1])
+
+
+async def test_connect_a_reply_without_the_expected_text_is_210() -> None:
+    """Read until the expected text, the peer closes or the byte limit: then 210 naming what
+    came, not a time-out's 120 "no connection or reply"."""
+
+    async def banner_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"554 go away\r\n")  # and closes without reading what was sent: a reset
+        await writer.drain()
+        writer.close()
+
+    async def banner_then_wait(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 other-service\r\n")
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            writer.write(b"x" * 200_000)
+            await writer.drain()
+            await reader.read()
+        writer.close()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+
+    servers = [await _server(h) for h in (banner_then_close, banner_then_wait, flood, silent)]
+    try:
+        ports = [port for _, port in servers]
+        closed = await _connect(
+            Port=ports[0], SendString="EHLO x\r\n", ExpectString="SSH-", TimeoutSeconds=30
+        )
+        assert closed.error_code == ErrorCode.CONTENT_MISMATCH, closed
+        assert closed.error_message == "expected 'SSH-' not found in the 13 bytes received"
+        assert closed.body == b"554 go away\r\n" and closed.total_bytes == 13
+        waiting = await _connect(Port=ports[1], ExpectString="SSH-", TimeoutSeconds=1)
+        assert waiting.error_code == ErrorCode.CONTENT_MISMATCH, waiting
+        assert waiting.error_message == (
+            "expected 'SSH-' not found in the 19 bytes received (no more within 1 s)"
+        )
+        flooded = await _connect(Port=ports[2], ExpectString="SSH-", TimeoutSeconds=30)
+        assert flooded.error_code == ErrorCode.CONTENT_MISMATCH, flooded
+        assert flooded.error_message == "expected 'SSH-' not found in the 65536 bytes received"
+        quiet = await _connect(Port=ports[3], ExpectString="SSH-", TimeoutSeconds=1)
+        assert quiet.error_code == ErrorCode.TIMEOUT
+        assert quiet.error_message == "no reply within 1 s"
+    finally:
+        for server, _ in servers:
+            server.close()
+            await server.wait_closed()
 
 
 @pytest.fixture(scope="module")
