@@ -76,6 +76,23 @@ AVAILABLE_AUTH = {
 HTTP3_AVAILABLE = bool(_FEATURES & pycurl.VERSION_HTTP3)
 
 
+class CookieJar:
+    """libcurl's cookie engine for the transfers of one check (the steps of a multi-step
+    check, the hops of a redirect chain), never shared between checks: `close()` it when the
+    check ends, after its transfers."""
+
+    def __init__(self) -> None:
+        self._share = pycurl.CurlShare()
+        self._share.setopt(pycurl.SH_SHARE, pycurl.LOCK_DATA_COOKIE)
+
+    def attach(self, handle: pycurl.Curl) -> None:
+        handle.setopt(pycurl.COOKIEFILE, "")  # "": the engine on, no file read
+        handle.setopt(pycurl.SHARE, self._share)
+
+    def close(self) -> None:
+        self._share.close()
+
+
 @dataclass(frozen=True)
 class HttpRequest:
     url: str
@@ -95,6 +112,7 @@ class HttpRequest:
     tls_version: str | None = None
     client_cert: bytes | None = None  # PEM
     client_key: bytes | None = None  # PEM
+    cookies: CookieJar | None = None  # the check's cookies, sent and kept; None: no cookies
 
 
 @dataclass(frozen=True)
@@ -275,6 +293,8 @@ class CurlEngine:
             c.setopt(pycurl.SSLCERTTYPE, "PEM")
             c.setopt(pycurl.SSLKEY_BLOB, req.client_key or req.client_cert)
             c.setopt(pycurl.SSLKEYTYPE, "PEM")
+        if req.cookies is not None:
+            req.cookies.attach(c)
         c.setopt(pycurl.WRITEFUNCTION, _writer(transfer))
         c.setopt(pycurl.HEADERFUNCTION, transfer.header_lines.append)
 
