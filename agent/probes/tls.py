@@ -73,6 +73,25 @@ class CertificateProbe(Probe):
             context.verify_mode = ssl.CERT_NONE
         return context
 
+    async def _unverified_certificate(
+        self, address: str, port: int, host: str, seconds: float
+    ) -> bytes | None:
+        """The server's certificate (DER) without verifying it; None if it cannot be had."""
+        if not address or seconds <= 0:
+            return None
+        writer: asyncio.StreamWriter | None = None
+        try:
+            async with asyncio.timeout(seconds):
+                _reader, writer = await asyncio.open_connection(
+                    address, port, ssl=self._context(False), server_hostname=host
+                )
+                tls = writer.get_extra_info("ssl_object")
+                return tls.getpeercert(binary_form=True) if tls is not None else None
+        except (TimeoutError, OSError):  # ssl.SSLError is an OSError
+            return None
+        finally:
+            await close_quietly(writer)
+
     async def check(self, monitor: MonitorBase) -> Outcome:
         assert isinstance(monitor, CertificateMonitor)
         parts = urlsplit(monitor.Url)
@@ -116,6 +135,17 @@ class CertificateProbe(Probe):
             "HttpsHandshakeTime": span_ms(marks, "handshake", "resolved"),
             "TotalTime": span_ms(marks, "done", "began"),
         }
+        if outcome.error_code == ErrorCode.CERTIFICATE_INVALID and der is None:
+            # the chain failed verification: still say which certificate it was (NotAfter,
+            # issuer, ...), from a second handshake that does not verify, in the time left
+            left_s = monitor.TimeoutSeconds - (time.perf_counter() - marks["began"])
+            der = await self._unverified_certificate(outcome.resolved_ip, port, host, left_s)
+            if der is not None:
+                cert = x509.load_der_x509_certificate(der)
+                outcome.attributes = describe(cert)
+                left = cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
+                outcome.attributes["CertificateDaysLeft"] = left.days
+            return outcome
         if not outcome.ok or der is None:
             if outcome.ok:
                 outcome.error_code = ErrorCode.TLS_ERROR

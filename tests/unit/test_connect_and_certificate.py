@@ -148,6 +148,13 @@ async def test_certificate(ca: trustme.CA, tmp_path: Path) -> None:
     )
     soon = await _tls_server(ca.issue_cert("127.0.0.1", not_after=now + datetime.timedelta(days=5)))
     wrong_host = await _tls_server(ca.issue_cert("elsewhere.test"))
+    expired = await _tls_server(
+        ca.issue_cert(
+            "127.0.0.1",
+            not_before=now - datetime.timedelta(days=30),
+            not_after=now - datetime.timedelta(days=2),
+        )
+    )
     try:
         ok = await _certificate(ca_file, good.base, CertificateName="PICKET.test")
         assert ok.ok, ok
@@ -168,12 +175,21 @@ async def test_certificate(ca: trustme.CA, tmp_path: Path) -> None:
         assert (await _certificate(ca_file, soon.base, CertificateExpirationWarningDays=3)).ok
         host = await _certificate(ca_file, wrong_host.base)
         assert host.error_code == ErrorCode.CERTIFICATE_INVALID and "mismatch" in host.error_message
+        # a chain that fails verification still tells which certificate it was
+        assert host.attributes["CertificateIssuerCompanyName"] == "Picket Test CA"
+        assert host.attributes["CertificateNotAfter"].endswith("Z")
+        assert host.attributes["CertificateDaysLeft"] > 0
+        gone = await _certificate(ca_file, expired.base)
+        assert gone.error_code == ErrorCode.CERTIFICATE_INVALID and "expired" in gone.error_message
+        assert gone.attributes["CertificateDaysLeft"] < 0
         relaxed = await _certificate(ca_file, wrong_host.base, CheckCertificateErrors=False)
         assert relaxed.ok and relaxed.attributes["CertificateName"] == ""
         other_ca = str(tmp_path / "other-ca.pem")
         trustme.CA().cert_pem.write_to_path(other_ca)
         stranger = await _certificate(other_ca, good.base)  # a CA the agent does not trust
         assert stranger.error_code == ErrorCode.CERTIFICATE_INVALID, stranger
+        assert stranger.attributes["CertificateName"] == "picket.test"
+        assert stranger.attributes["CertificateFingerprint"] == a["CertificateFingerprint"]
     finally:
-        for server in (good, soon, wrong_host):
+        for server in (good, soon, wrong_host, expired):
             await server.stop()
