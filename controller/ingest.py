@@ -27,9 +27,6 @@ log = logging.getLogger(__name__)
 NO_ERROR, UNCONFIRMED, CONFIRMED = 0, 1, 2
 LEVEL_NAMES = {NO_ERROR: "NoError", UNCONFIRMED: "Unconfirmed", CONFIRMED: "Confirmed"}
 LEVELS_BY_NAME = {name: level for level, name in LEVEL_NAMES.items()}
-# a confirmation asked for and not answered within this long (the agent restarted, its result
-# was lost) no longer holds back the next one: more than the longest check (120 s) and its trip
-CONFIRMATION_WAIT_SECONDS = 300.0
 
 
 def error_level(result: CheckResult, current: int) -> int:
@@ -38,6 +35,11 @@ def error_level(result: CheckResult, current: int) -> int:
     if result.is_confirmation or current == CONFIRMED:
         return CONFIRMED
     return UNCONFIRMED
+
+
+# a confirmation asked for and not answered within this long (the agent restarted, its result
+# was lost) no longer holds back the next one: more than the longest check (120 s) and its trip
+CONFIRMATION_WAIT_SECONDS = 300.0
 
 
 class Ingest:
