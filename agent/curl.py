@@ -76,23 +76,6 @@ AVAILABLE_AUTH = {
 HTTP3_AVAILABLE = bool(_FEATURES & pycurl.VERSION_HTTP3)
 
 
-class CookieJar:
-    """libcurl's cookie engine for the transfers of one check (the steps of a multi-step
-    check, the hops of a redirect chain), never shared between checks: `close()` it when the
-    check ends, after its transfers."""
-
-    def __init__(self) -> None:
-        self._share = pycurl.CurlShare()
-        self._share.setopt(pycurl.SH_SHARE, pycurl.LOCK_DATA_COOKIE)
-
-    def attach(self, handle: pycurl.Curl) -> None:
-        handle.setopt(pycurl.COOKIEFILE, "")  # "": the engine on, no file read
-        handle.setopt(pycurl.SHARE, self._share)
-
-    def close(self) -> None:
-        self._share.close()
-
-
 @dataclass(frozen=True)
 class HttpRequest:
     url: str
@@ -112,7 +95,9 @@ class HttpRequest:
     tls_version: str | None = None
     client_cert: bytes | None = None  # PEM
     client_key: bytes | None = None  # PEM
-    cookies: CookieJar | None = None  # the check's cookies, sent and kept; None: no cookies
+    # cookies for libcurl's cookie engine (one per transfer, never shared), in its
+    # Netscape-file lines as HttpResponse.cookies gives them: a redirect's next hop gets them
+    cookies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -157,6 +142,7 @@ class HttpResponse:
     os_errno: int = 0  # the system error behind a failed connect, e.g. ECONNREFUSED
     http_version: str = ""  # of the response: "1.1", "2", "3"
     raw_headers: str = ""  # the final response's header block, as received
+    cookies: list[str] = field(default_factory=list)  # the cookie engine's, after the transfer
 
 
 @dataclass
@@ -263,6 +249,9 @@ class CurlEngine:
             c.setopt(pycurl.CAINFO, self._ca_bundle)
         if req.user_agent:
             c.setopt(pycurl.USERAGENT, req.user_agent)
+        c.setopt(pycurl.COOKIEFILE, "")  # this transfer's own cookie engine
+        for line in req.cookies:
+            c.setopt(pycurl.COOKIELIST, line)
         if req.headers:
             c.setopt(pycurl.HTTPHEADER, [f"{name}: {value}" for name, value in req.headers])
         method = req.method.upper()
@@ -293,8 +282,6 @@ class CurlEngine:
             c.setopt(pycurl.SSLCERTTYPE, "PEM")
             c.setopt(pycurl.SSLKEY_BLOB, req.client_key or req.client_cert)
             c.setopt(pycurl.SSLKEYTYPE, "PEM")
-        if req.cookies is not None:
-            req.cookies.attach(c)
         c.setopt(pycurl.WRITEFUNCTION, _writer(transfer))
         c.setopt(pycurl.HEADERFUNCTION, transfer.header_lines.append)
 
@@ -323,6 +310,7 @@ class CurlEngine:
             os_errno=int(c.getinfo(pycurl.OS_ERRNO)) if errno else 0,
             http_version=_RESPONSE_VERSIONS.get(int(c.getinfo(pycurl.INFO_HTTP_VERSION)), ""),
             raw_headers=raw_headers,
+            cookies=list(c.getinfo(pycurl.INFO_COOKIELIST)),
         )
 
     # --- libcurl <-> event loop -------------------------------------------------------------

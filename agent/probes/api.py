@@ -45,7 +45,7 @@ class StepPlan:
     number: int
     functions: dict[str, UserDefinedFunction]
     deadline: float
-    cookies: curl.CookieJar
+    cookies: list[str]  # the check's cookie engine lines, the same list for all its steps
 
     @property
     def label(self) -> str:
@@ -89,36 +89,34 @@ class MultiStepApiProbe(Probe):
         passed_steps = 0
         cumulative_ms = 0.0
         made_secrets: list[str] = []
-        cookies = curl.CookieJar()  # a browser's: kept between the steps of this check only
-        try:
-            for number, step in enumerate(script.MsaSteps, 1):
-                name = step.Name or f"Step {number}"
-                if failure is not None:
-                    reports.append(_not_executed(name, step))
-                    continue
-                if step.StepType == "Delay":
-                    pause = min(step.Delay / 1000, max(0.0, deadline - time.perf_counter()))
-                    await asyncio.sleep(pause)
-                    cumulative_ms += pause * 1000
-                    reports.append(_delay_report(name, step.Delay))
-                    passed_steps += 1
-                    continue
-                plan = StepPlan(step, name, number, functions, deadline, cookies)
-                run = await self._run_with_retries(plan, variables, cumulative_ms)
-                made_secrets += run.secrets
-                cumulative_ms += run.duration_ms
-                for phase in PHASES:
-                    totals[phase] += run.phases.get(phase, 0.0)
-                reports.append(run.report)
-                if run.status is not None:
-                    last_status = run.status
-                    resolved_ip = run.report.get("ResolvedIpAddress", resolved_ip)
-                if run.passed:
-                    passed_steps += 1
-                else:
-                    failure = run.failure
-        finally:
-            cookies.close()
+        # a browser's cookies: kept between the steps of this check, never beyond it
+        cookies: list[str] = []
+        for number, step in enumerate(script.MsaSteps, 1):
+            name = step.Name or f"Step {number}"
+            if failure is not None:
+                reports.append(_not_executed(name, step))
+                continue
+            if step.StepType == "Delay":
+                pause = min(step.Delay / 1000, max(0.0, deadline - time.perf_counter()))
+                await asyncio.sleep(pause)
+                cumulative_ms += pause * 1000
+                reports.append(_delay_report(name, step.Delay))
+                passed_steps += 1
+                continue
+            plan = StepPlan(step, name, number, functions, deadline, cookies)
+            run = await self._run_with_retries(plan, variables, cumulative_ms)
+            made_secrets += run.secrets
+            cumulative_ms += run.duration_ms
+            for phase in PHASES:
+                totals[phase] += run.phases.get(phase, 0.0)
+            reports.append(run.report)
+            if run.status is not None:
+                last_status = run.status
+                resolved_ip = run.report.get("ResolvedIpAddress", resolved_ip)
+            if run.passed:
+                passed_steps += 1
+            else:
+                failure = run.failure
         elapsed_ms = (time.perf_counter() - began) * 1000
         outcome = failure or Outcome()
         outcome.http_status_code = last_status
@@ -194,7 +192,7 @@ class MultiStepApiProbe(Probe):
             username=username,
             password=password,
             verify_tls=not step.IgnoreCertificateErrors,
-            cookies=plan.cookies,
+            cookies=tuple(plan.cookies),
         )
         try:
             response = await self.ctx.curl.request(request)
@@ -202,6 +200,7 @@ class MultiStepApiProbe(Probe):
             failure = Outcome(ErrorCode.UNSUPPORTED, f"{label}: {exc}")
             failure.description_override = f"{label}: {failure.description}"
             return StepRun(False, report, 0.0, failure=failure)
+        plan.cookies[:] = response.cookies  # what the next step sends
         phases = response.marks.phases_ms()
         step_ms = phases["TotalTime"]
         seen = StepResponse(
