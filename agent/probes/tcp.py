@@ -12,6 +12,10 @@ from shared.errors import ErrorCode
 from shared.monitors import ConnectMonitor, MonitorBase
 
 MAX_REPLY_BYTES = 65_536
+# once a reply has begun, this long without another byte ends it (as check_tcp does): a
+# server waiting for its next command never closes, and the check should not wait its whole
+# time limit to say the reply lacked the expected text
+REPLY_QUIET_SECONDS = 1.0
 FAMILIES = {"IpV4": socket.AF_INET, "IpV6": socket.AF_INET6}
 
 
@@ -37,20 +41,31 @@ async def close_quietly(writer: asyncio.StreamWriter | None) -> None:
 
 async def read_reply(
     reader: asyncio.StreamReader, expected: bytes, received: bytearray, marks: dict[str, float]
-) -> None:
-    """Read into `received` until it holds `expected`, the peer closes (a reset after a reply
-    is a close too) or MAX_REPLY_BYTES have come."""
-    while expected not in received and len(received) < MAX_REPLY_BYTES:
+) -> str:
+    """Read into `received` until it holds `expected` ("found"), the peer closes ("closed"; a
+    reset after a reply is a close too), MAX_REPLY_BYTES have come ("limit"), or, once a reply
+    has begun, no more comes for REPLY_QUIET_SECONDS ("quiet": a server that keeps the line
+    open waiting for its next command has said all it will)."""
+    while expected not in received:
+        if len(received) >= MAX_REPLY_BYTES:
+            return "limit"
         try:
-            chunk = await reader.read(MAX_REPLY_BYTES - len(received))
+            if received:
+                async with asyncio.timeout(REPLY_QUIET_SECONDS):
+                    chunk = await reader.read(MAX_REPLY_BYTES - len(received))
+            else:
+                chunk = await reader.read(MAX_REPLY_BYTES)
+        except TimeoutError:
+            return "quiet"
         except ConnectionResetError:
             if not received:
                 raise
-            break
+            return "closed"
         if not chunk:
-            break
+            return "closed"
         marks.setdefault("first_byte", time.perf_counter())
         received += chunk
+    return "found"
 
 
 def not_found(expected: str, received: bytearray) -> str:
@@ -89,16 +104,19 @@ class ConnectProbe(Probe):
                     marks["sent"] = time.perf_counter()
                 if monitor.ExpectString:
                     expected = monitor.ExpectString.encode()
-                    await read_reply(reader, expected, received, marks)
-                    if expected not in received:  # the peer closed, or the byte limit
+                    ended = await read_reply(reader, expected, received, marks)
+                    if ended != "found":
                         outcome.error_code = ErrorCode.CONTENT_MISMATCH
                         outcome.error_message = not_found(monitor.ExpectString, received)
+                        if ended == "quiet":
+                            quiet = f"{REPLY_QUIET_SECONDS:g}"
+                            outcome.error_message += f" (no more within {quiet} s)"
         except TimeoutError:
-            if received:  # a reply came, without the text, and the server kept the line open
+            if received:  # a reply kept coming, without the text, until the time limit
                 outcome.error_code = ErrorCode.CONTENT_MISMATCH
                 outcome.error_message = (
                     f"{not_found(monitor.ExpectString, received)} "
-                    f"(no more within {monitor.TimeoutSeconds} s)"
+                    f"within the time limit of {monitor.TimeoutSeconds} s"
                 )
             else:
                 outcome.error_code = ErrorCode.TIMEOUT

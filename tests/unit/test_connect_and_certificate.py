@@ -84,7 +84,25 @@ async def test_connect_a_reply_without_the_expected_text_is_210() -> None:
         await reader.read()
         writer.close()
 
-    servers = [await _server(h) for h in (banner_then_close, banner_then_wait, flood, silent)]
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while True:  # a byte every 0.2 s: never quiet, never the text
+                writer.write(b".")
+                await writer.drain()
+                await asyncio.sleep(0.2)
+
+    async def split(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            writer.write(b"SS")
+            await writer.drain()
+            await asyncio.sleep(0.3)  # a pause within a reply is not its end
+            writer.write(b"H-2.0-picket\r\n")
+            await writer.drain()
+            await reader.read()
+        writer.close()
+
+    handlers = (banner_then_close, banner_then_wait, flood, silent, trickle, split)
+    servers = [await _server(h) for h in handlers]
     try:
         ports = [port for _, port in servers]
         closed = await _connect(
@@ -93,17 +111,25 @@ async def test_connect_a_reply_without_the_expected_text_is_210() -> None:
         assert closed.error_code == ErrorCode.CONTENT_MISMATCH, closed
         assert closed.error_message == "expected 'SSH-' not found in the 13 bytes received"
         assert closed.body == b"554 go away\r\n" and closed.total_bytes == 13
-        waiting = await _connect(Port=ports[1], ExpectString="SSH-", TimeoutSeconds=1)
+        # a server waiting for its next command: the reply ended when no more came for 1 s,
+        # not at the time limit
+        waiting = await _connect(Port=ports[1], ExpectString="SSH-", TimeoutSeconds=60)
         assert waiting.error_code == ErrorCode.CONTENT_MISMATCH, waiting
         assert waiting.error_message == (
             "expected 'SSH-' not found in the 19 bytes received (no more within 1 s)"
         )
+        assert waiting.timings_ms["TotalTime"] < 30_000
         flooded = await _connect(Port=ports[2], ExpectString="SSH-", TimeoutSeconds=30)
         assert flooded.error_code == ErrorCode.CONTENT_MISMATCH, flooded
         assert flooded.error_message == "expected 'SSH-' not found in the 65536 bytes received"
         quiet = await _connect(Port=ports[3], ExpectString="SSH-", TimeoutSeconds=1)
         assert quiet.error_code == ErrorCode.TIMEOUT
         assert quiet.error_message == "no reply within 1 s"
+        trickled = await _connect(Port=ports[4], ExpectString="SSH-", TimeoutSeconds=2)
+        assert trickled.error_code == ErrorCode.CONTENT_MISMATCH, trickled
+        assert trickled.error_message.endswith("bytes received within the time limit of 2 s")
+        whole = await _connect(Port=ports[5], ExpectString="SSH-2.0", TimeoutSeconds=30)
+        assert whole.ok, whole
     finally:
         for server, _ in servers:
             server.close()
