@@ -111,6 +111,7 @@ class Runner:
         self._heap_changed.set()
 
     def remove(self, guid: str) -> None:
+        self._confirm_after.pop(guid, None)
         if self.scheduler.remove(guid):
             self._heap_changed.set()
 
