@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import socket
 import time
+from collections.abc import Callable
 
 from agent.probes.base import Outcome, Probe, span_ms
 from shared.errors import ErrorCode
@@ -66,6 +67,12 @@ async def read_reply(
         marks.setdefault("first_byte", time.perf_counter())
         received += chunk
     return "found"
+
+
+def reached(marks: dict[str, float]) -> Callable[[str], str]:
+    """The end mark of a phase: its own, or "done" for the phase a check that ended early was
+    in (it gets the time up to the end; the phases never reached have no start mark: 0)."""
+    return lambda mark: mark if mark in marks else "done"
 
 
 def not_found(expected: str, received: bytearray) -> str:
@@ -134,10 +141,12 @@ class ConnectProbe(Probe):
         outcome.total_bytes = len(received)
         outcome.body = bytes(received) or None
         after_connect = "sent" if "sent" in marks else "connected"
+        waited = bool(monitor.ExpectString) and after_connect in marks
+        end = reached(marks)
         outcome.timings_ms = {
-            "ResolveTime": span_ms(marks, "resolved", "began"),
-            "ConnectionTime": span_ms(marks, "connected", "resolved"),
-            "WaitTime": span_ms(marks, "first_byte", after_connect),
+            "ResolveTime": span_ms(marks, end("resolved"), "began"),
+            "ConnectionTime": span_ms(marks, end("connected"), "resolved"),
+            "WaitTime": span_ms(marks, end("first_byte"), after_connect) if waited else 0.0,
             "TotalTime": span_ms(marks, "done", "began"),
         }
         return outcome

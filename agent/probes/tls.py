@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
 from agent.probes.base import Outcome, Probe, span_ms
-from agent.probes.tcp import close_quietly, connect_error, resolve
+from agent.probes.tcp import close_quietly, connect_error, reached, resolve
 from shared.errors import ErrorCode
 from shared.monitors import CertificateMonitor, MonitorBase
 from shared.timefmt import iso
@@ -141,9 +141,10 @@ class CertificateProbe(Probe):
         finally:
             marks["done"] = time.perf_counter()  # the close is not part of the check's time
             await close_quietly(writer)
+        end = reached(marks)  # a failed handshake's time is the handshake's
         outcome.timings_ms = {
-            "ResolveTime": span_ms(marks, "resolved", "began"),
-            "HttpsHandshakeTime": span_ms(marks, "handshake", "resolved"),
+            "ResolveTime": span_ms(marks, end("resolved"), "began"),
+            "HttpsHandshakeTime": span_ms(marks, end("handshake"), "resolved"),
             "TotalTime": span_ms(marks, "done", "began"),
         }
         if outcome.error_code == ErrorCode.CERTIFICATE_INVALID and der is None:

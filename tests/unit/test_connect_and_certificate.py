@@ -125,6 +125,10 @@ async def test_connect_a_reply_without_the_expected_text_is_210() -> None:
         quiet = await _connect(Port=ports[3], ExpectString="SSH-", TimeoutSeconds=1)
         assert quiet.error_code == ErrorCode.TIMEOUT
         assert quiet.error_message == "no reply within 1 s"
+        # the time went into waiting for the reply: the phase it ended in has it
+        t = quiet.timings_ms
+        assert t["WaitTime"] >= 900 and t["ConnectionTime"] > 0, t
+        assert t["ResolveTime"] + t["ConnectionTime"] + t["WaitTime"] <= t["TotalTime"] + 0.01
         trickled = await _connect(Port=ports[4], ExpectString="SSH-", TimeoutSeconds=2)
         assert trickled.error_code == ErrorCode.CONTENT_MISMATCH, trickled
         assert trickled.error_message.endswith("bytes received within the time limit of 2 s")
@@ -208,6 +212,10 @@ async def test_certificate(ca: trustme.CA, tmp_path: Path) -> None:
         gone = await _certificate(ca_file, expired.base)
         assert gone.error_code == ErrorCode.CERTIFICATE_INVALID and "expired" in gone.error_message
         assert gone.attributes["CertificateDaysLeft"] < 0
+        # the failed handshake took time: it is the handshake's, not nobody's
+        t = gone.timings_ms
+        assert t["HttpsHandshakeTime"] > 0, t
+        assert t["ResolveTime"] + t["HttpsHandshakeTime"] <= t["TotalTime"] + 0.01
         relaxed = await _certificate(ca_file, wrong_host.base, CheckCertificateErrors=False)
         assert relaxed.ok and relaxed.attributes["CertificateName"] == ""
         other_ca = str(tmp_path / "other-ca.pem")
@@ -219,3 +227,23 @@ async def test_certificate(ca: trustme.CA, tmp_path: Path) -> None:
     finally:
         for server in (good, soon, wrong_host, expired):
             await server.stop()
+
+
+async def test_a_stalled_tls_handshake_is_handshake_time(ca: trustme.CA, tmp_path: Path) -> None:
+    ca_file = str(tmp_path / "ca.pem")
+    ca.cert_pem.write_to_path(ca_file)
+
+    async def accept_and_wait(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # never answers the ClientHello
+        writer.close()
+
+    server, port = await _server(accept_and_wait)
+    try:
+        stalled = await _certificate(ca_file, f"https://127.0.0.1:{port}/", TimeoutSeconds=1)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert stalled.error_code == ErrorCode.TIMEOUT, stalled
+    t = stalled.timings_ms
+    assert t["HttpsHandshakeTime"] >= 900, t
+    assert t["ResolveTime"] + t["HttpsHandshakeTime"] <= t["TotalTime"] + 0.01
