@@ -66,12 +66,6 @@ def render(rdata: Rdata) -> str:
     return str(rdata.to_text())
 
 
-def normalize(text: str) -> str:
-    """Case-insensitive, trailing dots and quotes ignored, white space folded."""
-    words = text.replace('"', "").lower().split()
-    return " ".join(word.rstrip(".") for word in words)
-
-
 def expected_in(expected: str, answers: list[str]) -> bool:
     """Whether an answer is the expected one: addresses as addresses (2001:DB8:0:0:0:0:0:10 is
     2001:db8::10), the rest as `normalize` has them."""
@@ -85,6 +79,12 @@ def expected_in(expected: str, answers: list[str]) -> bool:
             if ipaddress.ip_address(answer) == address:
                 return True
     return False
+
+
+def normalize(text: str) -> str:
+    """Case-insensitive, trailing dots and quotes ignored, white space folded."""
+    words = text.replace('"', "").lower().split()
+    return " ".join(word.rstrip(".") for word in words)
 
 
 class DnsProbe(Probe):

@@ -13,10 +13,6 @@ from shared.errors import ErrorCode
 from shared.monitors import ConnectMonitor, MonitorBase
 
 MAX_REPLY_BYTES = 65_536
-# once a reply has begun, this long without another byte ends it (as check_tcp does): a
-# server waiting for its next command never closes, and the check should not wait its whole
-# time limit to say the reply lacked the expected text
-REPLY_QUIET_SECONDS = 1.0
 FAMILIES = {"IpV4": socket.AF_INET, "IpV6": socket.AF_INET6}
 
 
@@ -38,6 +34,12 @@ async def close_quietly(writer: asyncio.StreamWriter | None) -> None:
     with contextlib.suppress(OSError, TimeoutError):
         async with asyncio.timeout(2):
             await writer.wait_closed()
+
+
+# once a reply has begun, this long without another byte ends it (as check_tcp does): a
+# server waiting for its next command never closes, and the check should not wait its whole
+# time limit to say the reply lacked the expected text
+REPLY_QUIET_SECONDS = 1.0
 
 
 async def read_reply(
