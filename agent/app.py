@@ -337,6 +337,7 @@ class Agent:
             parse_broker_url(self.settings.broker_url),
         )
         workers = self.pool.start()
+        failure = ""
         background = [
             asyncio.create_task(self.link.run(), name="link"),
             asyncio.create_task(self._flush_loop(), name="flush"),
@@ -350,7 +351,17 @@ class Agent:
             waiter.cancel()
             for task in done:
                 if task is not waiter:
-                    raise task.exception() or RuntimeError(f"{task.get_name()} ended")
+                    # a loop that must never end did: stop, and exit non-zero saying why
+                    died = task.exception() or RuntimeError("it returned")
+                    name = "workers" if task is workers else task.get_name()
+                    log.error(
+                        "agent %s: background task %s died: %r; stopping",
+                        self.id,
+                        name,
+                        died,
+                        exc_info=died,
+                    )
+                    failure = f"its {name} task died: {died!r}"
         finally:
             log.info("agent %s: stopping", self.id)
             try:
@@ -371,6 +382,8 @@ class Agent:
             log.info(
                 "agent %s: stopped; %d results wait in the outbox", self.id, self.outbox.results
             )
+        if failure:
+            raise SystemExit(f"agent {self.id}: stopped because {failure} (see above)")
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
@@ -382,7 +395,14 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
 
 
 async def serve(settings: AgentSettings) -> None:
-    await Agent(settings).run(stop_event())
+    try:
+        agent = Agent(settings)
+    except OSError as exc:
+        raise SystemExit(
+            f"agent {settings.agent_id}: cannot use the data directory {settings.data_dir}: "
+            f"{exc}; exiting"
+        ) from None
+    await agent.run(stop_event())
 
 
 def main(settings: AgentSettings) -> None:

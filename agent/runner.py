@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import operator
 import random
 import time
 import traceback
@@ -29,6 +30,7 @@ from agent.settings import AgentSettings
 from shared import monitors
 from shared.errors import ErrorCode
 from shared.messages import Assignment
+from shared.results import OBSERVED
 from shared.secrets import Scrubber, validation_summary
 
 log = logging.getLogger(__name__)
@@ -257,6 +259,9 @@ def new_uid() -> str:
     return f"{time.time_ns():016x}{random.getrandbits(64):016x}"
 
 
+_observed = operator.attrgetter(*OBSERVED)  # an Outcome's Observation fields, in one C call
+
+
 def make_result(
     monitor_guid: str,
     revision: str,
@@ -268,12 +273,14 @@ def make_result(
     failed_body_bytes: int,
 ) -> dict[str, Any]:
     """The result message of one check (a `CheckResult`'s fields, every one of them), with a
-    new uid; the body only for a failure. A plain dict: the agent made every value itself, and
-    building a pydantic model per check cost more than the rest of this function."""
+    new uid; the body only for a failure. The probe's `Observation` fields are copied as they
+    are (whatever shared/results.py declares); the rest are the agent's. A plain dict: the agent
+    made every value itself, and building a pydantic model per check cost more than the rest
+    of this function."""
     body = None
     if not outcome.ok and outcome.body:
         body = outcome.body[:failed_body_bytes].decode("utf-8", "replace")
-    return {
+    result = {
         "v": 1,
         "uid": new_uid(),
         "monitor_guid": monitor_guid,
@@ -281,17 +288,11 @@ def make_result(
         "monitor_type": monitor_type,
         "scheduled_at": scheduled_at,
         "started_at": started_at,
-        "error_code": int(outcome.error_code),
         "error_description": outcome.description,
-        "error_message": outcome.error_message,
-        "http_status_code": outcome.http_status_code,
-        "total_bytes": outcome.total_bytes,
-        "resolved_ip": outcome.resolved_ip,
-        "timings_ms": outcome.timings_ms,
         "response_body": body,
-        "warnings": outcome.warnings,
         "details": to_json(outcome.details).decode() if outcome.details else None,
-        "attributes": outcome.attributes,
         "is_confirmation": confirms is not None,
         "confirms": confirms,
     }
+    result.update(zip(OBSERVED, _observed(outcome), strict=False))  # same length: OBSERVED's
+    return result

@@ -107,6 +107,27 @@ class ErrorCondition(_Strict):
     MatchType: MatchTypeName | None = None
     Effect: Literal["Indicate", "Error"] | None = None
 
+    @field_validator("Percentage")
+    @classmethod
+    def _no_percentage(cls, value: str | None) -> str | None:
+        if value not in (None, ""):
+            raise ValueError(
+                "is not supported: it belongs to Uptrends' PageElement…WithPercentage "
+                "conditions (browser checks), which Picket does not have; leave it out"
+            )
+        return None
+
+    @field_validator("Level")
+    @classmethod
+    def _no_level(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise ValueError(
+                "is not supported: it belongs to Uptrends' ConsoleContentMatch and "
+                "ConsoleLevel conditions (browser console), which Picket does not have; leave "
+                "it out (Effect says whether a condition fails the check or only indicates)"
+            )
+        return None
+
     @model_validator(mode="after")
     def _check_value(self) -> ErrorCondition:
         if self.ErrorConditionType == "HttpStatus":

@@ -8,7 +8,6 @@ are accepted and ignored so an exported script imports as it is.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Annotated, Any, Literal
 
@@ -23,6 +22,8 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
+
+from shared import jsonin
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_.\-]+)\s*\}\}")
 
@@ -199,10 +200,10 @@ class MsaScript(_Lenient):
 
 def parse_script(text: str) -> MsaScript:
     """The MultiStepApiTransactionScript string; ValueError naming what is wrong."""
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"is not valid JSON: {exc}") from None
+    raw = jsonin.loads(text)  # ValueError: not JSON, or nested too deeply
+    found = jsonin.unstorable(raw)
+    if found is not None:
+        raise ValueError(f"{found[0]}: {found[1]}")
     try:
         return MsaScript.model_validate(raw)
     except ValidationError as exc:

@@ -33,6 +33,8 @@ from urllib.parse import quote, unquote
 
 from pydantic import ValidationError
 
+from shared import jsonin
+
 MASK = "******"
 # values shorter than this stay write-only in the API but are not scrubbed from free text:
 # replacing every "ab" in a response body would erase ordinary words, not protect a secret
@@ -149,8 +151,8 @@ def _parsed_script(text: Any) -> dict[str, Any] | None:
     if not isinstance(text, str) or not text.strip():
         return None
     try:
-        parsed = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+        parsed = jsonin.loads(text)
+    except ValueError:  # not JSON, nested too deeply, an over-long number: validation says so
         return None
     return parsed if isinstance(parsed, dict) else None
 

@@ -264,6 +264,6 @@ async def test_multi_step_secrets_are_write_only(client: TestClient[Any, Any]) -
         assert stored.definition["MsaSteps"][0]["Authentication"]["Password"] == "s3cret"
         assert stored.definition["UserDefinedFunctions"][0]["JwtSigningKey"] == "k3y"
     resp = await client.put(
-        f"/api/v4/Monitor/{guid}", json={**shown, "MsaSteps": "abc"}, headers=ADMIN
+        f"/api/v4/Monitor/{guid}", json={**shown, "MsaSteps": "abc", "Hash": None}, headers=ADMIN
     )
     assert resp.status == 400

@@ -170,6 +170,9 @@ async def _create(client: TestClient[Any, Any], body: dict[str, Any]) -> tuple[s
 
 
 async def _send(client: TestClient[Any, Any], method: str, guid: str, body: Any) -> None:
+    # these round trips reuse one GET on purpose; the Hash check (409) has its own tests
+    if isinstance(body, dict):
+        body = {k: v for k, v in body.items() if k != "Hash"}
     resp = await client.request(method, f"/api/v4/Monitor/{guid}", json=body, headers=ADMIN)
     assert resp.status == 204, await resp.text()
 
