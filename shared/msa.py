@@ -182,7 +182,9 @@ class UserDefinedFunction(_Lenient):
             try:
                 re.compile(self.Regex)
             except (re.error, OverflowError, RecursionError) as exc:
-                raise ValueError(f"function {self.Name!r}: Regex is invalid: {exc}") from None
+                raise ValueError(
+                    f'function {self.Name!r}: Regex "{self.Regex}" is invalid: {exc}'
+                ) from None
         return self
 
     def table(self) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import ssl
 import time
 from typing import Any
@@ -14,7 +15,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
 from agent.probes.base import Outcome, Probe, span_ms
-from agent.probes.tcp import close_quietly, connect_error, resolve
+from agent.probes.tcp import close_quietly, connect_error, reached, resolve
 from shared.errors import ErrorCode
 from shared.monitors import CertificateMonitor, MonitorBase
 from shared.timefmt import iso
@@ -63,6 +64,16 @@ EXPECTED_FIELDS = (
 )
 
 
+@functools.cache
+def _unverifying_context() -> ssl.SSLContext:
+    """For reading a certificate that failed verification: no CA bundle to load (cheap), built
+    once per worker."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 class CertificateProbe(Probe):
     type_names = CertificateMonitor.type_names
 
@@ -72,6 +83,25 @@ class CertificateProbe(Probe):
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         return context
+
+    async def _unverified_certificate(
+        self, address: str, port: int, host: str, seconds: float
+    ) -> bytes | None:
+        """The server's certificate (DER) without verifying it; None if it cannot be had."""
+        if not address or seconds <= 0:
+            return None
+        writer: asyncio.StreamWriter | None = None
+        try:
+            async with asyncio.timeout(seconds):
+                _reader, writer = await asyncio.open_connection(
+                    address, port, ssl=_unverifying_context(), server_hostname=host
+                )
+                tls = writer.get_extra_info("ssl_object")
+                return tls.getpeercert(binary_form=True) if tls is not None else None
+        except (TimeoutError, OSError):  # ssl.SSLError is an OSError
+            return None
+        finally:
+            await close_quietly(writer)
 
     async def check(self, monitor: MonitorBase) -> Outcome:
         assert isinstance(monitor, CertificateMonitor)
@@ -111,11 +141,23 @@ class CertificateProbe(Probe):
         finally:
             marks["done"] = time.perf_counter()  # the close is not part of the check's time
             await close_quietly(writer)
+        end = reached(marks)  # a failed handshake's time is the handshake's
         outcome.timings_ms = {
-            "ResolveTime": span_ms(marks, "resolved", "began"),
-            "HttpsHandshakeTime": span_ms(marks, "handshake", "resolved"),
+            "ResolveTime": span_ms(marks, end("resolved"), "began"),
+            "HttpsHandshakeTime": span_ms(marks, end("handshake"), "resolved"),
             "TotalTime": span_ms(marks, "done", "began"),
         }
+        if outcome.error_code == ErrorCode.CERTIFICATE_INVALID and der is None:
+            # the chain failed verification: still say which certificate it was (NotAfter,
+            # issuer, ...), from a second handshake that does not verify, in the time left
+            left_s = monitor.TimeoutSeconds - (time.perf_counter() - marks["began"])
+            der = await self._unverified_certificate(outcome.resolved_ip, port, host, left_s)
+            if der is not None:
+                cert = x509.load_der_x509_certificate(der)
+                outcome.attributes = describe(cert)
+                left = cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
+                outcome.attributes["CertificateDaysLeft"] = left.days
+            return outcome
         if not outcome.ok or der is None:
             if outcome.ok:
                 outcome.error_code = ErrorCode.TLS_ERROR
