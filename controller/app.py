@@ -54,7 +54,13 @@ class Controller:
             self.metrics,
         )
         self.bus = ControllerBus(settings.broker_url, self, self.metrics)
-        self.assigner = Assigner(store, self.bus, self.metrics)
+        self.assigner = Assigner(
+            store,
+            self.bus,
+            self.metrics,
+            activation_seconds=settings.server_activation_seconds,
+            require_approval=settings.require_approval,
+        )
         # set by a signal, or when a background loop dies
         self.stopping = stopping or asyncio.Event()
         self.failed = ""  # why, once a background loop has died
@@ -182,6 +188,7 @@ def _background(ctl: Controller) -> Callable[[web.Application], AsyncIterator[No
             asyncio.create_task(ctl.bus.run(), name="bus"),
             asyncio.create_task(ctl.ingest.run(), name="ingest"),
             asyncio.create_task(ctl.assigner.reconcile_forever(), name="reconcile"),
+            asyncio.create_task(ctl.assigner.activate_forever(), name="activate"),
             asyncio.create_task(ctl.retention.run(), name="retention"),
         ]
         for task in tasks:

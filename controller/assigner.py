@@ -51,10 +51,22 @@ def phase_offset(monitor_guid: str, interval_seconds: int) -> float:
 
 
 class Assigner:
-    def __init__(self, store: Store, bus: ControllerBus, metrics: ControllerMetrics) -> None:
+    def __init__(
+        self,
+        store: Store,
+        bus: ControllerBus,
+        metrics: ControllerMetrics,
+        activation_seconds: float = 0.0,
+        require_approval: bool = False,
+    ) -> None:
         self.store = store
         self.bus = bus
         self.metrics = metrics
+        # a server new to the controller is upcoming for this long (listed, no checks), or,
+        # with require_approval, pending (not listed, no checks) until an operator approves it
+        self.activation_seconds = activation_seconds
+        self.require_approval = require_approval
+        self._fleet_changed = asyncio.Event()  # wakes activate_forever
         self.servers: dict[str, ServerRow] = {}
         self.monitors: dict[str, MonitorRow] = {}
         self._published: dict[tuple[str, str], str] = {}
@@ -71,6 +83,23 @@ class Assigner:
         self._published = await self.store.assignments()
         self.history.load(await self.store.assignment_history())
         self._update_online_metric()
+        self.metrics.watch_fleet(self._fleet_figures)
+
+    def _fleet_figures(self) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
+        """Servers by (checkpoint, shown state) and assignments by agent, for the metrics."""
+        now = time.time_ns() // 1000
+        by_state: dict[tuple[str, str], int] = {}
+        for srv in self.servers.values():
+            key = (srv.checkpoint_name, srv.shown_state(now))
+            by_state[key] = by_state.get(key, 0) + 1
+        return by_state, self.assigned_per_agent()
+
+    def assigned_per_agent(self) -> dict[str, int]:
+        """How many monitors are assigned (published) to each known agent."""
+        per_agent = dict.fromkeys(self.servers, 0)
+        for _guid, agent in self._published:
+            per_agent[agent] = per_agent.get(agent, 0) + 1
+        return per_agent
 
     def server(self, agent_id: str) -> ServerRow | None:
         return self.servers.get(agent_id)
@@ -91,8 +120,9 @@ class Assigner:
         wanted_regions = set(selected.get("Regions") or [])
         excluded = set(selected.get("ExcludeLocations") or [])
         by_checkpoint: dict[int, list[ServerRow]] = {}
+        now = time.time_ns() // 1000
         for srv in self.servers.values():
-            if monitor.monitor_type not in srv.probe_types:
+            if not srv.can_take_checks(now) or monitor.monitor_type not in srv.probe_types:
                 continue
             chosen = (not wanted_checkpoints and not wanted_regions) or (
                 srv.checkpoint_id in wanted_checkpoints or srv.region_id in wanted_regions
@@ -182,6 +212,13 @@ class Assigner:
                 await self.sync_all()
 
     async def on_hello(self, hello: Hello) -> None:
+        stamp = time.time_ns() // 1000
+        if self.require_approval:
+            new_state, activate_after = "pending", None
+        elif self.activation_seconds > 0:
+            new_state, activate_after = "upcoming", stamp + int(self.activation_seconds * 1e6)
+        else:
+            new_state, activate_after = "active", None
         srv = await self.store.register_server(
             hello.agent,
             hello.checkpoint,
@@ -193,9 +230,11 @@ class Assigner:
             hello.capacity,
             # a retained hello says who the agent is, the LWT-backed state whether it is up
             online=self._presence.get(hello.agent, True),
+            new_state=new_state,
+            activate_after_us=activate_after,
         )
         log.info(
-            "agent %s %s at checkpoint %s (id %d), server id %d, %s %s",
+            "agent %s %s at checkpoint %s (id %d), server id %d, %s %s, %s",
             srv.agent_id,
             "online" if srv.online else "registered (offline)",
             srv.checkpoint_name,
@@ -203,8 +242,10 @@ class Assigner:
             srv.id,
             srv.ipv4,
             srv.ipv6,
+            _state_note(srv),
         )
         self.servers[srv.agent_id] = srv
+        self._fleet_changed.set()
         self._update_online_metric()
         # re-send this agent's assignments (the broker may have lost them), then the full list
         await self.sync_all(force_agent=srv.agent_id)
@@ -223,3 +264,61 @@ class Assigner:
         log.info("agent %s is %s", agent_id, "online" if online else "offline")
         self._update_online_metric()
         await self.sync_all()
+
+    # --- server states ----------------------------------------------------------------------
+
+    async def set_state(self, server_id: int, state: str) -> ServerRow | None:
+        """An operator's Approve (state "active") or Retire ("retired"); the server's monitors
+        are placed again at once. None: no such server."""
+        updated = await self.store.set_server_state(server_id, state)
+        if updated is None:
+            return None
+        self.servers[updated.agent_id] = updated
+        log.info(
+            "agent %s at checkpoint %s (server id %d) is now %s",
+            updated.agent_id,
+            updated.checkpoint_name,
+            updated.id,
+            state,
+        )
+        self._fleet_changed.set()
+        await self.sync_all()
+        return updated
+
+    async def activate_forever(self, longest_wait: float = 60.0) -> None:
+        """Upcoming servers whose activation time has come become active, and monitors are
+        placed on them. (Placement already counts them from that time on, see
+        ServerRow.can_take_checks; this stores the state and re-places at that moment.)"""
+        while True:
+            self._fleet_changed.clear()
+            now = time.time_ns() // 1000
+            timed = [
+                s
+                for s in self.servers.values()
+                if s.state == "upcoming" and s.activate_after_us is not None
+            ]
+            due = [s for s in timed if s.can_take_checks(now)]
+            if due:
+                try:
+                    for srv in due:
+                        await self.set_state(srv.id, "active")
+                except StoreUnavailable:  # the store logs the outage; try again shortly
+                    await asyncio.sleep(min(5.0, longest_wait))
+                continue
+            wait = longest_wait
+            if timed:
+                soonest = min(s.activate_after_us or now for s in timed)
+                wait = min(wait, max(0.0, (soonest - now) / 1e6))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._fleet_changed.wait(), wait)
+
+
+def _state_note(srv: ServerRow) -> str:
+    if srv.state == "upcoming" and srv.activate_after_us is not None:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(srv.activate_after_us / 1e6))
+        return f"upcoming: listed now, takes checks from {when} or on approval"
+    if srv.state == "upcoming":
+        return "upcoming: listed now, takes checks on approval"
+    if srv.state == "pending":
+        return "pending: waits for an operator's approval (POST /Checkpoint/Server/{id}/Approve)"
+    return srv.state

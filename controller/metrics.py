@@ -2,7 +2,40 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+# servers by (checkpoint name, state), assignments by agent id
+FleetFigures = Callable[[], tuple[dict[tuple[str, str], int], dict[str, int]]]
+
+
+class _FleetCollector(Collector):
+    """Read at each scrape from the assigner's own view, so never out of step with it."""
+
+    def __init__(self) -> None:
+        self.source: FleetFigures | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        servers = GaugeMetricFamily(
+            "picket_servers",
+            "Checkpoint servers by checkpoint and state",
+            labels=["checkpoint", "state"],
+        )
+        assigned = GaugeMetricFamily(
+            "picket_assignments", "Monitors assigned to each agent", labels=["agent"]
+        )
+        if self.source is not None:
+            by_state, per_agent = self.source()
+            for (checkpoint_name, state), count in sorted(by_state.items()):
+                servers.add_metric([checkpoint_name, state], count)
+            for agent, count in sorted(per_agent.items()):
+                assigned.add_metric([agent], count)
+        yield servers
+        yield assigned
+
 
 LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 
@@ -11,6 +44,8 @@ class ControllerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self._fleet = _FleetCollector()
+        r.register(self._fleet)
         self.api_requests = Counter(
             "picket_api_requests_total",
             "API requests answered",
@@ -146,3 +181,6 @@ class ControllerMetrics:
             "Hellos and presence messages waiting to be handled (the newest per agent)",
             registry=r,
         )
+
+    def watch_fleet(self, source: FleetFigures) -> None:
+        self._fleet.source = source

@@ -37,6 +37,19 @@ class ControllerSettings(PicketSettings):
         "go to the dead-letter table (and the batch is acknowledged)",
     )
 
+    server_activation_seconds: float = Field(
+        default=86_400.0,
+        ge=0,
+        description="a server new to the controller is upcoming this long: its addresses are "
+        "listed at once (so firewalls can be opened ahead) but it takes no checks until then, "
+        "or until an operator approves it; 0: it takes checks at once (picket up uses 0)",
+    )
+    require_approval: bool = Field(
+        default=False,
+        description="a server new to the controller is pending (not listed, no checks) until "
+        "an operator approves it",
+    )
+
     def password_check_limit(self) -> int:
         return self.max_password_checks or max(1, len(os.sched_getaffinity(0)) // 2)
 

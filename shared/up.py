@@ -215,6 +215,9 @@ async def supervise(settings: UpSettings) -> int:
     )
     if settings.admin_password:
         env["PICKET_ADMIN_PASSWORD"] = settings.admin_password
+    # the embedded agent takes checks at once (a production controller lists a new server's
+    # addresses for a day first, see docs/operations.md)
+    env.setdefault("PICKET_SERVER_ACTIVATION_SECONDS", "0")
     env.setdefault("PICKET_AGENT_ID", "local")
     env.setdefault("PICKET_CHECKPOINT", "Local")
     env.setdefault("PICKET_REGION", "Local")

@@ -25,6 +25,8 @@ def _no_settings_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("PICKET_") and name != "PICKET_TEST_POSTGRES":
             monkeypatch.delenv(name)
+    # as under `picket up`: a new agent takes checks at once (tests of upcoming servers set it)
+    monkeypatch.setenv("PICKET_SERVER_ACTIVATION_SECONDS", "0")
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ checkpoint = sa.Table(
     sa.Column("name", sa.String(100), nullable=False, unique=True),
     sa.Column("code", sa.String(100), nullable=False),
     sa.Column("region_id", sa.Integer, sa.ForeignKey("region.id"), nullable=False),
+    sa.Column("is_primary", sa.Boolean, nullable=False, server_default=sa.true()),  # 0005
 )
 
 server = sa.Table(
@@ -39,6 +40,10 @@ server = sa.Table(
     sa.Column("online", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("first_seen_us", sa.BigInteger, nullable=False),
     sa.Column("last_seen_us", sa.BigInteger, nullable=False),
+    # 0005: pending, upcoming, active or retired (offline is `online` false); an upcoming
+    # server takes checks from activate_after_us on (NULL: only when approved)
+    sa.Column("state", sa.String(16), nullable=False, server_default="active"),
+    sa.Column("activate_after_us", sa.BigInteger, nullable=True),
 )
 
 operator = sa.Table(
@@ -135,4 +140,20 @@ dead_letter = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("payload", sa.Text, nullable=False),  # the result as received (JSON, ASCII)
     sa.Index("ix_dead_letter_received", "received_us"),
+)
+
+# one-time enrolment tokens (0005): only a hash of the token is kept; once used, the agent it
+# enrolled, whose checkpoint it fixes, and the agent's public key
+enrolment = sa.Table(
+    "enrolment",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("checkpoint_name", sa.String(100), nullable=False),
+    sa.Column("region_name", sa.String(100), nullable=False),
+    sa.Column("created_us", sa.BigInteger, nullable=False),
+    sa.Column("expires_us", sa.BigInteger, nullable=False),
+    sa.Column("used_us", sa.BigInteger, nullable=True),
+    sa.Column("agent_id", sa.String(64), nullable=True, unique=True),
+    sa.Column("public_key", sa.Text, nullable=True),
 )

@@ -32,6 +32,7 @@ from controller.db.schema import (
     assignment_history,
     checkpoint,
     dead_letter,
+    enrolment,
     monitor,
     monitor_check,
     operator,
@@ -59,6 +60,39 @@ class ServerRow:
     online: bool
     capacity: int
     probe_types: list[str]
+    state: str = "active"  # pending, upcoming, active or retired (see SERVER_STATES)
+    activate_after_us: int | None = None  # upcoming: takes checks from then (None: on approval)
+    version: str = ""
+    first_seen_us: int = 0
+    last_seen_us: int = 0
+
+    def can_take_checks(self, now_us: int) -> bool:
+        """Whether placement may give this server checks (its presence aside): an active
+        server, or an upcoming one whose activation time has come. Pending and retired
+        servers never do."""
+        if self.state == "active":
+            return True
+        return (
+            self.state == "upcoming"
+            and self.activate_after_us is not None
+            and now_us >= self.activate_after_us
+        )
+
+    def listed(self) -> bool:
+        """Whether its addresses are in the public IPv4/IPv6 lists: upcoming ones are (users
+        open firewalls ahead), pending and retired ones are not."""
+        return self.state in ("upcoming", "active")
+
+    def shown_state(self, now_us: int) -> str:
+        """The state the API shows: pending, upcoming, active, offline or retired."""
+        if self.state in ("pending", "retired"):
+            return self.state
+        if not self.online:
+            return "offline"
+        return "active" if self.can_take_checks(now_us) else "upcoming"
+
+
+SERVER_STATES = ("pending", "upcoming", "active", "offline", "retired")
 
 
 @dataclass(frozen=True)
@@ -280,8 +314,12 @@ class Store:
         probe_types: list[str],
         capacity: int,
         online: bool = True,
+        new_state: str = "active",
+        activate_after_us: int | None = None,
     ) -> ServerRow:
-        """Ids are assigned on first registration and kept (keyed by names and agent id)."""
+        """Ids are assigned on first registration and kept (keyed by names and agent id).
+        A server new to the controller starts in `new_state` (with `activate_after_us`); a
+        known one keeps its state."""
         stamp = now_us()
         async with self._begin() as conn:
             region_id = await self._id_for(conn, region, region_name)
@@ -298,7 +336,13 @@ class Store:
                 "online": online,
                 "last_seen_us": stamp,
             }
-            stmt = self._insert(server).values(agent_id=agent_id, first_seen_us=stamp, **values)
+            stmt = self._insert(server).values(
+                agent_id=agent_id,
+                first_seen_us=stamp,
+                state=new_state,
+                activate_after_us=activate_after_us,
+                **values,
+            )
             await conn.execute(stmt.on_conflict_do_update(index_elements=["agent_id"], set_=values))
         found = await self.server_by_agent(agent_id)
         assert found is not None
@@ -325,6 +369,11 @@ class Store:
             server.c.online,
             server.c.capacity,
             server.c.probe_types,
+            server.c.state,
+            server.c.activate_after_us,
+            server.c.version,
+            server.c.first_seen_us,
+            server.c.last_seen_us,
         ).join(checkpoint, checkpoint.c.id == server.c.checkpoint_id)
 
     @staticmethod
@@ -340,6 +389,11 @@ class Store:
             online=bool(row.online),
             capacity=row.capacity,
             probe_types=json.loads(row.probe_types),
+            state=row.state,
+            activate_after_us=row.activate_after_us,
+            version=row.version,
+            first_seen_us=row.first_seen_us,
+            last_seen_us=row.last_seen_us,
         )
 
     async def servers(self) -> list[ServerRow]:
@@ -361,12 +415,102 @@ class Store:
                     checkpoint.c.name,
                     checkpoint.c.code,
                     checkpoint.c.region_id,
+                    checkpoint.c.is_primary,
                     region.c.name.label("region_name"),
                 )
                 .join(region, region.c.id == checkpoint.c.region_id)
                 .order_by(checkpoint.c.id)
             )
             return [dict(r._mapping) for r in rows]
+
+    # --- enrolment ------------------------------------------------------------------------------
+
+    async def create_enrolment(
+        self, token_hash: str, checkpoint_name: str, region_name: str, expires_us: int
+    ) -> None:
+        async with self._begin() as conn:
+            await conn.execute(
+                sa.insert(enrolment).values(
+                    token_hash=token_hash,
+                    checkpoint_name=checkpoint_name,
+                    region_name=region_name,
+                    created_us=now_us(),
+                    expires_us=expires_us,
+                )
+            )
+
+    async def use_enrolment(
+        self, token_hash: str, agent_id: str, public_key: str
+    ) -> tuple[str, dict[str, Any] | None]:
+        """Spend a token, once: ("ok", its row), or ("unknown" | "used" | "expired", None)."""
+        stamp = now_us()
+        async with self._begin() as conn:
+            result = await conn.execute(
+                sa.update(enrolment)
+                .where(
+                    enrolment.c.token_hash == token_hash,
+                    enrolment.c.used_us.is_(None),
+                    enrolment.c.expires_us > stamp,
+                )
+                .values(used_us=stamp, agent_id=agent_id, public_key=public_key)
+            )
+            row = (
+                await conn.execute(sa.select(enrolment).where(enrolment.c.token_hash == token_hash))
+            ).first()
+        if row is None:
+            return "unknown", None
+        if result.rowcount:
+            return "ok", dict(row._mapping)
+        return ("used" if row.used_us is not None else "expired"), None
+
+    async def enrolled(self, agent_id: str) -> dict[str, Any] | None:
+        """The enrolment of an agent (its checkpoint, region, public key), if it enrolled."""
+        async with self._connect() as conn:
+            row = (
+                await conn.execute(sa.select(enrolment).where(enrolment.c.agent_id == agent_id))
+            ).first()
+            return dict(row._mapping) if row else None
+
+    async def regions(self) -> list[dict[str, Any]]:
+        async with self._connect() as conn:
+            rows = await conn.execute(sa.select(region.c.id, region.c.name).order_by(region.c.id))
+            return [dict(r._mapping) for r in rows]
+
+    async def set_server_state(
+        self, server_id: int, state: str, activate_after_us: int | None = None
+    ) -> ServerRow | None:
+        async with self._begin() as conn:
+            result = await conn.execute(
+                sa.update(server)
+                .where(server.c.id == server_id)
+                .values(state=state, activate_after_us=activate_after_us)
+            )
+        if not result.rowcount:
+            return None
+        async with self._connect() as conn:
+            rows = await conn.execute(self._servers_query().where(server.c.id == server_id))
+            row = rows.first()
+            return self._server(row) if row else None
+
+    async def update_checkpoint(
+        self, checkpoint_id: int, code: str | None, is_primary: bool | None
+    ) -> bool:
+        values: dict[str, Any] = {}
+        if code is not None:
+            values["code"] = code
+        if is_primary is not None:
+            values["is_primary"] = is_primary
+        async with self._begin() as conn:
+            found = await conn.scalar(
+                sa.select(checkpoint.c.id).where(checkpoint.c.id == checkpoint_id)
+            )
+            if found is None:
+                return False
+            if values:
+                await conn.execute(
+                    sa.update(checkpoint).where(checkpoint.c.id == checkpoint_id).values(**values)
+                )
+        return True
 
     # --- operators and API accounts -----------------------------------------------------------
 

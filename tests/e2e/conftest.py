@@ -35,6 +35,7 @@ class Stack:
             "PICKET_DATA_DIR": str(self.workdir / "controller-data"),
             "PICKET_API_LISTEN": f"127.0.0.1:{self.api_port}",
             "PICKET_ADMIN_PASSWORD": self.password,
+            "PICKET_SERVER_ACTIVATION_SECONDS": "0",
             **extra,
         }
         proc = Process("controller", ["controller"], env, self.workdir)
