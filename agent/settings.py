@@ -3,10 +3,10 @@ from __future__ import annotations
 import os
 import socket
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from shared import topics
-from shared.settings import BrokerUrl, ListenAddress, PicketSettings
+from shared.settings import BrokerUrl, ListenAddress, PicketSettings, parse_broker_url
 
 
 def _default_agent_id() -> str:
@@ -63,3 +63,28 @@ class AgentSettings(PicketSettings):
         if not value.strip():
             raise ValueError("must not be blank")
         return value.strip()
+
+    @model_validator(mode="after")
+    def _enrolled_identity(self) -> AgentSettings:
+        """An enrolled agent (see agent/enrol.py) takes its id, checkpoint, region and broker
+        login from <data dir>/identity.json, unless a setting names them; a broker URL given
+        without credentials gets the enrolled login."""
+        from agent.enrol import read_identity
+
+        identity = read_identity(self.data_dir)
+        if identity is None:
+            return self
+        given = self.model_fields_set
+        for name in ("agent_id", "checkpoint", "region"):
+            if name not in given:
+                setattr(self, name, identity[name])
+        if "broker_url" not in given:
+            self.broker_url = identity["broker_url"]
+        elif parse_broker_url(self.broker_url).username is None:
+            enrolled = parse_broker_url(identity["broker_url"])
+            from agent.enrol import with_login
+
+            self.broker_url = with_login(
+                self.broker_url, enrolled.username or "", enrolled.password or ""
+            )
+        return self

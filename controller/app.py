@@ -12,13 +12,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from controller import api
-from controller.api.checkpoints import PUBLIC_PATHS
+from controller.api import checkpoints, enrolment
 from controller.api.common import CONTROLLER, PRINCIPAL, ApiError, refuse_unstorable_text
 from controller.assigner import Assigner
 from controller.auth import Authenticator, AuthLimits, TooManyAttempts, ensure_admin
 from controller.bus import ControllerBus
 from controller.db.connect import DatabaseUnusable, open_store
 from controller.db.store import Store, StoreUnavailable
+from controller.dynsec import BrokerAdmin
 from controller.ingest import Ingest
 from controller.metrics import ControllerMetrics
 from controller.retention import Retention
@@ -28,6 +29,8 @@ from shared.settings import parse_broker_url, parse_listen
 from shared.signals import stop_event
 
 log = logging.getLogger(__name__)
+
+PUBLIC_PATHS = checkpoints.PUBLIC_PATHS | enrolment.PUBLIC_PATHS
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -54,6 +57,12 @@ class Controller:
             self.metrics,
         )
         self.bus = ControllerBus(settings.broker_url, self, self.metrics)
+        # makes enrolled agents' broker logins; None: enrolment is off
+        self.broker_admin = (
+            BrokerAdmin(parse_broker_url(settings.broker_admin_url))
+            if settings.broker_admin_url
+            else None
+        )
         self.assigner = Assigner(
             store,
             self.bus,
@@ -102,6 +111,23 @@ class Controller:
         await self.assigner.sync_all()
 
     async def on_hello(self, hello: Hello) -> None:
+        enrolled = await self.store.enrolled(hello.agent)
+        if enrolled is not None and (
+            hello.checkpoint != enrolled["checkpoint_name"]
+            or hello.region != enrolled["region_name"]
+        ):
+            # the token fixed where this agent measures from: it cannot move itself
+            self.metrics.hellos_refused.labels("checkpoint").inc()
+            log.warning(
+                "hello of agent %s refused: it names checkpoint %s (region %s), but it was "
+                "enrolled for checkpoint %s (region %s)",
+                hello.agent,
+                hello.checkpoint,
+                hello.region,
+                enrolled["checkpoint_name"],
+                enrolled["region_name"],
+            )
+            return
         await self.assigner.on_hello(hello)
 
     async def on_state(self, agent_id: str, online: bool) -> None:

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import os
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from shared.settings import BrokerUrl, ListenAddress, PicketSettings
+from shared.settings import BrokerUrl, ListenAddress, PicketSettings, parse_broker_url
 
 
 class ControllerSettings(PicketSettings):
@@ -49,6 +49,31 @@ class ControllerSettings(PicketSettings):
         description="a server new to the controller is pending (not listed, no checks) until "
         "an operator approves it",
     )
+
+    broker_admin_url: str = Field(
+        default="",
+        description="mqtt://user:password@host:port of a broker login allowed to use "
+        "Mosquitto's dynamic-security API ($CONTROL/dynamic-security/#): enrolment makes "
+        "each agent's own login through it; empty: enrolment is off",
+    )
+    agent_broker_url: str = Field(
+        default="",
+        description="the broker URL enrolled agents are given (no credentials); empty: the "
+        "controller's own PICKET_BROKER_URL without its credentials",
+    )
+
+    @field_validator("broker_admin_url", "agent_broker_url")
+    @classmethod
+    def _broker_or_empty(cls, value: str) -> str:
+        if value:
+            parse_broker_url(value)
+        return value
+
+    def enrolled_agents_broker_url(self) -> str:
+        """The broker URL an enrolled agent is given: never with anyone's credentials."""
+        target = parse_broker_url(self.agent_broker_url or self.broker_url)
+        host = f"[{target.host}]" if ":" in target.host else target.host
+        return f"{'mqtts' if target.tls else 'mqtt'}://{host}:{target.port}"
 
     def password_check_limit(self) -> int:
         return self.max_password_checks or max(1, len(os.sched_getaffinity(0)) // 2)

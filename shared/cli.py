@@ -30,7 +30,46 @@ def _parser() -> argparse.ArgumentParser:
     from agent.settings import AgentSettings
 
     add_flags(agent, AgentSettings)
+    agent_sub = agent.add_subparsers(dest="agent_command", metavar="SUBCOMMAND")
+    enrol = agent_sub.add_parser(
+        "enrol", help="spend an enrolment token: this agent's own broker login and identity"
+    )
+    enrol.add_argument("--controller", required=True, metavar="URL", help="the controller's API")
+    enrol.add_argument(
+        "--token",
+        default=None,
+        metavar="TOKEN",
+        help="the one-time token from POST /api/v4/EnrolmentToken (or PICKET_ENROLMENT_TOKEN)",
+    )
+    enrol.add_argument(
+        "--data-dir",
+        dest="enrol_data_dir",
+        default=None,
+        metavar="DIR",
+        help="where the key and identity are kept (default: PICKET_DATA_DIR, or var)",
+    )
     return parser
+
+
+def _enrol(args: argparse.Namespace) -> None:
+    import os
+    from pathlib import Path
+
+    from agent.enrol import EnrolFailed, enrol
+
+    token = args.token or os.environ.get("PICKET_ENROLMENT_TOKEN", "")
+    if not token:
+        raise SystemExit("picket agent enrol: give --token or PICKET_ENROLMENT_TOKEN")
+    data_dir = Path(args.enrol_data_dir or os.environ.get("PICKET_DATA_DIR") or "var")
+    try:
+        identity = enrol(args.controller, token, data_dir)
+    except EnrolFailed as exc:
+        raise SystemExit(f"picket agent enrol: {exc}") from None
+    print(
+        f"enrolled as agent {identity['agent_id']} at checkpoint {identity['checkpoint']} "
+        f"(region {identity['region']}), broker {identity['broker_url']}; "
+        f"identity and key in {data_dir}: run `picket agent` with PICKET_DATA_DIR={data_dir}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,6 +82,8 @@ def main(argv: list[str] | None = None) -> None:
             controller_settings = load(ControllerSettings, args)
             setup(controller_settings.log_level, "controller")
             run_controller(controller_settings)
+        elif args.command == "agent" and args.agent_command == "enrol":
+            _enrol(args)
         elif args.command == "agent":
             from agent.app import main as run_agent
             from agent.settings import AgentSettings

@@ -184,3 +184,47 @@ class MqttSession:
             log.warning("mqtt %s: publish to %s failed: %s", self._client_id, topic, exc)
             return False
         return True
+
+
+class ControlRequestFailed(Exception):
+    """A one-shot request/response over MQTT got no answer (broker away, refused login,
+    no reply in time). The message never contains a password."""
+
+
+async def control_request(
+    target: BrokerTarget,
+    client_id: str,
+    topic: str,
+    response_topic: str,
+    payload: bytes,
+    wait_seconds: float = 10.0,
+    tls_ca_file: str | None = None,
+) -> bytes:
+    """Publish `payload` on `topic` in a connection of its own and return the first message
+    on `response_topic` (Mosquitto's $CONTROL API answers this way)."""
+    tls_context = ssl.create_default_context(cafile=tls_ca_file) if target.tls else None
+    try:
+        async with asyncio.timeout(wait_seconds):
+            async with aiomqtt.Client(
+                target.host,
+                target.port,
+                username=target.username,
+                password=target.password,
+                identifier=client_id,
+                clean_session=True,
+                timeout=wait_seconds,
+                tls_context=tls_context,
+                logger=logging.getLogger("aiomqtt." + client_id),
+            ) as client:
+                await client.subscribe(response_topic, qos=1)
+                await client.publish(topic, payload, qos=1)
+                async for message in client.messages:
+                    if isinstance(message.payload, bytes | bytearray):
+                        return bytes(message.payload)
+    except TimeoutError:
+        raise ControlRequestFailed(
+            f"no answer from the broker at {target} in {wait_seconds:g}s"
+        ) from None
+    except aiomqtt.MqttError as exc:
+        raise ControlRequestFailed(f"the broker at {target}: {exc}") from None
+    raise ControlRequestFailed(f"the broker at {target} closed the connection")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from controller.api import checkpoints, checks, monitors, register
+from controller.api import checkpoints, checks, enrolment, monitors, register
 
-RESOURCES = (register, monitors, checks, checkpoints)
+RESOURCES = (register, monitors, checks, checkpoints, enrolment)
 
 
 def setup(app: web.Application) -> None:

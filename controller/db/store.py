@@ -463,6 +463,29 @@ class Store:
             return "ok", dict(row._mapping)
         return ("used" if row.used_us is not None else "expired"), None
 
+    async def peek_enrolment(self, token_hash: str) -> tuple[str, dict[str, Any] | None]:
+        """("ok" | "used" | "expired", its row) or ("unknown", None), spending nothing."""
+        async with self._connect() as conn:
+            row = (
+                await conn.execute(sa.select(enrolment).where(enrolment.c.token_hash == token_hash))
+            ).first()
+        if row is None:
+            return "unknown", None
+        if row.used_us is not None:
+            return "used", dict(row._mapping)
+        if row.expires_us <= now_us():
+            return "expired", dict(row._mapping)
+        return "ok", dict(row._mapping)
+
+    async def release_enrolment(self, token_hash: str) -> None:
+        """Unspend a token whose agent could not be given a broker login."""
+        async with self._begin() as conn:
+            await conn.execute(
+                sa.update(enrolment)
+                .where(enrolment.c.token_hash == token_hash)
+                .values(used_us=None, agent_id=None, public_key=None)
+            )
+
     async def enrolled(self, agent_id: str) -> dict[str, Any] | None:
         """The enrolment of an agent (its checkpoint, region, public key), if it enrolled."""
         async with self._connect() as conn:

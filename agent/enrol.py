@@ -1,0 +1,145 @@
+"""`picket agent enrol --controller URL --token T`: the one HTTP call an agent ever makes.
+
+It makes the agent's X25519 key pair (the private key stays in the data directory, mode
+0600; the controller keeps the public key to seal secrets to this agent), spends the token,
+and writes what the controller answers — the agent's id, checkpoint, region and its own
+broker login — to `<data dir>/identity.json` (mode 0600), which a later `picket agent` uses.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+log = logging.getLogger(__name__)
+
+IDENTITY_FILE = "identity.json"
+KEY_FILE = "agent-key.pem"
+ENROL_PATH = "/api/v4/Enrolment"
+
+
+class EnrolFailed(Exception):
+    pass
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Written whole (a temp file renamed) and readable by the owner only."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _key(data_dir: Path) -> X25519PrivateKey:
+    """The agent's key: kept if a first attempt made it, else made now."""
+    path = data_dir / KEY_FILE
+    if path.exists():
+        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(loaded, X25519PrivateKey):
+            raise EnrolFailed(f"{path} holds a key that is not X25519; move it away")
+        return loaded
+    key = X25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    _write_private(path, pem)
+    return key
+
+
+def with_login(broker_url: str, username: str, password: str) -> str:
+    parts = urlsplit(broker_url)
+    host = parts.netloc.rpartition("@")[2]
+    login = f"{quote(username, safe='')}:{quote(password, safe='')}@"
+    return urlunsplit((parts.scheme, login + host, parts.path, "", ""))
+
+
+def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Accept": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            messages = json.loads(exc.read())["Messages"]
+            why = "; ".join(str(m.get("Message")) for m in messages)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            why = exc.reason
+        raise EnrolFailed(f"the controller refused: {exc.code} {why}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise EnrolFailed(f"could not reach the controller at {url}: {exc}") from None
+    if not isinstance(answer, dict):
+        raise EnrolFailed("the controller's answer is not a JSON object")
+    return answer
+
+
+def enrol(controller_url: str, token: str, data_dir: Path) -> dict[str, str]:
+    """Enrol and write the identity; returns it with the password masked."""
+    if urlsplit(controller_url).scheme not in ("http", "https"):
+        raise EnrolFailed("--controller must be an http:// or https:// URL")
+    identity_path = data_dir / IDENTITY_FILE
+    if identity_path.exists():
+        raise EnrolFailed(
+            f"this agent is already enrolled ({identity_path}); remove that file and "
+            f"{KEY_FILE} to enrol it again with a new token"
+        )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = _key(data_dir)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    answer = _post(
+        controller_url.rstrip("/") + ENROL_PATH,
+        {"Token": token, "PublicKey": base64.b64encode(public).decode(), "KeyType": "X25519"},
+    )
+    try:
+        identity = {
+            "agent_id": str(answer["AgentId"]),
+            "checkpoint": str(answer["CheckpointName"]),
+            "region": str(answer["RegionName"]),
+            "broker_url": with_login(
+                str(answer["BrokerUrl"]), str(answer["MqttUsername"]), str(answer["MqttPassword"])
+            ),
+        }
+    except KeyError as exc:
+        raise EnrolFailed(f"the controller's answer lacks {exc}") from None
+    _write_private(identity_path, json.dumps(identity, indent=2).encode())
+    return {**identity, "broker_url": str(answer["BrokerUrl"])}
+
+
+def read_identity(data_dir: Path) -> dict[str, str] | None:
+    """What enrolment wrote, or None if this agent was not enrolled."""
+    path = data_dir / IDENTITY_FILE
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        identity = json.loads(raw)
+    except ValueError:
+        raise ValueError(f"{path} is not JSON; enrol again") from None
+    fields = ("agent_id", "checkpoint", "region", "broker_url")
+    if not isinstance(identity, dict) or not all(isinstance(identity.get(f), str) for f in fields):
+        raise ValueError(f"{path} lacks one of {', '.join(fields)}; enrol again")
+    return {f: identity[f] for f in fields}
