@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import glob
 import hashlib
 import os
 import random
@@ -67,31 +68,62 @@ async def wait_for(
     raise AssertionError(f"timed out after {within}s waiting for {what} (last error: {last_error})")
 
 
+def dynsec_plugin() -> str | None:
+    """Mosquitto's dynamic-security plugin (Debian's mosquitto 2.0 ships it), if installed."""
+    for pattern in (
+        "/usr/lib/*/mosquitto_dynamic_security.so",
+        "/usr/lib/mosquitto_dynamic_security.so",
+        "/usr/local/lib/mosquitto_dynamic_security.so",
+    ):
+        found = sorted(glob.glob(pattern))
+        if found:
+            return found[0]
+    return None
+
+
 class Mosquitto:
     """A private mosquitto on a free port, with its own config, ACL file and data dir."""
 
     def __init__(
-        self, workdir: Path, acl: str | None = None, users: dict[str, str] | None = None
+        self,
+        workdir: Path,
+        acl: str | None = None,
+        users: dict[str, str] | None = None,
+        dynsec_admin: tuple[str, str] | None = None,
     ) -> None:
         """Anonymous access to picket/v1/# by default; with `users`, only those logins, and
-        `acl` (the text of an ACL file) deciding who may touch which topic."""
+        `acl` (the text of an ACL file) deciding who may touch which topic; with
+        `dynsec_admin` (user, password), the dynamic-security plugin decides, with that
+        login as its administrator and no other."""
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         acl_file = self.dir / "acl"
         acl_file.write_text(acl or "topic readwrite picket/v1/#\n")
-        auth = ["allow_anonymous true"]
-        if users:
+        auth = ["allow_anonymous true", f"acl_file {acl_file}"]
+        if dynsec_admin:
+            plugin = dynsec_plugin()
+            state = self.dir / "dynamic-security.json"
+            subprocess.run(
+                ["mosquitto_ctrl", "dynsec", "init", str(state), *dynsec_admin],
+                check=True,
+                capture_output=True,
+            )
+            auth = [
+                "allow_anonymous false",
+                f"plugin {plugin}",
+                f"plugin_opt_config_file {state}",
+            ]
+        elif users:
             passwd = self.dir / "passwd"
             passwd.touch(mode=0o600)
             for user, password in users.items():
                 subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, password], check=True)
-            auth = ["allow_anonymous false", f"password_file {passwd}"]
+            auth = ["allow_anonymous false", f"password_file {passwd}", f"acl_file {acl_file}"]
         lines = [
             f"listener {self.port} 127.0.0.1",
             *auth,
-            f"acl_file {acl_file}",
             "persistence true",
             f"persistence_location {self.dir}/",
             f"log_dest file {self.dir / 'mosquitto.log'}",
