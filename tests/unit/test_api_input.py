@@ -253,7 +253,8 @@ def test_constant_fields_are_documented_as_fixed() -> None:
         "the last is fixed to the same as Tls12_Tls11_Tls10",
         "fixed: `StaleTime` is 0",
         "`UrlIsBlocked` false (Picket blocks no URLs)",
-        "`IsPrimaryCheckpoint` is always true",
+        "`ChildRegions` is always empty",
+        "`ClockOffsetMilliseconds` (null until measured)",
         "`IsPartialCheck` and `IsConcurrentCheck` are always false",
         "`Percentage` and `Level` are refused",
     ]:
