@@ -254,7 +254,7 @@ def test_constant_fields_are_documented_as_fixed() -> None:
         "fixed: `StaleTime` is 0",
         "`UrlIsBlocked` false (Picket blocks no URLs)",
         "`ChildRegions` is always empty",
-        "`ClockOffsetMilliseconds` (null until measured)",
+        "ClockOffsetMilliseconds (null until measured)",
         "`IsPartialCheck` and `IsConcurrentCheck` are always false",
         "`Percentage` and `Level` are refused",
     ]:
