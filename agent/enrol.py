@@ -104,7 +104,7 @@ def enrol(controller_url: str, token: str, data_dir: Path) -> dict[str, str]:
             f"this agent is already enrolled ({identity_path}); remove that file and "
             f"{KEY_FILE} to enrol it again with a new token"
         )
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = _key(data_dir)
     public = key.public_key().public_bytes(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw

@@ -60,7 +60,9 @@ def _enrol(args: argparse.Namespace) -> None:
     token = args.token or os.environ.get("PICKET_ENROLMENT_TOKEN", "")
     if not token:
         raise SystemExit("picket agent enrol: give --token or PICKET_ENROLMENT_TOKEN")
-    data_dir = Path(args.enrol_data_dir or os.environ.get("PICKET_DATA_DIR") or "var")
+    data_dir = Path(
+        args.enrol_data_dir or args.data_dir or os.environ.get("PICKET_DATA_DIR") or "var"
+    )
     try:
         identity = enrol(args.controller, token, data_dir)
     except EnrolFailed as exc:
