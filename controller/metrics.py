@@ -93,6 +93,12 @@ class ControllerMetrics:
             ["reason"],
             registry=r,
         )
+        self.enrolments = Counter(
+            "picket_enrolments_total",
+            "Enrolment attempts by outcome: ok, unknown, used, expired, broker_failed",
+            ["outcome"],
+            registry=r,
+        )
         self.hellos_refused = Counter(
             "picket_hellos_refused_total",
             "Agent hellos refused as invalid, by the field at fault",

@@ -125,6 +125,8 @@ async def enrol(request: web.Request) -> web.Response:
     hashed = token_hash(wanted.Token)
     # the checkpoint name is known only once the token is spent; the id is made first
     outcome, row = await ctl.store.peek_enrolment(hashed)
+    if outcome != "ok":
+        ctl.metrics.enrolments.labels(outcome).inc()
     if outcome == "unknown" or row is None:
         fail(401, "This enrolment token is not known", "Token")
     if outcome == "used":
@@ -134,14 +136,17 @@ async def enrol(request: web.Request) -> web.Response:
     agent_id = _agent_id(row["checkpoint_name"])
     outcome, row = await ctl.store.use_enrolment(hashed, agent_id, wanted.PublicKey)
     if outcome != "ok" or row is None:  # spent by a concurrent request meanwhile
+        ctl.metrics.enrolments.labels("used").inc()
         fail(409, "This enrolment token has already been used; ask for a new one", "Token")
     password = secrets.token_urlsafe(32)
     try:
         await admin.create_agent_login(agent_id, password)
     except BrokerAdminError as exc:
         await ctl.store.release_enrolment(hashed)
+        ctl.metrics.enrolments.labels("broker_failed").inc()
         log.error("enrolment of an agent for checkpoint %s failed: %s", row["checkpoint_name"], exc)
         raise ApiError(503, [(None, f"The broker did not make the agent's login: {exc}")]) from None
+    ctl.metrics.enrolments.labels("ok").inc()
     log.info(
         "agent %s enrolled at checkpoint %s (region %s)",
         agent_id,

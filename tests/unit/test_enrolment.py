@@ -104,6 +104,9 @@ async def test_unknown_used_and_expired_tokens_get_clear_errors(
     await ctl.store.create_enrolment("f" * 64, "Amsterdam", "Europe", now_us() - 1)
     outcome, _row = await ctl.store.use_enrolment("f" * 64, "ams-2", KEY)
     assert outcome == "expired"
+    metrics = await (await api.get("/metrics")).text()
+    assert 'picket_enrolments_total{outcome="unknown"} 1.0' in metrics
+    assert 'picket_enrolments_total{outcome="used"} 1.0' in metrics
 
 
 async def test_expired_token_through_the_api(
