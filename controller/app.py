@@ -128,7 +128,7 @@ class Controller:
                 enrolled["region_name"],
             )
             return
-        await self.assigner.on_hello(hello)
+        await self.assigner.on_hello(hello, vouched=enrolled is not None)
 
     async def on_state(self, agent_id: str, online: bool) -> None:
         await self.assigner.on_state(agent_id, online)

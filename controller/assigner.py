@@ -211,9 +211,11 @@ class Assigner:
             with contextlib.suppress(StoreUnavailable):
                 await self.sync_all()
 
-    async def on_hello(self, hello: Hello) -> None:
+    async def on_hello(self, hello: Hello, vouched: bool = False) -> None:
+        """`vouched`: the agent enrolled with an administrator's token, which is its approval
+        (it is still upcoming for the activation time, so firewalls can be opened first)."""
         stamp = time.time_ns() // 1000
-        if self.require_approval:
+        if self.require_approval and not vouched:
             new_state, activate_after = "pending", None
         elif self.activation_seconds > 0:
             new_state, activate_after = "upcoming", stamp + int(self.activation_seconds * 1e6)

@@ -268,6 +268,19 @@ async def test_pending_server_waits_for_approval(make_fleet: MakeFleet) -> None:
     assert (await get(client, "/Checkpoint/Server/Ipv4", headers={}))["Data"] == ["198.51.100.1"]
 
 
+async def test_an_enrolled_agent_needs_no_second_approval(make_fleet: MakeFleet) -> None:
+    _client, ctl = await make_fleet(require_approval=True)
+    await ctl.store.create_enrolment("e" * 64, "Amsterdam", "Europe", 2**62)
+    assert (await ctl.store.use_enrolment("e" * 64, "ams-1", "k"))[0] == "ok"
+    await ctl.on_hello(hello("ams-1", "Amsterdam", "Europe", "198.51.100.1"))
+    await ctl.on_hello(hello("ams-2", "Amsterdam", "Europe", "198.51.100.2"))
+    assert ctl.assigner.servers["ams-1"].state == "active"
+    assert ctl.assigner.servers["ams-2"].state == "pending"
+    # and its token fixed its checkpoint
+    await ctl.on_hello(hello("ams-1", "Elsewhere", "Europe", "198.51.100.1"))
+    assert ctl.assigner.servers["ams-1"].checkpoint_name == "Amsterdam"
+
+
 async def test_retired_server_leaves_the_lists_and_takes_no_checks(make_fleet: MakeFleet) -> None:
     client, ctl = await make_fleet()
     ctl.assigner.monitors[MONITOR.guid] = MONITOR
