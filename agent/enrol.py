@@ -133,8 +133,10 @@ def read_identity(data_dir: Path) -> dict[str, str] | None:
     path = data_dir / IDENTITY_FILE
     try:
         raw = path.read_bytes()
-    except FileNotFoundError:
-        return None
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # not enrolled (an unusable data directory is reported where it is used)
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
     try:
         identity = json.loads(raw)
     except ValueError:
