@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from shared import regex
 from shared.msa import (
     MsaScript,
     MsaStep,
@@ -111,9 +112,9 @@ class ErrorCondition(_Strict):
                 raise ValueError("ContentMatch needs Value: the text or pattern to match")
             if (self.MatchType or "").endswith("Regex"):
                 try:
-                    re.compile(self.Value)
-                except (re.error, OverflowError, RecursionError) as exc:
-                    raise ValueError(f"Value is not a valid regular expression: {exc}") from None
+                    regex.check(self.Value)
+                except regex.RegexError as exc:
+                    raise ValueError(f"Value: the regular expression: {exc}") from None
         elif not self.Value.strip().isdigit():
             unit = "bytes" if "Bytes" in self.ErrorConditionType else "milliseconds"
             raise ValueError(f"{self.ErrorConditionType} needs Value: a whole number of {unit}")

@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from shared import regex
+
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_.\-]+)\s*\}\}")
 
 SourceName = Literal[
@@ -169,9 +171,9 @@ class UserDefinedFunction(_Lenient):
             self.Type = inferred  # type: ignore[assignment]
         if self.Type == "Regex":
             try:
-                re.compile(self.Regex)
-            except (re.error, OverflowError, RecursionError) as exc:
-                raise ValueError(f"function {self.Name!r}: Regex is invalid: {exc}") from None
+                regex.check(self.Regex)
+            except regex.RegexError as exc:
+                raise ValueError(f"function {self.Name!r}: Regex: {exc}") from None
         return self
 
     def table(self) -> dict[str, str]:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import errno as os_errors
 import functools
-import re
 import time
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from agent import curl
 from agent.probes.base import Outcome, Probe
+from shared import regex
 from shared.errors import ErrorCode
 from shared.monitors import ErrorCondition, HttpMonitor, MonitorBase
 
@@ -109,7 +109,10 @@ def evaluate(
         text = _decode(body) if text is None else text
         match_type = cond.MatchType or "ErrorWhenNotContains"
         if match_type.endswith("Regex"):
-            found = re.search(cond.Value, text) is not None
+            try:
+                found = regex.search(cond.Value, text) is not None
+            except regex.RegexError as exc:  # stored before RE2 checked patterns at the API
+                return Outcome(ErrorCode.UNSUPPORTED, f"ContentMatch {cond.Value!r}: {exc}")
         else:
             found = cond.Value in text
         error_when_found = match_type in ("ErrorWhenContains", "ErrorWhenContainsRegex")
