@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import ssl
 import time
+from collections import OrderedDict
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -13,8 +14,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
-from agent.probes.base import Outcome, Probe, span_ms
-from agent.probes.tcp import close_quietly, connect_error, resolve
+from agent.bounds import host_key
+from agent.probes.base import Outcome, Probe, ProbeContext, span_ms
+from agent.probes.tcp import close_quietly, connect_error
 from shared.errors import ErrorCode
 from shared.monitors import CertificateMonitor, MonitorBase
 from shared.timefmt import iso
@@ -63,29 +65,58 @@ EXPECTED_FIELDS = (
 )
 
 
+# SSL contexts kept per worker: building one loads the CA bundle (≈ 18 ms, the loop stopped)
+MAX_SSL_CONTEXTS = 16
+SslConfig = tuple[bool, str | None]  # (verify chain and name, CA file); more as monitors need
+
+
 class CertificateProbe(Probe):
     type_names = CertificateMonitor.type_names
 
+    def __init__(self, ctx: ProbeContext) -> None:
+        super().__init__(ctx)
+        self._contexts: OrderedDict[SslConfig, ssl.SSLContext] = OrderedDict()
+        self.contexts_built = 0
+
     def _context(self, verify: bool) -> ssl.SSLContext:
+        """The worker's context for this configuration, built on first use (the least recently
+        used goes beyond MAX_SSL_CONTEXTS). A CA file changed on disk counts from the worker's
+        next start."""
+        config: SslConfig = (verify, self.ctx.ca_file)
+        context = self._contexts.get(config)
+        if context is not None:
+            self._contexts.move_to_end(config)
+            return context
         context = ssl.create_default_context(cafile=self.ctx.ca_file)
         if not verify:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
+        self.contexts_built += 1
+        self._contexts[config] = context
+        if len(self._contexts) > MAX_SSL_CONTEXTS:
+            self._contexts.popitem(last=False)
         return context
 
     async def check(self, monitor: MonitorBase) -> Outcome:
         assert isinstance(monitor, CertificateMonitor)
         parts = urlsplit(monitor.Url)
         host, port = parts.hostname or "", parts.port or 443
+        async with self.ctx.bounds.hold(host_key(host, port)):
+            return await self._check(monitor, host, port)
+
+    async def _check(self, monitor: CertificateMonitor, host: str, port: int) -> Outcome:
         outcome = Outcome()
         marks = {"began": time.perf_counter()}
+        deadline = asyncio.get_running_loop().time() + monitor.TimeoutSeconds
         der: bytes | None = None
         writer: asyncio.StreamWriter | None = None
         try:
-            async with asyncio.timeout(monitor.TimeoutSeconds):
-                family, address = await resolve(host, port, monitor.IpVersion)
-                outcome.resolved_ip = address
-                marks["resolved"] = time.perf_counter()
+            family, address = await self.ctx.lookups.resolve(
+                host, port, monitor.IpVersion, monitor.TimeoutSeconds
+            )
+            outcome.resolved_ip = address
+            marks["resolved"] = time.perf_counter()
+            async with asyncio.timeout_at(deadline):
                 _reader, writer = await asyncio.open_connection(
                     address,
                     port,
