@@ -4,7 +4,9 @@ The system's resolver (getaddrinfo: /etc/hosts and nsswitch count, as they do fo
 HTTP checks) blocks its thread, so it runs in threads of the worker's own: a lookup that hangs
 (a DNS server that never answers) holds one of them until the C library gives up, but its
 check ends at its time limit with DNS_FAILURE, and never stalls the event loop or the default
-executor. Addresses given as literals skip the threads.
+executor. The same question asked again while it is still being answered waits for that
+answer instead of taking another thread, so a name whose lookups hang holds one thread, not one
+per check, and the other names keep theirs. Addresses given as literals skip the threads.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import asyncio
 import ipaddress
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 FAMILIES = {"IpV4": socket.AF_INET, "IpV6": socket.AF_INET6}
 # lookups at once per worker; more wait in line (within their own time limit). Threads start
 # only as lookups need them.
 LOOKUP_THREADS = 32
+Question = tuple[str, int]  # host, address family (the port changes no address)
 
 
 class LookupTimedOut(socket.gaierror):
@@ -27,15 +31,15 @@ class LookupTimedOut(socket.gaierror):
 class NameLookups:
     def __init__(self, threads: int = LOOKUP_THREADS) -> None:
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="picket-lookup")
+        self._asked: dict[Question, asyncio.Future[Any]] = {}  # being answered
+        self.started = 0  # lookups handed to a thread
         self.timed_out = 0
 
     async def resolve(
         self,
         host: str,
-        port: int,
         ip_version: str | None,
         within_seconds: float,
-        kind: socket.SocketKind = socket.SOCK_STREAM,
     ) -> tuple[socket.AddressFamily, str]:
         """The first address of `host` (of the IP version, if one is given); LookupTimedOut
         after `within_seconds`, socket.gaierror when the name does not resolve."""
@@ -43,11 +47,18 @@ class NameLookups:
         literal = _literal(host, family)
         if literal is not None:
             return literal
-        loop = asyncio.get_running_loop()
-        lookup = loop.run_in_executor(self._executor, socket.getaddrinfo, host, port, family, kind)
+        question: Question = (host, family)
+        lookup = self._asked.get(question)
+        if lookup is None:
+            lookup = asyncio.get_running_loop().run_in_executor(
+                self._executor, socket.getaddrinfo, host, None, family, socket.SOCK_STREAM
+            )
+            self.started += 1
+            self._asked[question] = lookup
+            lookup.add_done_callback(lambda done: self._answered(question, done))
         try:
             async with asyncio.timeout(within_seconds):
-                infos = await lookup
+                infos = await asyncio.shield(lookup)  # others may wait for it still
         except TimeoutError:
             self.timed_out += 1
             raise LookupTimedOut(
@@ -55,6 +66,11 @@ class NameLookups:
             ) from None
         found_family, _kind, _proto, _name, sockaddr = infos[0]
         return found_family, str(sockaddr[0])
+
+    def _answered(self, question: Question, lookup: asyncio.Future[Any]) -> None:
+        self._asked.pop(question, None)
+        if not lookup.cancelled():
+            lookup.exception()  # retrieved, even when every check waiting for it gave up
 
     def close(self) -> None:
         """Lookups still hanging end in their threads when the C library gives up."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 
 import dns.asyncquery
@@ -147,7 +146,7 @@ class DnsProbe(Probe):
         host, port = split_host_port(monitor.DnsServer, 53)
         began = time.monotonic()
         _family, address = await self.ctx.lookups.resolve(
-            host, port, monitor.IpVersion, monitor.TimeoutSeconds, socket.SOCK_DGRAM
+            host, monitor.IpVersion, monitor.TimeoutSeconds
         )
         left = max(0.001, monitor.TimeoutSeconds - (time.monotonic() - began))
         query = dns.message.make_query(monitor.DnsTestValue, rdtype)

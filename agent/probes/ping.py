@@ -84,7 +84,7 @@ class PingProbe(Probe):
         began = time.perf_counter()
         try:
             family, address = await self.ctx.lookups.resolve(
-                monitor.NetworkAddress, 0, monitor.IpVersion, monitor.TimeoutSeconds
+                monitor.NetworkAddress, monitor.IpVersion, monitor.TimeoutSeconds
             )
         except OSError as exc:  # LookupTimedOut too: a DNS failure
             return Outcome(ErrorCode.DNS_FAILURE, str(exc))

@@ -50,7 +50,7 @@ class ConnectProbe(Probe):
         received = b""
         try:
             family, address = await self.ctx.lookups.resolve(
-                monitor.NetworkAddress, monitor.Port, monitor.IpVersion, monitor.TimeoutSeconds
+                monitor.NetworkAddress, monitor.IpVersion, monitor.TimeoutSeconds
             )
             outcome.resolved_ip = address
             marks["resolved"] = time.perf_counter()

@@ -112,7 +112,7 @@ class CertificateProbe(Probe):
         writer: asyncio.StreamWriter | None = None
         try:
             family, address = await self.ctx.lookups.resolve(
-                host, port, monitor.IpVersion, monitor.TimeoutSeconds
+                host, monitor.IpVersion, monitor.TimeoutSeconds
             )
             outcome.resolved_ip = address
             marks["resolved"] = time.perf_counter()
