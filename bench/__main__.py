@@ -14,7 +14,7 @@ from types import FrameType
 import pycurl
 import uvloop
 
-from bench import e2e, engine, infra, lateness, probes, timing
+from bench import e2e, engine, infra, lateness, probes, stall, timing
 from bench.infra import Summary
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], list[Summary]]] = {
@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], list[Summary]]] = {
     "probes": probes.main,
     "lateness": lateness.main,
     "timing": timing.main,
+    "stall": stall.main,
     "e2e": e2e.main,
 }
 

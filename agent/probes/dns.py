@@ -96,7 +96,7 @@ class DnsProbe(Probe):
             key = host_key(host, port)
         else:
             key = SYSTEM_RESOLVER
-        async with self.ctx.bounds.hold(key):
+        async with self.ctx.bounds.hold(key, paced=True):
             return await self._check(monitor)
 
     async def _check(self, monitor: DnsMonitor) -> Outcome:

@@ -76,7 +76,7 @@ class PingProbe(Probe):
 
     async def check(self, monitor: MonitorBase) -> Outcome:
         assert isinstance(monitor, PingMonitor)
-        async with self.ctx.bounds.hold(host_key(monitor.NetworkAddress)):
+        async with self.ctx.bounds.hold(host_key(monitor.NetworkAddress), paced=True):
             return await self._check(monitor)
 
     async def _check(self, monitor: PingMonitor) -> Outcome:

@@ -39,7 +39,8 @@ class ConnectProbe(Probe):
 
     async def check(self, monitor: MonitorBase) -> Outcome:
         assert isinstance(monitor, ConnectMonitor)
-        async with self.ctx.bounds.hold(host_key(monitor.NetworkAddress, monitor.Port)):
+        key = host_key(monitor.NetworkAddress, monitor.Port)
+        async with self.ctx.bounds.hold(key, paced=True):
             return await self._check(monitor)
 
     async def _check(self, monitor: ConnectMonitor) -> Outcome:
