@@ -163,7 +163,7 @@ class UserDefinedFunction(_Lenient):
     HashKey: str = ""
 
     @model_validator(mode="after")
-    def _kind(self) -> UserDefinedFunction:
+    def _kind(self, info: ValidationInfo) -> UserDefinedFunction:
         if self.Type is None:
             inferred = self.discriminator.removeprefix("UserDefinedFunction")
             if inferred not in ("Mapping", "Regex", "JwtEncode", "JwtDecode", "Hash"):
@@ -171,7 +171,7 @@ class UserDefinedFunction(_Lenient):
             self.Type = inferred  # type: ignore[assignment]
         if self.Type == "Regex":
             try:
-                regex.check(self.Regex)
+                regex.validate(self.Regex, info.context)
             except regex.RegexError as exc:
                 raise ValueError(f"function {self.Name!r}: Regex: {exc}") from None
         return self
@@ -187,14 +187,15 @@ class MsaScript(_Lenient):
     Version: int = 2
 
 
-def parse_script(text: str) -> MsaScript:
-    """The MultiStepApiTransactionScript string; ValueError naming what is wrong."""
+def parse_script(text: str, context: Any = None) -> MsaScript:
+    """The MultiStepApiTransactionScript string; ValueError naming what is wrong. `context`:
+    pydantic's validation context (shared.regex.FROM_OUTSIDE for input from the API)."""
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"is not valid JSON: {exc}") from None
     try:
-        return MsaScript.model_validate(raw)
+        return MsaScript.model_validate(raw, context=context)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in first["loc"])

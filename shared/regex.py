@@ -3,10 +3,12 @@ imports `re2` (google-re2).
 
 A pattern from outside (an error condition's `ContentMatch` regex, a multi-step function's
 `Regex`) is checked once at the API with `check`, which names the construct RE2 refuses
-(look-around, back-references, ...) so the answer is a 400 that says what to change. Checks
-match with `search`. There is no fallback to Python's backtracking `re`: a pattern RE2 cannot
-run never runs (one that reaches an agent anyway, say stored before this check existed, fails
-its check with `RegexError`'s message). See docs/api.md, "Regular expressions".
+(look-around, back-references, ...) so the answer is a 400 that says what to change: the
+monitor models call `validate` with the validation context the API passes (FROM_OUTSIDE).
+Checks match with `search`. There is no fallback to Python's backtracking `re`: a pattern RE2
+cannot run never runs. One stored before this check existed still loads (the controller
+assigns it, the agent accepts it) and fails its checks with `RegexError`'s message, so the
+monitor says what to change instead of going quiet. See docs/api.md, "Regular expressions".
 
 Compatibility with Python's `re` for ordinary patterns: the same syntax for classes, groups,
 named groups `(?P<name>...)`, repetition, anchors and the inline flags `(?i)`, `(?m)`, `(?s)`;
@@ -141,6 +143,24 @@ def compile(pattern: str) -> Any:
 def check(pattern: str) -> None:
     """Raise RegexError if the pattern cannot be run."""
     compile(pattern)
+
+
+# pydantic's validation context for input from outside (the API): patterns checked in full
+FROM_OUTSIDE: dict[str, bool] = {"from_outside": True}
+
+
+def validate(pattern: str, context: Any) -> None:
+    """A monitor model's check of a pattern: in full (RE2 runs it) for input from outside;
+    for a definition already stored, only that it parses, as it always had to."""
+    if isinstance(context, dict) and context.get("from_outside"):
+        check(pattern)
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            re.compile(pattern)
+    except (re.error, OverflowError, RecursionError) as exc:
+        raise RegexError(f"not a valid pattern: {exc}") from None
 
 
 def search(pattern: str, text: str) -> Match | None:

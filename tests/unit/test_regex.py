@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from pydantic import ValidationError
 
 from agent.curl import CurlEngine
 from agent.probes.base import ProbeContext
@@ -151,3 +152,20 @@ def test_bad_patterns_say_why() -> None:
     regex.check("(" * 2000 + ")" * 2000)  # deep nesting: never a RecursionError
     with pytest.raises(regex.RegexError, match="missing"):
         regex.check("(" * 4000)
+
+
+async def test_a_pattern_stored_before_re2_loads_and_its_checks_say_why(target: Target) -> None:
+    stored = _http(r"good(?=:)") | {"Url": f"{target.base}/ok"}
+    with pytest.raises(ValidationError, match="look-ahead"):
+        HttpMonitor.model_validate(stored, context=regex.FROM_OUTSIDE)  # as the API does
+    monitor = HttpMonitor.model_validate(stored)  # as the controller and agent load it
+    curl = CurlEngine(4)
+    try:
+        outcome = await HttpProbe(ProbeContext(curl=curl, max_body_bytes=1 << 20)).check(monitor)
+    finally:
+        curl.close()
+    assert outcome.error_code == ErrorCode.UNSUPPORTED, outcome
+    assert "look-ahead" in outcome.error_message
+    function = UserDefinedFunction.model_validate({"Name": "f", "Type": "Regex", "Regex": "(a)\\1"})
+    with pytest.raises(ValueError, match="back-reference"):
+        execute(function, "aa")

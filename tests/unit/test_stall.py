@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import trustme
 
-from agent.bounds import Bounds, host_key
+from agent.bounds import STARTS_PER_TURN, Bounds, host_key
 from agent.curl import CurlEngine
 from agent.metrics import CheckMetrics
 from agent.probes.base import Outcome, ProbeContext
@@ -278,3 +278,27 @@ def test_name_lookups_have_time_limits_and_the_resolver_is_built_once(tmp_path: 
     assert found["up"] == [0, "", "127.0.0.1"]  # other names resolve meanwhile
     # 42 checks of one name hanging at once took one lookup thread, and up.picket.test another
     assert found["lookups_started"] == 2
+
+
+async def test_paced_checks_start_a_few_per_loop_turn() -> None:
+    bounds = Bounds(1000, 1000)
+    turns = 0
+    started: list[int] = []
+    counting = True
+
+    def count_turns() -> None:
+        nonlocal turns
+        turns += 1
+        if counting:
+            asyncio.get_running_loop().call_soon(count_turns)
+
+    async def check() -> None:
+        async with bounds.hold("host:1", paced=True):
+            started.append(turns)
+
+    asyncio.get_running_loop().call_soon(count_turns)
+    await asyncio.gather(*(check() for _ in range(3 * STARTS_PER_TURN + 1)))
+    counting = False
+    per_turn = [started.count(turn) for turn in sorted(set(started))]
+    assert per_turn == [STARTS_PER_TURN] * 3 + [1], per_turn
+    assert bounds.holding == 0 and bounds.waiting() == 0
