@@ -78,10 +78,11 @@ EXPECTED_FIELDS = (
 MAX_SSL_CONTEXTS = 16
 SslConfig = tuple[bool, str | None]  # (verify chain and name, CA file); more as monitors need
 # The CPU-heavy steps of a check (the handshake's cryptography, building a context, reading
-# the certificate) run in these threads, OpenSSL without the GIL, so the worker's loop, and the
+# the certificate) run in a thread, OpenSSL without the GIL, so the worker's loop, and the
 # timings of the other checks it drives, never wait for them; the network waits stay on the
-# loop, so a slow or silent server holds no thread.
-TLS_THREADS = 2
+# loop, so a slow or silent server holds no thread. One per worker (a worker per core): more
+# only contend with the loop for the GIL and the cores.
+TLS_THREADS = 1
 TLS_THREAD_NICENESS = 10  # below the loop's thread: the loop first, when the cores are busy
 READ_BYTES = 65_536
 
