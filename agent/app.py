@@ -7,15 +7,17 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 
 from prometheus_client import start_http_server
 
 import shared
 from agent import probes
+from agent.assignments import SavedAssignments
 from agent.link import AgentLink
 from agent.metrics import AgentMetrics, rss_bytes
 from agent.netaddr import agent_addresses
-from agent.outbox import Outbox
+from agent.outbox import Outbox, batch_overhead
 from agent.pool import WorkerPool
 from agent.runner import Unrunnable, monitor_of
 from agent.settings import AgentSettings
@@ -26,6 +28,12 @@ from shared.signals import stop_event
 log = logging.getLogger(__name__)
 
 FREEZE_AFTER_SECONDS = 2.0
+SAVE_ASSIGNMENTS_EVERY = 1.0  # seconds: at most one rewrite of the file a second
+DROP_LOG_EVERY = 10.0  # seconds between log lines about dropped results
+# while the broker is away nothing is sent, so results are written in fewer, larger batches:
+# a day's outage then leaves thousands of files, not hundreds of thousands (each one an entry
+# in the outbox's index in memory); a crash then loses at most this many seconds of results
+OFFLINE_FLUSH_SECONDS = 5.0
 
 
 class Agent:
@@ -39,15 +47,32 @@ class Agent:
         self.ipv4, self.ipv6 = agent_addresses(
             settings.agent_ipv4, settings.agent_ipv6, broker.host, broker.port
         )
-        self.outbox = Outbox(settings.data_dir / "outbox" / self.id, self.id)
+        self._dropped_logged = self._write_error_logged = -DROP_LOG_EVERY
+        self.outbox = Outbox(
+            settings.data_dir / "outbox" / self.id,
+            self.id,
+            settings.outbox_max_bytes,
+            lambda results, batches: self._dropped("outbox_full", results, batches),
+            settings.max_message_bytes,
+        )
         self.runnable = frozenset(probes.probe_types())
         self.pool = WorkerPool(settings, self.metrics, self._on_results)
         self.link = AgentLink(settings.broker_url, self.id, self, self.metrics)
-        self._results: list[bytes] = []  # from the workers, each a run of joined results
+        # from the workers: (count, a run of joined results), each run fitting in a message
+        self._results: deque[tuple[int, bytes]] = deque()
         self._result_count = 0
+        self._result_bytes = 0
         self._send_wake = asyncio.Event()
         self._flush_now = asyncio.Event()
         self._update_outbox_metrics()
+        # results waiting for an ack: on disk and still in memory
+        self.metrics.outbox_results.set_function(
+            lambda: float(self.outbox.results + self._result_count)
+        )
+        self.metrics.outbox_unwritten_bytes.set_function(lambda: float(self._result_bytes))
+        self._saved = SavedAssignments(settings.data_dir / "assignments", self.id)
+        self._assignments_changed = False
+        self._restore_assignments()
 
     # --- LinkHandler ------------------------------------------------------------------------
 
@@ -79,6 +104,7 @@ class Agent:
             return
         if not self.pool.assign(assignment):
             return  # the same assignment again (a resend after reconnect)
+        self._assignments_changed = True
         log.info(
             "agent %s: monitor %s (%s) every %gs",
             self.id,
@@ -90,6 +116,7 @@ class Agent:
 
     def _unassign(self, guid: str, why: str) -> None:
         if self.pool.remove(guid):
+            self._assignments_changed = True
             log.info("agent %s: monitor %s %s", self.id, guid, why)
         self.metrics.assignments.set(len(self.pool))
 
@@ -113,45 +140,157 @@ class Agent:
     def _on_results(self, count: int, joined: bytes) -> None:
         if not count:
             return
-        self._results.append(joined)
+        self._results.append((count, joined))
         self._result_count += count
-        if self._result_count >= self.settings.batch_size:
+        self._result_bytes += len(joined) + 1
+        if (
+            self._result_count >= self.settings.batch_size
+            or self._result_bytes >= self.settings.max_message_bytes
+        ):
             self._flush_now.set()  # the flush loop writes it: a disk error stays out of here
+        if self._result_bytes > self.settings.outbox_memory_max_bytes:
+            # the disk refuses writes and memory is full too: the oldest results go
+            results = runs = 0
+            while self._results and self._result_bytes > self.settings.outbox_memory_max_bytes:
+                dropped, data = self._results.popleft()
+                self._result_count -= dropped
+                self._result_bytes -= len(data) + 1
+                results += dropped
+                runs += 1
+            self._dropped("disk_refused", results, runs)
 
     # --- results ----------------------------------------------------------------------------
 
     def _flush(self) -> None:
-        """Move the finished results to the on-disk outbox; when the disk refuses they stay in
-        memory and the next tick tries again."""
-        if not self._results:
-            return
-        try:
-            self.outbox.add(b",".join(self._results), self._result_count)
-        except OSError as exc:
-            self.metrics.outbox_errors.inc()
-            log.error(
-                "agent %s: cannot write %d results to the outbox: %s; retrying",
-                self.id,
-                self._result_count,
-                exc,
-            )
-            return
-        self._results = []
-        self._result_count = 0
+        """Move the finished results to the on-disk outbox, in batches of at most
+        PICKET_MAX_MESSAGE_BYTES; when the disk refuses they stay in memory (up to
+        PICKET_OUTBOX_MEMORY_MAX_BYTES) and the next tick tries again."""
+        room = self.settings.max_message_bytes - batch_overhead(self.id)
+        written = False
+        while self._results:
+            runs: list[bytes] = []
+            count = size = 0
+            for run_count, run in self._results:  # each run fits on its own (the workers')
+                if runs and size + 1 + len(run) > room:
+                    break
+                runs.append(run)
+                count += run_count
+                size += len(run) + (1 if size else 0)
+            try:
+                self.outbox.add(b",".join(runs), count)
+            except OSError as exc:
+                self.metrics.outbox_errors.inc()
+                now = time.monotonic()
+                if now - self._write_error_logged >= DROP_LOG_EVERY:  # retried every tick
+                    self._write_error_logged = now
+                    log.error(
+                        "agent %s: cannot write %d results to the outbox: %s; they wait in "
+                        "memory (%d bytes of at most %d) and the write is retried",
+                        self.id,
+                        self._result_count,
+                        exc,
+                        self._result_bytes,
+                        self.settings.outbox_memory_max_bytes,
+                    )
+                break
+            written = True
+            for _ in runs:
+                _, run = self._results.popleft()
+                self._result_bytes -= len(run) + 1
+            self._result_count -= count
         self._update_outbox_metrics()
-        self._send_wake.set()
+        if written:
+            self._send_wake.set()
+
+    def _dropped(self, reason: str, results: int, batches: int) -> None:
+        """The one place results are lost: count it, and say so (at most every 10 s)."""
+        self.metrics.outbox_dropped.labels(reason).inc(results)
+        now = time.monotonic()
+        if now - self._dropped_logged >= DROP_LOG_EVERY:
+            self._dropped_logged = now
+            where = (
+                f"the outbox is full ({self.settings.outbox_max_bytes} bytes, "
+                "PICKET_OUTBOX_MAX_BYTES)"
+                if reason == "outbox_full"
+                else "the disk refuses writes and memory for them is full "
+                f"({self.settings.outbox_memory_max_bytes} bytes, "
+                "PICKET_OUTBOX_MEMORY_MAX_BYTES)"
+            )
+            log.error(
+                "agent %s: %s: dropped the oldest %d results (%d batches); "
+                "see picket_agent_outbox_dropped_results_total",
+                self.id,
+                where,
+                results,
+                batches,
+            )
 
     def _update_outbox_metrics(self) -> None:
-        self.metrics.outbox_results.set(self.outbox.results)
         self.metrics.outbox_batches.set(len(self.outbox))
+        self.metrics.outbox_bytes.set(self.outbox.bytes)
+
+    # --- assignments on disk ----------------------------------------------------------------
+
+    def _restore_assignments(self) -> None:
+        """The assignments saved last, checked like MQTT messages: checks start with them
+        even if the broker is away; retained assignments and `sync` correct them later."""
+        assignments, refused = self._saved.load()
+        if refused:
+            self.metrics.dropped.labels("malformed").inc(refused)
+        for assignment in assignments:
+            self.on_assignment(assignment.monitor_guid, assignment)
+        self._assignments_changed = False
+
+    def _save_assignments(self) -> None:
+        """On stop: write them now, here."""
+        if self._assignments_changed:
+            self._assignments_changed = False
+            try:
+                self._saved.save(self.pool.payloads())
+            except OSError as exc:
+                self._save_failed(exc)
+
+    async def _save_assignments_in_thread(self) -> None:
+        """While running: thousands of monitors are megabytes to write and fsync, so off the
+        loop (the file's own lock keeps this and a save on stop from overlapping)."""
+        self._assignments_changed = False
+        try:
+            await asyncio.to_thread(self._saved.save, self.pool.payloads())
+        except asyncio.CancelledError:
+            self._assignments_changed = True  # stopping: the save on stop writes them again
+            raise
+        except OSError as exc:
+            self._save_failed(exc)
+
+    def _save_failed(self, exc: OSError) -> None:
+        self._assignments_changed = True
+        self.metrics.assignments_save_errors.inc()
+        log.error(
+            "agent %s: cannot save its assignments to %s: %s; retrying",
+            self.id,
+            self._saved.path,
+            exc,
+        )
 
     async def _flush_loop(self) -> None:
         interval = self.settings.batch_interval_ms / 1000.0
+        saved = flushed = 0.0
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._flush_now.wait(), timeout=interval)
+            full = self._flush_now.is_set()  # a whole batch waits
             self._flush_now.clear()
-            self._flush()
+            now = time.monotonic()
+            if (
+                full
+                or self.link.session.connected.is_set()
+                or now - flushed >= OFFLINE_FLUSH_SECONDS
+            ):
+                flushed = now
+                self._flush()
+            if self._assignments_changed and time.monotonic() - saved >= SAVE_ASSIGNMENTS_EVERY:
+                saved = time.monotonic()
+                await self._save_assignments_in_thread()
 
     async def _send_loop(self) -> None:
         resend_after = self.settings.ack_timeout_seconds
@@ -166,12 +305,17 @@ class Agent:
             )
             if not due:
                 continue
+            # read from disk only now; a file that proved unusable has been set aside
+            payloads = [(b, p) for b in due if (p := self.outbox.payload(b)) is not None]
             # all due batches at once: one broker round trip each, in parallel
-            sent = await asyncio.gather(*(self.link.publish_results(b.payload) for b in due))
+            sent = await asyncio.gather(*(self.link.publish_results(p) for _, p in payloads))
             now = time.monotonic()
-            for batch, ok in zip(due, sent, strict=True):
+            for (batch, _), ok in zip(payloads, sent, strict=True):
                 if ok:
-                    batch.sent_at = now
+                    self.outbox.mark_sent(batch, now)
+            if len(payloads) < len(due):  # set aside, or rewritten as new batches
+                self._update_outbox_metrics()
+                self._send_wake.set()
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -193,6 +337,7 @@ class Agent:
             parse_broker_url(self.settings.broker_url),
         )
         workers = self.pool.start()
+        failure = ""
         background = [
             asyncio.create_task(self.link.run(), name="link"),
             asyncio.create_task(self._flush_loop(), name="flush"),
@@ -206,7 +351,17 @@ class Agent:
             waiter.cancel()
             for task in done:
                 if task is not waiter:
-                    raise task.exception() or RuntimeError(f"{task.get_name()} ended")
+                    # a loop that must never end did: stop, and exit non-zero saying why
+                    died = task.exception() or RuntimeError("it returned")
+                    name = "workers" if task is workers else task.get_name()
+                    log.error(
+                        "agent %s: background task %s died: %r; stopping",
+                        self.id,
+                        name,
+                        died,
+                        exc_info=died,
+                    )
+                    failure = f"its {name} task died: {died!r}"
         finally:
             log.info("agent %s: stopping", self.id)
             try:
@@ -216,6 +371,7 @@ class Agent:
             finally:
                 await _cancel(background[1:])  # no more flushes or sends
                 self._flush()  # every finished result is on disk now
+                self._save_assignments()
             if self.link.session.connected.is_set():
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.link.say_offline(), 2)
@@ -226,6 +382,8 @@ class Agent:
             log.info(
                 "agent %s: stopped; %d results wait in the outbox", self.id, self.outbox.results
             )
+        if failure:
+            raise SystemExit(f"agent {self.id}: stopped because {failure} (see above)")
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
@@ -237,7 +395,14 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
 
 
 async def serve(settings: AgentSettings) -> None:
-    await Agent(settings).run(stop_event())
+    try:
+        agent = Agent(settings)
+    except OSError as exc:
+        raise SystemExit(
+            f"agent {settings.agent_id}: cannot use the data directory {settings.data_dir}: "
+            f"{exc}; exiting"
+        ) from None
+    await agent.run(stop_event())
 
 
 def main(settings: AgentSettings) -> None:

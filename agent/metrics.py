@@ -107,6 +107,28 @@ class AgentMetrics:
             "Failed writes of a result batch to disk (retried)",
             registry=r,
         )
+        self.outbox_bytes = Gauge(
+            "picket_agent_outbox_bytes",
+            "Disk space of the batches waiting for the controller's ack (PICKET_OUTBOX_MAX_BYTES)",
+            registry=r,
+        )
+        self.outbox_unwritten_bytes = Gauge(
+            "picket_agent_outbox_unwritten_bytes",
+            "Results in memory not yet written to the outbox (PICKET_OUTBOX_MEMORY_MAX_BYTES)",
+            registry=r,
+        )
+        self.outbox_dropped = Counter(
+            "picket_agent_outbox_dropped_results_total",
+            "Results dropped, oldest first: the outbox on disk was full (outbox_full) or the "
+            "disk refused writes and memory was full (disk_refused)",
+            ["reason"],
+            registry=r,
+        )
+        self.assignments_save_errors = Counter(
+            "picket_agent_assignments_save_errors_total",
+            "Failed writes of the agent's assignments to its data directory (retried)",
+            registry=r,
+        )
         self.reconnects = Counter(
             "picket_agent_mqtt_reconnects_total", "MQTT connection losses", registry=r
         )

@@ -90,6 +90,10 @@ class WorkerPool:
     def guids(self) -> list[str]:
         return list(self._assignments)
 
+    def payloads(self) -> list[bytes]:
+        """Every assignment's JSON, as it came (to save them)."""
+        return [payload for _, payload in self._assignments.values()]
+
     def _owner(self, guid: str) -> _Worker:
         return self._workers[zlib.crc32(guid.encode()) % self.count]
 

@@ -10,11 +10,14 @@ import asyncio
 import contextlib
 import gc
 import logging
+import operator
 import random
 import time
+import traceback
 from collections.abc import Collection, Coroutine
 from typing import Any
 
+from pydantic import ValidationError
 from pydantic_core import to_json
 
 from agent import probes
@@ -23,10 +26,13 @@ from agent.lookup import NameLookups
 from agent.metrics import CheckMetrics
 from agent.probes.base import Outcome, Probe, ProbeContext
 from agent.scheduler import Scheduled, Scheduler
+from agent.scrub import scrub_outcome
 from agent.settings import AgentSettings
 from shared import monitors
 from shared.errors import ErrorCode
 from shared.messages import Assignment
+from shared.results import OBSERVED
+from shared.secrets import Scrubber, validation_summary
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +55,9 @@ def monitor_of(assignment: Assignment, runnable: Collection[str]) -> monitors.Mo
         raise Unrunnable("unsupported_type", f"type {kind!r} is not one this agent can run")
     try:
         return model.model_validate(assignment.monitor)
-    except ValueError as exc:  # pydantic's ValidationError is one
+    except ValidationError as exc:  # its own text quotes the input: secrets
+        raise Unrunnable("malformed", validation_summary(exc)) from None
+    except ValueError as exc:
         raise Unrunnable("malformed", str(exc)) from None
 
 
@@ -92,7 +100,11 @@ class Runner:
             return
         interval = float(assignment.schedule.interval_seconds)
         offset = assignment.schedule.offset_seconds % interval
-        self.scheduler.put(Scheduled(guid, assignment.revision, monitor, interval, offset))
+        # the monitor's secret values, scrubbed from its results and logs: found once here
+        scrubber = Scrubber.of(assignment.monitor)
+        self.scheduler.put(
+            Scheduled(guid, assignment.revision, monitor, interval, offset, scrubber=scrubber)
+        )
         self._heap_changed.set()
 
     def remove(self, guid: str) -> None:
@@ -171,8 +183,16 @@ class Runner:
         try:
             outcome = await self.probes[monitor.MonitorType].check(monitor)
         except Exception as exc:  # a probe bug: report it as data, keep the worker alive
-            log.exception("%s: monitor %s: probe failed", self.name, entry.guid)
+            trace = "".join(traceback.format_exception(exc))
+            log.error(
+                "%s: monitor %s: probe failed: %s",
+                self.name,
+                entry.guid,
+                entry.scrubber.text(trace) if entry.scrubber else trace,
+            )
             outcome = Outcome(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        if entry.scrubber:
+            scrub_outcome(outcome, entry.scrubber)
         self.metrics.check_done(monitor.MonitorType, outcome.ok, time.perf_counter() - clock)
         if not outcome.ok:
             log.info(
@@ -204,6 +224,9 @@ def new_uid() -> str:
     return f"{time.time_ns():016x}{random.getrandbits(64):016x}"
 
 
+_observed = operator.attrgetter(*OBSERVED)  # an Outcome's Observation fields, in one C call
+
+
 def make_result(
     monitor_guid: str,
     revision: str,
@@ -215,12 +238,14 @@ def make_result(
     failed_body_bytes: int,
 ) -> dict[str, Any]:
     """The result message of one check (a `CheckResult`'s fields, every one of them), with a
-    new uid; the body only for a failure. A plain dict: the agent made every value itself, and
-    building a pydantic model per check cost more than the rest of this function."""
+    new uid; the body only for a failure. The probe's `Observation` fields are copied as they
+    are (whatever shared/results.py declares); the rest are the agent's. A plain dict: the agent
+    made every value itself, and building a pydantic model per check cost more than the rest
+    of this function."""
     body = None
     if not outcome.ok and outcome.body:
         body = outcome.body[:failed_body_bytes].decode("utf-8", "replace")
-    return {
+    result = {
         "v": 1,
         "uid": new_uid(),
         "monitor_guid": monitor_guid,
@@ -228,17 +253,11 @@ def make_result(
         "monitor_type": monitor_type,
         "scheduled_at": scheduled_at,
         "started_at": started_at,
-        "error_code": int(outcome.error_code),
         "error_description": outcome.description,
-        "error_message": outcome.error_message,
-        "http_status_code": outcome.http_status_code,
-        "total_bytes": outcome.total_bytes,
-        "resolved_ip": outcome.resolved_ip,
-        "timings_ms": outcome.timings_ms,
         "response_body": body,
-        "warnings": outcome.warnings,
         "details": to_json(outcome.details).decode() if outcome.details else None,
-        "attributes": outcome.attributes,
         "is_confirmation": confirms is not None,
         "confirms": confirms,
     }
+    result.update(zip(OBSERVED, _observed(outcome), strict=False))  # same length: OBSERVED's
+    return result

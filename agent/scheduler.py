@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from shared.monitors import MonitorBase
+from shared.secrets import Scrubber
 
 
 @dataclass
@@ -23,6 +24,7 @@ class Scheduled:
     last_slot: float = -math.inf
     next_due: float = math.inf  # the slot waiting in the heap
     generation: int = 0
+    scrubber: Scrubber | None = None  # the monitor's secret values (shared.secrets)
 
 
 def next_slot(now: float, interval: float, offset: float) -> float:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 import socket
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from shared import topics
 from shared.settings import BrokerUrl, ListenAddress, PicketSettings
@@ -33,9 +33,22 @@ class AgentSettings(PicketSettings):
     max_batches_in_flight: int = Field(default=32, ge=1)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)  # kept for content matching
     failed_body_bytes: int = Field(default=65_536, ge=0, le=1_048_576)  # sent with a failure
+    # results on disk waiting for the controller; when full the oldest are dropped. 4 GiB:
+    # 24 h of 1,200 one-minute HTTP monitors at about 2 KiB a result (docs/operations.md)
+    outbox_max_bytes: int = Field(default=4 * 1024**3, ge=1_048_576)
+    # results in memory waiting for a disk that refuses writes; when full the oldest go
+    outbox_memory_max_bytes: int = Field(default=64 * 1024**2, ge=65_536)
 
     def worker_count(self) -> int:
         return self.workers or len(os.sched_getaffinity(0)) or 1
+
+    @field_validator("outbox_max_bytes")
+    @classmethod
+    def _outbox_holds_batches(cls, value: int, info: ValidationInfo) -> int:
+        message = info.data.get("max_message_bytes", 0)
+        if value < 2 * message:
+            raise ValueError(f"must be at least twice PICKET_MAX_MESSAGE_BYTES ({message})")
+        return value
 
     @field_validator("agent_id")
     @classmethod

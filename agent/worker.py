@@ -20,9 +20,11 @@ import socket
 import sys
 import time
 
+from pydantic import ValidationError
+
 from agent.curl import CurlEngine
 from agent.metrics import CheckMetrics, rss_bytes
-from agent.outbox import encode_results
+from agent.outbox import batch_overhead, encode_chunks
 from agent.runner import Runner
 from agent.settings import AgentSettings
 from agent.snapshot import snapshot
@@ -39,12 +41,13 @@ from agent.wire import (
 )
 from shared import logs
 from shared.messages import Assignment, RunRequest
+from shared.secrets import validation_summary
 
 log = logging.getLogger(__name__)
 
 SETTINGS_ENV = "PICKET_WORKER_SETTINGS"
 RESULTS_EVERY = 0.05
-RESULTS_PER_FRAME = 100  # x at most PICKET_FAILED_BODY_BYTES (1 MiB) each: far below MAX_FRAME
+RESULTS_PER_FRAME = 100  # and at most PICKET_MAX_MESSAGE_BYTES a frame: far below MAX_FRAME
 METRICS_EVERY = 1.0
 
 
@@ -78,15 +81,16 @@ class Worker:
         )
         self.reader = reader
         self.writer = writer
+        self.result_bytes = settings.max_message_bytes - batch_overhead(settings.agent_id)
 
     def _send_results(self) -> bool:
         results = self.runner.results
         if not results:
             return False
         self.runner.results = []
-        for start in range(0, len(results), RESULTS_PER_FRAME):
-            chunk = results[start : start + RESULTS_PER_FRAME]
-            self.writer.write(results_frame(len(chunk), encode_results(chunk)))
+        # runs that fit in one MQTT message each, so the agent can batch them by bytes
+        for count, joined in encode_chunks(results, self.result_bytes, RESULTS_PER_FRAME):
+            self.writer.write(results_frame(count, joined))
         return True
 
     def _send_metrics(self) -> None:
@@ -119,6 +123,14 @@ class Worker:
                 self.runner.run_now(request.monitor_guid, request.confirms)
             else:
                 raise FrameError(f"unknown frame kind {kind}")
+        except ValidationError as exc:  # its own text quotes the assignment: secrets
+            log.error(
+                "%s: frame %r (%d bytes) skipped: %s",
+                self.name,
+                chr(kind),
+                len(payload),
+                validation_summary(exc),
+            )
         except Exception:
             log.exception("%s: frame %r (%d bytes) skipped", self.name, chr(kind), len(payload))
 

@@ -14,7 +14,8 @@ from types import FrameType
 import pycurl
 import uvloop
 
-from bench import e2e, engine, infra, lateness, probes, stall, timing
+from bench import auth, e2e, engine, infra, lateness, probes, stall, timing
+from bench import results as results_bench
 from bench.infra import Summary
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], list[Summary]]] = {
@@ -24,6 +25,8 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], list[Summary]]] = {
     "timing": timing.main,
     "stall": stall.main,
     "e2e": e2e.main,
+    "results": results_bench.main,
+    "auth": auth.main,
 }
 
 

@@ -13,13 +13,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from controller import api
 from controller.api.checkpoints import PUBLIC_PATHS
-from controller.api.common import CONTROLLER, PRINCIPAL, ApiError
+from controller.api.common import CONTROLLER, PRINCIPAL, ApiError, refuse_unstorable_text
 from controller.assigner import Assigner
-from controller.auth import Authenticator, ensure_admin
+from controller.auth import Authenticator, AuthLimits, TooManyAttempts, ensure_admin
 from controller.bus import ControllerBus
-from controller.db.store import Store
+from controller.db.connect import DatabaseUnusable, open_store
+from controller.db.store import Store, StoreUnavailable
 from controller.ingest import Ingest
 from controller.metrics import ControllerMetrics
+from controller.retention import Retention
 from controller.settings import ControllerSettings
 from shared.messages import Hello, ResultBatch
 from shared.settings import parse_broker_url, parse_listen
@@ -39,12 +41,23 @@ class Controller:
         self.settings = settings
         self.store = store
         self.metrics = ControllerMetrics()
-        self.auth = Authenticator(store, settings.credential_cache_seconds)
+        self.auth = Authenticator(
+            store,
+            AuthLimits(
+                max_password_checks=settings.password_check_limit(),
+                cache_seconds=settings.credential_cache_seconds,
+                failures_per_user_address=settings.login_failures_per_user_address,
+                failures_per_address=settings.login_failures_per_address,
+                failure_window_seconds=settings.login_failure_window_seconds,
+                throttle_max_entries=settings.login_throttle_max_entries,
+            ),
+            self.metrics,
+        )
         self.bus = ControllerBus(settings.broker_url, self, self.metrics)
         self.assigner = Assigner(store, self.bus, self.metrics)
         # set by a signal, or when a background loop dies
         self.stopping = stopping or asyncio.Event()
-        self.failed = False
+        self.failed = ""  # why, once a background loop has died
         self.ingest = Ingest(
             store,
             self.bus,
@@ -52,6 +65,16 @@ class Controller:
             self.metrics,
             settings.failed_body_bytes,
             settings.ingest_batch_max,
+            settings.ingest_queue_max_bytes,
+            settings.ingest_attempts,
+        )
+        self.retention = Retention(
+            store,
+            self.assigner,
+            self.metrics,
+            settings.result_retention_days,
+            settings.retention_batch_rows,
+            settings.retention_pause_seconds,
         )
 
     def background_ended(self, task: asyncio.Task[None]) -> None:
@@ -59,9 +82,14 @@ class Controller:
         (loudly) so a supervisor restarts it, rather than answer the API and store nothing."""
         if task.cancelled() or self.stopping.is_set():
             return
+        died = task.exception() or RuntimeError("it returned")
         log.error(
-            "controller: background task %s ended: %r; stopping", task.get_name(), task.exception()
+            "controller: background task %s died: %r; stopping",
+            task.get_name(),
+            died,
+            exc_info=died,
         )
+        self.failed = f"its {task.get_name()} task died: {died!r}"
         self.stopping.set()
 
     async def on_connected(self) -> None:
@@ -73,8 +101,10 @@ class Controller:
     async def on_state(self, agent_id: str, online: bool) -> None:
         await self.assigner.on_state(agent_id, online)
 
-    async def on_results(self, batch: ResultBatch) -> None:
-        await self.ingest.submit(batch)
+    def on_results(
+        self, batch: ResultBatch, size: int, rejects: list[tuple[str, str]] | None = None
+    ) -> bool:
+        return self.ingest.offer(batch, size, rejects)
 
 
 def _route_name(request: web.Request) -> str:
@@ -89,10 +119,20 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         response = await handler(request)
     except ApiError as exc:
         response = exc.response()
+    except StoreUnavailable:
+        # the store logs the outage once; each request is not worth a traceback
+        response = ApiError(
+            503, [(None, "The database is unavailable; try again later")]
+        ).response()
+        response.headers["Retry-After"] = "5"
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         response = ApiError(exc.status, [(None, exc.reason)]).response()
+    except RecursionError:
+        # a safety net: input is checked for depth where it is parsed (shared/jsonin.py)
+        log.exception("API %s %s: deep input got past the checks", request.method, request.path)
+        response = ApiError(400, [(None, "The request is nested too deeply")]).response()
     except Exception:
         log.exception("API %s %s failed", request.method, request.path)
         response = ApiError(500, [(None, "Internal server error")]).response()
@@ -108,7 +148,14 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     if request.path in PUBLIC_PATHS or request.path == "/metrics" or request.path == "/":
         return await handler(request)
     ctl = request.app[CONTROLLER]
-    principal = await ctl.auth.authenticate(request.headers.get("Authorization"))
+    try:
+        principal = await ctl.auth.authenticate(
+            request.headers.get("Authorization"), request.remote
+        )
+    except TooManyAttempts as exc:
+        raise ApiError(
+            429, [(None, f"Try again later: {exc.why}")], {"Retry-After": str(exc.retry_after)}
+        ) from None
     if principal is None:
         raise ApiError(401, [(None, "Valid Basic credentials are required")])
     request[PRINCIPAL] = principal
@@ -128,13 +175,14 @@ async def index(request: web.Request) -> web.Response:
 
 def _background(ctl: Controller) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        await ensure_admin(ctl.store, ctl.settings.data_dir, ctl.settings.admin_password)
+        await ensure_admin(ctl.store, ctl.settings.data_dir, ctl.settings.admin_password, ctl.auth)
         await ctl.assigner.load()
         await ctl.ingest.load()
         tasks = [
             asyncio.create_task(ctl.bus.run(), name="bus"),
             asyncio.create_task(ctl.ingest.run(), name="ingest"),
             asyncio.create_task(ctl.assigner.reconcile_forever(), name="reconcile"),
+            asyncio.create_task(ctl.retention.run(), name="retention"),
         ]
         for task in tasks:
             task.add_done_callback(ctl.background_ended)
@@ -142,25 +190,34 @@ def _background(ctl: Controller) -> Callable[[web.Application], AsyncIterator[No
         for task in tasks:
             task.cancel()
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            # a task that died was logged by background_ended
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
     return ctx
 
 
 def create_app(ctl: Controller) -> web.Application:
-    app = web.Application(middlewares=[errors_and_metrics, authenticate])
+    app = web.Application(middlewares=[errors_and_metrics, authenticate, refuse_unstorable_text])
     app[CONTROLLER] = ctl
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/", index)
     api.setup(app)
     app.cleanup_ctx.append(_background(ctl))
+
+    async def close_auth(_app: web.Application) -> None:
+        ctl.auth.close()
+
+    app.on_cleanup.append(close_auth)
     return app
 
 
 async def serve(settings: ControllerSettings) -> None:
     stop = stop_event()
-    store = await Store.open(settings.resolved_database_url())
+    try:
+        store = await open_store(settings.resolved_database_url(), settings.database_wait_seconds)
+    except DatabaseUnusable as exc:
+        raise SystemExit(f"controller: {exc}; exiting") from None
     try:
         ctl = Controller(settings, store, stop)
         runner = web.AppRunner(create_app(ctl), access_log=None)
@@ -190,7 +247,7 @@ async def serve(settings: ControllerSettings) -> None:
     finally:
         await store.close()
     if ctl.failed:
-        raise SystemExit("controller: stopped because a background task died (see above)")
+        raise SystemExit(f"controller: stopped because {ctl.failed} (see above)")
     log.info("controller: stopped")
 
 

@@ -9,13 +9,16 @@ in the database so a restarted controller removes what it no longer wants.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import math
+import time
 
 from controller.bus import ControllerBus
-from controller.db.store import MonitorRow, ServerRow, Store
+from controller.db.store import MonitorRow, ServerRow, Store, StoreUnavailable
 from controller.metrics import ControllerMetrics
+from controller.trust import Acceptance, AssignmentHistory
 from shared import monitors
 from shared.messages import Assignment, Hello, Schedule, Sync
 
@@ -57,11 +60,16 @@ class Assigner:
         self._published: dict[tuple[str, str], str] = {}
         self._lock = asyncio.Lock()
         self._presence: dict[str, bool] = {}  # from the agents' state topics
+        self.history = AssignmentHistory()
+        self.acceptance = Acceptance(self.history, bus.requested_runs, self, metrics)
+        self.monitor_deleted = asyncio.Event()  # wakes the retention task to purge its checks
+        self.deleted: set[str] = set()  # monitors deleted since the last retention pass
 
     async def load(self) -> None:
         self.servers = {s.agent_id: s for s in await self.store.servers()}
         self.monitors = {m.guid: m for m in await self.store.monitors()}
         self._published = await self.store.assignments()
+        self.history.load(await self.store.assignment_history())
         self._update_online_metric()
 
     def server(self, agent_id: str) -> ServerRow | None:
@@ -121,23 +129,30 @@ class Assigner:
             unchanged = self._published.get((guid, agent)) == monitor.revision
             if unchanged and agent != force_agent:
                 continue
+            stamp = time.time_ns() // 1000  # before the agent can have it
             if await self.bus.assign(agent, guid, self.assignment(monitor)) and not unchanged:
                 self._published[(guid, agent)] = monitor.revision
-                await self.store.set_assignment(guid, agent, monitor.revision)
+                await self.store.set_assignment(guid, agent, monitor.revision, stamp)
+                self.history.opened(guid, agent, stamp)
                 log.info(
                     "monitor %s (revision %s) assigned to agent %s", guid, monitor.revision, agent
                 )
         for agent in current - desired:
             if await self.bus.assign(agent, guid, None):
+                stamp = time.time_ns() // 1000  # after the agent can have run it
                 self._published.pop((guid, agent), None)
-                await self.store.set_assignment(guid, agent, None)
+                await self.store.set_assignment(guid, agent, None, stamp)
+                self.history.closed(guid, agent, stamp)
                 log.info("monitor %s removed from agent %s", guid, agent)
 
-    async def save_monitor(self, monitor: MonitorRow, create: bool) -> bool:
+    async def save_monitor(
+        self, monitor: MonitorRow, create: bool, expected_revision: str | None = None
+    ) -> bool:
         """Store a monitor and place it, as one step: concurrent edits of one monitor cannot
-        leave the database and the agents disagreeing. False: it was deleted meanwhile."""
+        leave the database and the agents disagreeing. False: it was deleted meanwhile;
+        RevisionChanged: its stored revision is not `expected_revision` (when given)."""
         async with self._lock:
-            if not await self.store.save_monitor(monitor, create):
+            if not await self.store.save_monitor(monitor, create, expected_revision):
                 return False
             self.monitors[monitor.guid] = monitor
             await self._apply(monitor.guid)
@@ -148,6 +163,8 @@ class Assigner:
             deleted = await self.store.delete_monitor(guid)
             self.monitors.pop(guid, None)
             await self._apply(guid)
+            self.deleted.add(guid)
+            self.monitor_deleted.set()
             return deleted
 
     async def sync_all(self, force_agent: str | None = None) -> None:
@@ -160,7 +177,9 @@ class Assigner:
         """Publishes that failed (a broker hiccup) are retried here, not only on reconnect."""
         while True:
             await asyncio.sleep(every)
-            await self.sync_all()
+            # the store logs an outage; the next round tries again
+            with contextlib.suppress(StoreUnavailable):
+                await self.sync_all()
 
     async def on_hello(self, hello: Hello) -> None:
         srv = await self.store.register_server(

@@ -1,18 +1,38 @@
 """The controller's side of MQTT contract v1: hellos, presence and results in; assignments,
-acks, run requests and syncs out."""
+acks, run requests and syncs out.
+
+Messages arrive in order on one connection, so nothing slow is done while reading them: a
+result batch is parsed and handed to the ingest queue (which takes it or refuses it at once),
+and hellos and presence go to their own queue and task (`ControlQueue`). A backlog of results
+never delays a hello, and a hello is never shed.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from pydantic import ValidationError
 
+from controller.db.store import StoreUnavailable
 from controller.metrics import ControllerMetrics
+from controller.trust import HelloRefused, RequestedRuns, parse_hello
 from shared import topics
-from shared.messages import Ack, AgentState, Assignment, Hello, ResultBatch, RunRequest, Sync
+from shared.messages import (
+    Ack,
+    AgentState,
+    Assignment,
+    CheckResult,
+    Hello,
+    ResultBatch,
+    RunRequest,
+    Sync,
+)
 from shared.mqtt import Inbound, MqttSession
 from shared.settings import parse_broker_url
 
@@ -23,13 +43,92 @@ class BusHandler(Protocol):
     async def on_connected(self) -> None: ...
     async def on_hello(self, hello: Hello) -> None: ...
     async def on_state(self, agent_id: str, online: bool) -> None: ...
-    async def on_results(self, batch: ResultBatch) -> None: ...
+    def on_results(
+        self, batch: ResultBatch, size: int, rejects: list[tuple[str, str]] | None = None
+    ) -> bool:
+        """Queue a batch of `size` bytes, or refuse it (no ack: the agent resends); at once.
+        `rejects`: its results that failed validation, as (JSON text, why)."""
+        ...
+
+
+def salvage_batch(payload: bytes) -> tuple[ResultBatch, list[tuple[str, str]]] | None:
+    """A result batch whose envelope is valid but some results are not: the valid results, and
+    each invalid one as (its JSON text, why), so that the batch can be stored, the rest kept as
+    dead letters, and the batch acknowledged instead of being resent forever. None when not
+    even the batch's id and agent can be read (then nobody can be told, and it is dropped)."""
+    try:
+        raw = json.loads(payload)  # the lenient parser: lone surrogates and all
+    except ValueError:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("results"), list):
+        return None
+    try:
+        shell = ResultBatch.model_validate({**raw, "results": []})
+    except ValidationError:
+        return None
+    good: list[CheckResult] = []
+    bad: list[tuple[str, str]] = []
+    for item in raw["results"]:
+        try:
+            good.append(CheckResult.model_validate(item))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "result"
+            text = json.dumps(item, ensure_ascii=True, default=repr)
+            bad.append((text, f"{where}: {first['msg']}"))
+    if not bad:
+        return None
+    return shell.model_copy(update={"results": good}), bad
+
+
+class ControlQueue:
+    """Hellos and presence, handled one at a time in their own task, in order of arrival.
+
+    Only the newest message of each kind per agent waits (a newer one replaces it), so the
+    queue is bounded by the number of agents and nothing is shed that still matters. Work that
+    finds the database away is retried with backoff (the store logs the outage once); the
+    messages behind it wait.
+    """
+
+    def __init__(self, metrics: ControllerMetrics) -> None:
+        self._pending: OrderedDict[tuple[str, str], Callable[[], Awaitable[None]]] = OrderedDict()
+        self._wake = asyncio.Event()
+        self._metrics = metrics
+        metrics.control_pending.set_function(lambda: float(len(self._pending)))
+
+    def put(self, kind: str, agent_id: str, work: Callable[[], Awaitable[None]]) -> None:
+        self._pending.pop((kind, agent_id), None)
+        self._pending[(kind, agent_id)] = work
+        self._wake.set()
+
+    async def run(self, max_backoff: float = 5.0) -> None:
+        delay = 0.5
+        while True:
+            if not self._pending:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            key, work = self._pending.popitem(last=False)
+            try:
+                await work()
+                delay = 0.5
+            except StoreUnavailable:
+                if key not in self._pending:  # first again, unless a newer one came meanwhile
+                    self._pending[key] = work
+                    self._pending.move_to_end(key, last=False)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_backoff)
+            except Exception:
+                # a handler bug must not stop the hellos and presence behind it
+                log.exception("controller: handling the %s of agent %s failed", key[0], key[1])
+                self._metrics.dropped.labels("handler_error").inc()
 
 
 class ControllerBus:
     def __init__(self, broker_url: str, handler: BusHandler, metrics: ControllerMetrics) -> None:
         self._handler = handler
         self._metrics = metrics
+        self.control = ControlQueue(metrics)
         self.session = MqttSession(
             parse_broker_url(broker_url),
             client_id=f"picket-controller-{uuid.uuid4().hex[:12]}",
@@ -40,28 +139,42 @@ class ControllerBus:
             on_connect=handler.on_connected,
             on_drop=lambda reason: metrics.dropped.labels(reason).inc(),
         )
+        self.requested_runs = RequestedRuns()  # so their results are accepted (trust.py)
 
     async def run(self) -> None:
-        await self.session.run()
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.session.run(), name="mqtt")
+            tasks.create_task(self.control.run(), name="hellos-and-presence")
 
     async def _on_message(self, message: Inbound) -> None:
         levels = topics.split(message.topic)
         try:
             if len(levels) == 3 and levels[0] == "agents" and levels[2] == "hello":
-                hello = Hello.model_validate_json(message.payload)
-                if hello.agent != levels[1]:
-                    raise ValueError(f"hello from {hello.agent!r} on the topic of {levels[1]!r}")
-                await self._handler.on_hello(hello)
+                try:
+                    hello = parse_hello(message.payload, levels[1])
+                except HelloRefused as exc:
+                    self._metrics.hellos_refused.labels(exc.field).inc()
+                    log.warning("controller: hello of agent %r refused: %s", levels[1][:64], exc)
+                    return
+                self.control.put("hello", hello.agent, lambda: self._handler.on_hello(hello))
             elif len(levels) == 3 and levels[0] == "agents" and levels[2] == "state":
                 if not message.payload:
                     return  # a retained state being cleared
                 state = AgentState.model_validate_json(message.payload)
-                await self._handler.on_state(levels[1], state.state == "online")
+                agent, online = levels[1], state.state == "online"
+                self.control.put("state", agent, lambda: self._handler.on_state(agent, online))
             elif len(levels) == 2 and levels[0] == "results":
-                batch = ResultBatch.model_validate_json(message.payload)
+                rejects: list[tuple[str, str]] = []
+                try:
+                    batch = ResultBatch.model_validate_json(message.payload)
+                except ValidationError:
+                    salvaged = salvage_batch(message.payload)
+                    if salvaged is None:
+                        raise
+                    batch, rejects = salvaged
                 if batch.agent != levels[1]:
                     raise ValueError(f"results of {batch.agent!r} on the topic of {levels[1]!r}")
-                await self._handler.on_results(batch)
+                self._handler.on_results(batch, len(message.payload), rejects)
             else:
                 self._metrics.dropped.labels("unknown_topic").inc()
         except (ValidationError, ValueError, json.JSONDecodeError) as exc:
@@ -83,6 +196,7 @@ class ControllerBus:
         return await self.session.publish(topics.ack(agent_id), payload)
 
     async def run_now(self, agent_id: str, request: RunRequest) -> bool:
+        self.requested_runs.requested(agent_id, request.monitor_guid, request.confirms)
         return await self.session.publish(topics.run(agent_id), request.model_dump_json().encode())
 
     async def sync(self, agent_id: str, sync: Sync) -> bool:

@@ -4,29 +4,48 @@ A batch is acknowledged only after its transaction commits; a replayed batch sto
 twice (unique result uid). With one checkpoint a failed check is re-run at once by the same
 agent: the first failure is Unconfirmed, a failing re-check Confirmed. While a monitor is in a
 confirmed error, further failures are Confirmed without another re-check.
+
+The queue is bounded in bytes (as received). When it is full a new batch is refused: not
+queued, not acknowledged, counted; the agent keeps it and sends it again after its ack
+timeout. A resend of a batch still queued is not queued twice. While the database is away the
+queued batches are held and retried with backoff (the queue fills, then refuses); a batch the
+database refuses (`StoreRejected`: a NUL in text, an integer out of range) is tried a few
+times, then its refused results go to the dead-letter table with the reason, the rest is
+stored, and the batch is acknowledged, so it never holds the agent's in-flight window.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections import Counter
-from typing import Any
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
 
 import orjson
 
 from controller.assigner import Assigner
 from controller.bus import ControllerBus
-from controller.db.store import Store
+from controller.db.store import Store, StoreRejected, StoreUnavailable, now_us
 from controller.metrics import ControllerMetrics
 from shared.messages import CheckResult, ResultBatch, RunRequest
+from shared.results import storage_plan
 
 log = logging.getLogger(__name__)
 
 NO_ERROR, UNCONFIRMED, CONFIRMED = 0, 1, 2
 LEVEL_NAMES = {NO_ERROR: "NoError", UNCONFIRMED: "Unconfirmed", CONFIRMED: "Confirmed"}
 LEVELS_BY_NAME = {name: level for level, name in LEVEL_NAMES.items()}
+STORED = storage_plan(CheckResult)  # where each field of a result goes in its row
+
+T = TypeVar("T")
+# what a result the database cannot take raises: refused by the database, or a value that
+# cannot even become a row (a time beyond any integer, a string with a lone surrogate)
+REFUSED = (StoreRejected, ValueError, OverflowError, TypeError)
 
 
 def error_level(result: CheckResult, current: int) -> int:
@@ -35,6 +54,15 @@ def error_level(result: CheckResult, current: int) -> int:
     if result.is_confirmation or current == CONFIRMED:
         return CONFIRMED
     return UNCONFIRMED
+
+
+@dataclass(eq=False)
+class Queued:
+    batch: ResultBatch
+    size: int  # bytes as received
+    # results of the batch that failed validation: (their JSON text, why), kept as dead letters
+    rejects: list[tuple[str, str]] = field(default_factory=list)
+    attempts: int = 0
 
 
 class Ingest:
@@ -46,6 +74,8 @@ class Ingest:
         metrics: ControllerMetrics,
         failed_body_bytes: int,
         batch_max: int,
+        queue_max_bytes: int = 32 * 1024 * 1024,
+        attempts: int = 3,
     ) -> None:
         self.store = store
         self.bus = bus
@@ -53,45 +83,212 @@ class Ingest:
         self.metrics = metrics
         self.failed_body_bytes = failed_body_bytes
         self.batch_max = batch_max
-        self.queue: asyncio.Queue[ResultBatch] = asyncio.Queue(maxsize=10_000)
+        self.queue_max_bytes = queue_max_bytes
+        self.attempts = attempts
+        self.max_backoff = 5.0
         self.levels: dict[str, int] = {}
         self.latest: dict[str, float] = {}  # start time of each monitor's newest result
+        self._queue: deque[Queued] = deque()
+        self._pending: dict[tuple[str, str], Queued] = {}  # queued or being stored
+        self._bytes = 0
+        self._wake = asyncio.Event()
+        self._refused = 0  # batches refused since the queue last filled up
+        self._holding = False  # the database is away and batches wait for it
+        metrics.ingest_queue_bytes.set_function(lambda: float(self._bytes))
+        metrics.ingest_queue_batches.set_function(lambda: float(len(self._pending)))
+        metrics.database_up.set_function(lambda: float(store.available))
 
     async def load(self) -> None:
         self.levels = await self.store.last_levels()
 
-    async def submit(self, batch: ResultBatch) -> None:
-        await self.queue.put(batch)
+    # --- the queue ------------------------------------------------------------------------------
+
+    def offer(
+        self, batch: ResultBatch, size: int, rejects: list[tuple[str, str]] | None = None
+    ) -> bool:
+        """Queue a batch, or refuse it at once (no ack: the agent keeps it and resends).
+        `rejects`: results of the batch that failed validation, (JSON text, why)."""
+        key = (batch.agent, batch.batch_id)
+        if key in self._pending:
+            self.metrics.batches_refused.labels("already_queued").inc()
+            return False
+        # an empty queue takes any batch, so that one larger than the bound is not refused forever
+        if self._bytes and self._bytes + size > self.queue_max_bytes:
+            self.metrics.batches_refused.labels("queue_full").inc()
+            if not self._refused:  # logged once until the queue has drained
+                log.warning(
+                    "ingest queue full (%d bytes in %d batches, limit %d): refusing new result "
+                    "batches until it has drained; the agents keep them and resend",
+                    self._bytes,
+                    len(self._pending),
+                    self.queue_max_bytes,
+                )
+            self._refused += 1
+            return False
+        entry = Queued(batch, size, rejects or [])
+        self._pending[key] = entry
+        self._queue.append(entry)
+        self._bytes += size
+        self._wake.set()
+        return True
+
+    def _release(self, entry: Queued) -> None:
+        if self._pending.pop((entry.batch.agent, entry.batch.batch_id), None) is entry:
+            self._bytes -= entry.size
+        if self._refused and not self._pending:
+            log.warning(
+                "ingest queue drained; %d result batches were refused meanwhile (their agents "
+                "resend them)",
+                self._refused,
+            )
+            self._refused = 0
+
+    async def _take(self) -> list[Queued]:
+        while not self._queue:
+            self._wake.clear()
+            await self._wake.wait()
+        group = [self._queue.popleft()]
+        while self._queue and len(group) < self.batch_max:
+            group.append(self._queue.popleft())
+        return group
 
     async def run(self) -> None:
         while True:
-            batches = [await self.queue.get()]
-            while len(batches) < self.batch_max and not self.queue.empty():
-                batches.append(self.queue.get_nowait())
+            group = await self._take()
             try:
-                await self.process(batches)
-            except Exception:
+                for entry in group:
+                    if entry.rejects:
+                        await self._keep_rejects(entry)
+                await self._ingest(group)
+            finally:
+                for entry in group:
+                    self._release(entry)
+
+    # --- storing, with the database away or refusing --------------------------------------------
+
+    async def _when_available(self, work: Callable[[], Awaitable[T]]) -> T:
+        """Run `work`, again and again with backoff while the database is away."""
+        delay = 0.5
+        while True:
+            try:
+                result = await work()
+            except StoreUnavailable:
                 self.metrics.ingest_errors.inc()
-                if len(batches) == 1:
-                    # not acknowledged: the agent keeps the batch and sends it again
-                    log.exception(
-                        "ingest of batch %s failed; the agent will resend it", batches[0].batch_id
+                if not self._holding:
+                    self._holding = True
+                    log.warning(
+                        "ingest: holding %d result batches (%d bytes) until the database "
+                        "returns; new batches are refused once %d bytes wait",
+                        len(self._pending),
+                        self._bytes,
+                        self.queue_max_bytes,
                     )
-                    await asyncio.sleep(1.0)
-                    continue
-                # one bad batch must not hold back the others stored with it: one at a time
-                log.exception("ingest of %d batches failed; retrying one by one", len(batches))
-                for batch in batches:
-                    try:
-                        await self.process([batch])
-                    except Exception:
-                        log.exception(
-                            "ingest of batch %s from agent %s failed; it will be resent",
-                            batch.batch_id,
-                            batch.agent,
-                        )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
+                continue
+            if self._holding:
+                self._holding = False
+                log.warning("ingest: database back; storing the held result batches")
+            return result
+
+    async def _ingest(self, group: list[Queued]) -> None:
+        try:
+            await self._when_available(lambda: self.process([e.batch for e in group]))
+            return
+        except REFUSED as exc:
+            self.metrics.ingest_errors.inc()
+            error: BaseException = exc
+        if len(group) > 1:
+            # one bad batch must not hold back the others stored with it: one at a time
+            log.warning(
+                "ingest of %d batches refused by the database (%s); storing them one by one",
+                len(group),
+                error,
+            )
+            for entry in group:
+                await self._ingest_alone(entry)
+        else:
+            group[0].attempts += 1
+            await self._ingest_alone(group[0], error)
+
+    async def _ingest_alone(self, entry: Queued, error: BaseException | None = None) -> None:
+        while entry.attempts < self.attempts or error is None:
+            if error is not None:
+                await asyncio.sleep(0.2 * entry.attempts)
+            try:
+                await self._when_available(lambda: self.process([entry.batch]))
+                return
+            except REFUSED as exc:
+                self.metrics.ingest_errors.inc()
+                entry.attempts += 1
+                error = exc
+        await self._dead_letter(entry)
+
+    async def _dead_letter(self, entry: Queued) -> None:
+        """Store what the database takes one result at a time, keep the rest as dead letters
+        with the reason, and acknowledge the batch."""
+        batch = entry.batch
+        letters: list[dict[str, Any]] = []
+        confirmations: list[tuple[str, RunRequest]] = []
+        for result in batch.results:
+            single = [ResultBatch(batch_id=batch.batch_id, agent=batch.agent, results=[result])]
+            try:
+                confirmations += await self._when_available(partial(self._store, single))
+            except REFUSED as exc:
+                letters.append(_letter(batch, result, entry.attempts, _why(exc)))
+        # none: each alone was stored, what failed was their being together
+        await self._keep(batch, letters, len(batch.results))
+        await self._acknowledge([batch])
+        await self._request_confirmations(confirmations)
+
+    async def _keep_rejects(self, entry: Queued) -> None:
+        """Results of a batch that failed validation become dead letters before the rest of
+        the batch is stored (and the batch acknowledged)."""
+        letters = [
+            _letter(entry.batch, None, 1, f"invalid: {reason}", text)
+            for text, reason in entry.rejects
+        ]
+        await self._keep(entry.batch, letters, len(entry.batch.results) + len(letters))
+        entry.rejects = []
+
+    async def _keep(self, batch: ResultBatch, letters: list[dict[str, Any]], total: int) -> None:
+        if not letters:
+            return
+        try:
+            await self._when_available(lambda: self.store.insert_dead_letters(letters))
+        except REFUSED:
+            log.exception(
+                "agent %s: batch %s: %d results could not even be kept as dead letters; "
+                "they are lost",
+                batch.agent,
+                batch.batch_id,
+                len(letters),
+            )
+            return
+        self.metrics.dead_letters.inc(len(letters))
+        log.warning(
+            "agent %s: batch %s: %d of %d results kept in the dead-letter table after %d "
+            "tries (monitors %s; first reason: %s)",
+            batch.agent,
+            batch.batch_id,
+            len(letters),
+            total,
+            letters[0]["attempts"],
+            sorted({str(letter["monitor_guid"]) for letter in letters}),
+            letters[0]["reason"],
+        )
+
+    # --- one transaction ------------------------------------------------------------------------
 
     async def process(self, batches: list[ResultBatch]) -> None:
+        """Store the batches in one transaction, acknowledge them, ask for re-checks."""
+        confirmations = await self._store(batches)
+        await self._acknowledge(batches)
+        await self._request_confirmations(confirmations)
+
+    async def _store(self, batches: list[ResultBatch]) -> list[tuple[str, RunRequest]]:
+        """Insert what is new; the re-checks to ask for (agent, request)."""
+        batches = self.assigner.acceptance.admit(batches)  # others dropped and counted
         rows: list[dict[str, Any]] = []
         results: dict[str, tuple[ResultBatch, CheckResult, int]] = {}
         levels = dict(self.levels)
@@ -126,19 +323,26 @@ class Ingest:
         for level, count in by_level.items():
             self.metrics.results.labels(LEVEL_NAMES[level]).inc(count)
         self.metrics.duplicates.inc(sum(len(b.results) for b in batches) - len(inserted))
+        confirmations: list[tuple[str, RunRequest]] = []
+        for uid in sorted(inserted, key=lambda u: results[u][1].started_at):
+            batch, result, level = results[uid]
+            if level == UNCONFIRMED and not result.is_confirmation and uid not in stale:
+                request = RunRequest(monitor_guid=result.monitor_guid, confirms=uid)
+                confirmations.append((batch.agent, request))
+        return confirmations
+
+    async def _acknowledge(self, batches: list[ResultBatch]) -> None:
         by_agent: dict[str, list[str]] = {}
         for batch in batches:
             by_agent.setdefault(batch.agent, []).append(batch.batch_id)
         for agent, batch_ids in by_agent.items():
             await self.bus.ack(agent, batch_ids)
         self.metrics.batches.inc(len(batches))
-        for uid in sorted(inserted, key=lambda u: results[u][1].started_at):
-            batch, result, level = results[uid]
-            if level == UNCONFIRMED and not result.is_confirmation and uid not in stale:
-                self.metrics.confirmations.inc()
-                await self.bus.run_now(
-                    batch.agent, RunRequest(monitor_guid=result.monitor_guid, confirms=uid)
-                )
+
+    async def _request_confirmations(self, confirmations: list[tuple[str, RunRequest]]) -> None:
+        for agent, request in confirmations:
+            self.metrics.confirmations.inc()
+            await self.bus.run_now(agent, request)
 
     @staticmethod
     def _details(agent_id: str, result: CheckResult) -> str | None:
@@ -161,41 +365,71 @@ class Ingest:
         return result.details
 
     def _row(self, agent_id: str, result: CheckResult, level: int) -> dict[str, Any]:
+        """The check's row: each result field where its declaration says (shared/results.py),
+        plus what the controller adds (level, server, agent, staging)."""
         srv = self.assigner.server(agent_id)
         monitor = self.assigner.monitors.get(result.monitor_guid)
         staging = bool(monitor and monitor.definition.get("MonitorMode") == "Staging")
-        attributes: dict[str, Any] = {
-            **result.attributes,
-            **result.timings_ms,
-            "MonitorType": result.monitor_type,
-            "ErrorDescription": result.error_description,
-            "ErrorMessage": result.error_message,
-            "HttpStatusCode": result.http_status_code,
-            "TotalBytes": result.total_bytes,
-            "ResolvedIpAddress": result.resolved_ip,
-            "StagingMode": staging,
-            "IsConfirmation": result.is_confirmation,
-            "ConfirmsCheckUid": result.confirms,
-            "MonitorRevision": result.monitor_revision,
-            "AgentId": agent_id,
-        }
-        if result.warnings:
-            attributes["Warnings"] = result.warnings
+        attributes: dict[str, Any] = {}
+        for name in STORED.spreads:
+            attributes.update(getattr(result, name))
+        for name, attribute in STORED.attributes:
+            value = getattr(result, name)
+            if value or not attribute.omit_empty:
+                attributes[attribute.name] = value
+        attributes["StagingMode"] = staging
+        attributes["AgentId"] = agent_id
+        row: dict[str, Any] = {}
+        for name, column in STORED.columns:
+            value = getattr(result, name)
+            row[column.name] = int(value * 1_000_000) if column.micros else value
         body = result.response_body
         if body is not None and result.error_code != 0:
             # PostgreSQL text cannot hold NUL; a binary body is shown with U+FFFD instead
             body = body[: self.failed_body_bytes].replace("\x00", "\ufffd")
         else:
             body = None
-        return {
-            "uid": result.uid,
-            "monitor_guid": result.monitor_guid,
-            "server_id": srv.id if srv else None,
-            "ts_us": int(result.started_at * 1_000_000),
-            "scheduled_us": int(result.scheduled_at * 1_000_000),
-            "error_level": level,
-            "error_code": result.error_code,
-            "attributes": orjson.dumps(attributes).decode(),
-            "response_body": body,
-            "details": self._details(agent_id, result),
-        }
+        row.update(
+            server_id=srv.id if srv else None,
+            error_level=level,
+            attributes=orjson.dumps(attributes).decode(),
+            response_body=body,
+            details=self._details(agent_id, result),
+        )
+        return row
+
+
+def _escaped(text: object, limit: int) -> str:
+    """ASCII text any database takes: no NUL, no lone surrogate."""
+    return str(text).encode("unicode_escape").decode("ascii")[:limit]
+
+
+def _why(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def _letter(
+    batch: ResultBatch,
+    result: CheckResult | None,
+    attempts: int,
+    reason: str,
+    text: str | None = None,
+) -> dict[str, Any]:
+    """A dead-letter row: the result as received (`text` when it failed validation)."""
+    raw: Any = result.model_dump(mode="python") if result is not None else None
+    if text is not None:
+        raw = json.loads(text)
+    payload = json.dumps(raw, ensure_ascii=True, default=repr, allow_nan=True)
+    fields = raw if isinstance(raw, dict) else {}
+    return {
+        "received_us": now_us(),
+        "agent_id": _escaped(batch.agent, 200),
+        "batch_id": _escaped(batch.batch_id, 200),
+        "result_uid": _escaped(fields.get("uid"), 200) if "uid" in fields else None,
+        "monitor_guid": (
+            _escaped(fields.get("monitor_guid"), 200) if "monitor_guid" in fields else None
+        ),
+        "attempts": attempts,
+        "reason": _escaped(reason, 2000),
+        "payload": payload,
+    }

@@ -52,3 +52,97 @@ class ControllerMetrics:
             "Re-checks requested to confirm an error",
             registry=r,
         )
+        self.results_refused = Counter(
+            "picket_results_refused_total",
+            "Results dropped: for a monitor that does not exist, or not assigned to the sender",
+            ["reason"],
+            registry=r,
+        )
+        self.hellos_refused = Counter(
+            "picket_hellos_refused_total",
+            "Agent hellos refused as invalid, by the field at fault",
+            ["field"],
+            registry=r,
+        )
+        self.retention_deleted = Counter(
+            "picket_retention_deleted_rows_total",
+            "Check rows deleted: older than the retention, or of a deleted monitor",
+            ["reason"],
+            registry=r,
+        )
+        self.retention_batches = Counter(
+            "picket_retention_batches_total",
+            "Delete transactions run by the retention task",
+            registry=r,
+        )
+        self.retention_failures = Counter(
+            "picket_retention_failures_total",
+            "Retention passes that failed (the database away); retried a minute later",
+            registry=r,
+        )
+        # logins (controller/auth.py)
+        self.password_checks = Counter(
+            "picket_password_checks_total",
+            "Password checks by outcome (busy: refused with 429, nothing hashed)",
+            ["outcome"],
+            registry=r,
+        )
+        self.password_checks_running = Gauge(
+            "picket_password_checks_running", "Password checks hashing now", registry=r
+        )
+        self.password_check_duration = Histogram(
+            "picket_password_check_duration_seconds",
+            "Time of one password check (scrypt), in its thread",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+            registry=r,
+        )
+        self.login_failures = Counter(
+            "picket_login_failures_total", "Logins refused with 401", registry=r
+        )
+        self.login_throttled = Counter(
+            "picket_login_throttled_total",
+            "Logins refused with 429 after too many failures from the client",
+            registry=r,
+        )
+        self.login_throttle_entries = Gauge(
+            "picket_login_throttle_entries",
+            "Keys with failed logins remembered",
+            ["table"],
+            registry=r,
+        )
+        self.login_throttle_evictions = Counter(
+            "picket_login_throttle_evictions_total",
+            "Keys forgotten because their table was full",
+            ["table"],
+            registry=r,
+        )
+        self.ingest_queue_bytes = Gauge(
+            "picket_ingest_queue_bytes",
+            "Result batches waiting to be stored (or being stored), in bytes as received",
+            registry=r,
+        )
+        self.ingest_queue_batches = Gauge(
+            "picket_ingest_queue_batches",
+            "Result batches waiting to be stored (or being stored)",
+            registry=r,
+        )
+        self.batches_refused = Counter(
+            "picket_result_batches_refused_total",
+            "Result batches not queued and not acknowledged (the agent resends them): "
+            "queue_full, or already_queued (a resend of a batch still waiting)",
+            ["reason"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "picket_results_dead_lettered_total",
+            "Results the database refused, kept in the dead-letter table (and acknowledged)",
+            registry=r,
+        )
+        self.database_up = Gauge(
+            "picket_database_up", "1 while the database answers, 0 during an outage", registry=r
+        )
+        self.control_pending = Gauge(
+            "picket_control_messages_pending",
+            "Hellos and presence messages waiting to be handled (the newest per agent)",
+            registry=r,
+        )

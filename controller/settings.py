@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 from pydantic import Field
 
 from shared.settings import BrokerUrl, ListenAddress, PicketSettings
@@ -12,7 +14,31 @@ class ControllerSettings(PicketSettings):
     admin_password: str = ""
     failed_body_bytes: int = Field(default=65_536, ge=0)
     ingest_batch_max: int = Field(default=64, ge=1)  # result batches per transaction
-    credential_cache_seconds: float = Field(default=300.0, ge=0)
+    credential_cache_seconds: float = Field(default=60.0, ge=0)
+    max_password_checks: int = Field(default=0, ge=0, le=256)  # 0: half the CPUs, at least 1
+    login_failures_per_user_address: int = Field(default=10, ge=1)
+    login_failures_per_address: int = Field(default=100, ge=1)
+    login_failure_window_seconds: float = Field(default=600.0, gt=0)
+    login_throttle_max_entries: int = Field(default=100_000, ge=10)
+    database_wait_seconds: float = Field(default=60.0, ge=0)
+    result_retention_days: int = Field(default=30, ge=1, le=36_500)  # checks older are deleted
+    retention_batch_rows: int = Field(default=1000, ge=1, le=100_000)  # per delete transaction
+    retention_pause_seconds: float = Field(default=0.05, ge=0, le=60)  # between transactions
+    ingest_queue_max_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1,
+        description="result batches waiting to be stored, in bytes as received; when full, "
+        "new batches are refused (not acknowledged) and the agents keep and resend them",
+    )
+    ingest_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="tries to store a result batch the database refuses before its results "
+        "go to the dead-letter table (and the batch is acknowledged)",
+    )
+
+    def password_check_limit(self) -> int:
+        return self.max_password_checks or max(1, len(os.sched_getaffinity(0)) // 2)
 
     def resolved_database_url(self) -> str:
         """SQLAlchemy async URL; plain sqlite:// and postgresql:// mean aiosqlite and asyncpg."""

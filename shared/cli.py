@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from shared import __version__
 from shared.logs import setup
 from shared.settings import add_flags, load
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="picket", description="Picket synthetic monitoring")
+    parser.add_argument("--version", action="version", version=f"picket {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     up = sub.add_parser("up", help="broker + controller + one local agent, for one host")
     controller = sub.add_parser("controller", help="the API, storage, assignment and ingest")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from pydantic_core import to_json
+
+from shared.results import Attribute, Column, Observation, observation_fields
 
 VERSION = 1
 
@@ -58,36 +60,49 @@ class Ack(Message):
     batch_ids: list[str]
 
 
-class CheckResult(Message):
-    """One run of one monitor, as the agent saw it. The controller adds ids and ErrorLevel."""
+class _CheckOf(Message):
+    """Which check a result is (the rest of `CheckResult`: what the probe observed is declared
+    in `shared.results.Observation`). Each field says where the controller keeps it."""
 
-    uid: str
-    monitor_guid: str
-    monitor_revision: str = ""
-    monitor_type: str
-    scheduled_at: float  # epoch seconds of the slot (or the run request)
-    started_at: float  # epoch seconds when the check began
-    error_code: int
-    error_description: str
-    error_message: str = ""
-    http_status_code: int | None = None
-    total_bytes: int = 0
-    resolved_ip: str = ""
-    timings_ms: dict[str, float] = Field(default_factory=dict)
-    response_body: str | None = None
-    warnings: list[str] = Field(default_factory=list)
+    uid: Annotated[str, Column("uid")]
+    monitor_guid: Annotated[str, Column("monitor_guid")]
+    monitor_revision: Annotated[str, Attribute("MonitorRevision")] = ""
+    monitor_type: Annotated[str, Attribute("MonitorType")]
+    # epoch seconds of the slot (or the run request), and when the check began
+    scheduled_at: Annotated[float, Column("scheduled_us", micros=True)]
+    started_at: Annotated[float, Column("ts_us", micros=True)]
+    error_description: Annotated[str, Attribute("ErrorDescription")]
+    # failed checks only, cut at PICKET_FAILED_BODY_BYTES
+    response_body: Annotated[str | None, Column("response_body")] = None
     # JSON text of an object, per type (HTTP: the waterfall; multi-step: the steps): the
     # controller stores it as it is, without building it into Python objects and back
-    details: str | None = None
-    attributes: dict[str, Any] = Field(default_factory=dict)  # per type, e.g. DnsAnswers
-    is_confirmation: bool = False
-    confirms: str | None = None
+    details: Annotated[str | None, Column("details")] = None
+    is_confirmation: Annotated[bool, Attribute("IsConfirmation")] = False
+    confirms: Annotated[str | None, Attribute("ConfirmsCheckUid")] = None  # the uid it re-checks
 
     @field_validator("details", mode="before")
     @classmethod
     def _details_text(cls, value: Any) -> Any:
         """Agents built before details became text (and their outbox files) sent an object."""
         return to_json(value).decode() if isinstance(value, dict) else value
+
+
+if TYPE_CHECKING:
+
+    class CheckResult(_CheckOf, Observation):
+        """One run of one monitor, as the agent saw it. The controller adds ids and ErrorLevel."""
+
+else:
+    # the same class at run time: a dataclass base would give pydantic neither the Observation
+    # fields' validation nor their default factories, so they are added as pydantic fields
+    CheckResult = create_model(
+        "CheckResult",
+        __base__=_CheckOf,
+        __module__=__name__,
+        __doc__="One run of one monitor, as the agent saw it. The controller adds ids and "
+        "ErrorLevel.",
+        **observation_fields(),
+    )
 
 
 class ResultBatch(Message):

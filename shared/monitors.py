@@ -6,7 +6,6 @@ definition against its type's model, and the agent receives the validated defini
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -15,22 +14,20 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
-from shared import regex
+from shared import regex, secrets
 from shared.msa import (
     MsaScript,
     MsaStep,
     PredefinedVariable,
     UserDefinedFunction,
-    keep_function_keys,
-    keep_step_passwords,
     parse_script,
-    redact_functions,
-    redact_steps,
 )
 from shared.registry import Registry
 from shared.settings import split_host_port
@@ -46,6 +43,14 @@ class _Strict(BaseModel):
 class RequestHeader(_Strict):
     Name: Annotated[str, Field(min_length=1, max_length=256)]
     Value: str = ""
+    IsSecret: bool = False  # Picket: write-only like the credential headers (shared.secrets)
+
+    @model_serializer(mode="wrap")
+    def _flag_only_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        shown: dict[str, Any] = handler(self)
+        if not self.IsSecret:
+            shown.pop("IsSecret", None)  # Uptrends' {Name, Value} unless flagged
+        return shown
 
     @field_validator("Name")
     @classmethod
@@ -102,6 +107,27 @@ class ErrorCondition(_Strict):
     MatchType: MatchTypeName | None = None
     Effect: Literal["Indicate", "Error"] | None = None
 
+    @field_validator("Percentage")
+    @classmethod
+    def _no_percentage(cls, value: str | None) -> str | None:
+        if value not in (None, ""):
+            raise ValueError(
+                "is not supported: it belongs to Uptrends' PageElement…WithPercentage "
+                "conditions (browser checks), which Picket does not have; leave it out"
+            )
+        return None
+
+    @field_validator("Level")
+    @classmethod
+    def _no_level(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise ValueError(
+                "is not supported: it belongs to Uptrends' ConsoleContentMatch and "
+                "ConsoleLevel conditions (browser console), which Picket does not have; leave "
+                "it out (Effect says whether a condition fails the check or only indicates)"
+            )
+        return None
+
     @model_validator(mode="after")
     def _check_value(self, info: ValidationInfo) -> ErrorCondition:
         if self.ErrorConditionType == "HttpStatus":
@@ -129,8 +155,6 @@ class MonitorBase(_Strict):
     """Fields every monitor type has."""
 
     type_names: ClassVar[tuple[str, ...]] = ()
-    # write-only: stored and sent to the agent, never returned by GET, never in results or logs
-    secret_fields: ClassVar[tuple[str, ...]] = ()
 
     MonitorGuid: str | None = None
     Name: Annotated[str, Field(min_length=1, max_length=200)]
@@ -180,15 +204,13 @@ class MonitorBase(_Strict):
 
     @classmethod
     def redact(cls, definition: dict[str, Any]) -> dict[str, Any]:
-        """The definition as GET shows it: write-only secrets left out."""
-        return {k: v for k, v in definition.items() if k not in cls.secret_fields}
+        """The definition as GET shows it: write-only secrets as `******` (shared.secrets)."""
+        return secrets.redact(definition)
 
     @classmethod
     def keep_secrets(cls, new: dict[str, Any], old: dict[str, Any]) -> None:
-        """GET never shows secrets, so a GET-edit-PUT round trip must not erase them."""
-        for secret in cls.secret_fields:
-            if secret not in new and secret in old:
-                new[secret] = old[secret]
+        """Secrets sent back as `******` or left out keep their stored values (shared.secrets)."""
+        secrets.keep(new, old)
 
 
 TlsVersionName = Literal[
@@ -207,7 +229,6 @@ PEM_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.+?-----END [A-Z ]*PRIV
 
 class HttpMonitor(MonitorBase):
     type_names = ("Http", "Https")
-    secret_fields = ("Password", "ClientCertificateKey")
 
     MonitorType: Literal["Http", "Https"]
     Url: Annotated[str, Field(min_length=1, max_length=4096)]
@@ -388,39 +409,6 @@ class MultiStepApiMonitor(MonitorBase):
             PredefinedVariables=self.PredefinedVariables,
             UserDefinedFunctions=self.UserDefinedFunctions,
         )
-
-    @classmethod
-    def redact(cls, definition: dict[str, Any]) -> dict[str, Any]:
-        shown = super().redact(definition)
-        shown["MsaSteps"] = redact_steps(shown.get("MsaSteps"))
-        shown["UserDefinedFunctions"] = redact_functions(shown.get("UserDefinedFunctions"))
-        script = shown.get("MultiStepApiTransactionScript")
-        if script:
-            parsed = json.loads(script)
-            parsed["MsaSteps"] = redact_steps(parsed.get("MsaSteps"))
-            if "UserDefinedFunctions" in parsed:
-                parsed["UserDefinedFunctions"] = redact_functions(parsed["UserDefinedFunctions"])
-            shown["MultiStepApiTransactionScript"] = json.dumps(parsed)
-        return shown
-
-    @classmethod
-    def keep_secrets(cls, new: dict[str, Any], old: dict[str, Any]) -> None:
-        super().keep_secrets(new, old)
-        keep_step_passwords(new.get("MsaSteps"), old.get("MsaSteps"))
-        keep_function_keys(new.get("UserDefinedFunctions"), old.get("UserDefinedFunctions"))
-        if new.get("MultiStepApiTransactionScript") and old.get("MultiStepApiTransactionScript"):
-            try:
-                new_script = json.loads(new["MultiStepApiTransactionScript"])
-                old_script = json.loads(old["MultiStepApiTransactionScript"])
-            except (json.JSONDecodeError, TypeError):
-                return  # validation names the problem
-            if not isinstance(new_script, dict) or not isinstance(old_script, dict):
-                return
-            keep_step_passwords(new_script.get("MsaSteps"), old_script.get("MsaSteps"))
-            keep_function_keys(
-                new_script.get("UserDefinedFunctions"), old_script.get("UserDefinedFunctions")
-            )
-            new["MultiStepApiTransactionScript"] = json.dumps(new_script)
 
 
 _MODELS: Registry[type[MonitorBase]] = Registry("monitor type")

@@ -99,6 +99,7 @@ class MqttSession:
     async def run(self) -> None:
         """Stay connected until cancelled."""
         delay = 0.2
+        last_failure = ""
         while True:
             try:
                 async with self._new_client() as client:
@@ -123,13 +124,29 @@ class MqttSession:
                 self.connected.clear()
                 if was_connected and self._on_disconnect is not None:
                     self._on_disconnect()
-                log.warning(
-                    "mqtt %s: %s; reconnecting to %s in %.1fs",
-                    self._client_id,
-                    exc,
-                    self._target,
-                    delay,
-                )
+                reason = str(exc)
+                if was_connected:
+                    log.warning(
+                        "mqtt %s: lost the broker at %s: %s; reconnecting with backoff",
+                        self._client_id,
+                        self._target,
+                        reason,
+                    )
+                elif reason != last_failure:
+                    # said once, plainly; the same failure again only at DEBUG
+                    log.warning(
+                        "mqtt %s: cannot reach the broker at %s: %s; retrying with backoff "
+                        "(up to %gs apart) until it answers",
+                        self._client_id,
+                        self._target,
+                        reason,
+                        self._max_backoff,
+                    )
+                else:
+                    log.debug(
+                        "mqtt %s: still cannot reach %s: %s", self._client_id, self._target, reason
+                    )
+                last_failure = "" if was_connected else reason
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, self._max_backoff)
             finally:

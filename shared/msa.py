@@ -8,7 +8,6 @@ are accepted and ignored so an exported script imports as it is.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Annotated, Any, Literal
 
@@ -16,13 +15,15 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
-from shared import regex
+from shared import jsonin, regex
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_.\-]+)\s*\}\}")
 
@@ -92,13 +93,21 @@ class ApiAuthenticationInfo(_Lenient):
     Id: str | None = None
     AuthenticationType: Literal["None", "Basic", "NTLM", "Digest"] = "None"
     UserName: str = ""
-    Password: str = ""  # write-only
+    Password: str = ""  # write-only (shared.secrets)
     PasswordSpecified: bool = False
 
 
 class HeaderValue(_Lenient):
     Key: Annotated[str, Field(min_length=1)]
     Value: str = ""
+    IsSecret: bool = False  # Picket: write-only like the credential headers (shared.secrets)
+
+    @model_serializer(mode="wrap")
+    def _flag_only_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        shown: dict[str, Any] = handler(self)
+        if not self.IsSecret:
+            shown.pop("IsSecret", None)  # Uptrends' {Key, Value} unless flagged
+        return shown
 
 
 class MsaStep(_Lenient):
@@ -190,10 +199,10 @@ class MsaScript(_Lenient):
 def parse_script(text: str, context: Any = None) -> MsaScript:
     """The MultiStepApiTransactionScript string; ValueError naming what is wrong. `context`:
     pydantic's validation context (shared.regex.FROM_OUTSIDE for input from the API)."""
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"is not valid JSON: {exc}") from None
+    raw = jsonin.loads(text)  # ValueError: not JSON, or nested too deeply
+    found = jsonin.unstorable(raw)
+    if found is not None:
+        raise ValueError(f"{found[0]}: {found[1]}")
     try:
         return MsaScript.model_validate(raw, context=context)
     except ValidationError as exc:
@@ -202,63 +211,3 @@ def parse_script(text: str, context: Any = None) -> MsaScript:
         where = where.replace(".[", "[")
         message = str(first["msg"]).removeprefix("Value error, ")
         raise ValueError(f"{where}: {message}") from None
-
-
-def _steps(value: Any) -> list[dict[str, Any]]:
-    """Steps as sent, ignoring anything that is not a list of objects (validation reports it)."""
-    return [step for step in value if isinstance(step, dict)] if isinstance(value, list) else []
-
-
-def redact_steps(steps: Any) -> list[dict[str, Any]]:
-    """Steps as GET shows them: authentication passwords left out."""
-    shown = []
-    for step in _steps(steps):
-        auth = step.get("Authentication")
-        if isinstance(auth, dict) and auth.get("Password"):
-            step = {**step, "Authentication": {**auth, "Password": "", "PasswordSpecified": True}}
-        shown.append(step)
-    return shown
-
-
-def _step_key(step: dict[str, Any]) -> tuple[Any, ...]:
-    auth = step.get("Authentication") if isinstance(step.get("Authentication"), dict) else {}
-    assert isinstance(auth, dict)
-    return (auth.get("Id") or None, step.get("Name"), step.get("Url"), auth.get("UserName"))
-
-
-def keep_step_passwords(new: Any, old: Any) -> None:
-    """A step sent back without its password (as GET showed it) keeps the stored one: matched
-    by its authentication Id, else by name, URL and user name (so reordering steps is safe)."""
-    stored = {
-        _step_key(step): step["Authentication"]
-        for step in _steps(old)
-        if isinstance(step.get("Authentication"), dict)
-    }
-    for step in _steps(new):
-        auth = step.get("Authentication")
-        if not isinstance(auth, dict) or auth.get("Password"):
-            continue
-        before = stored.get(_step_key(step))
-        if before and before.get("Password"):
-            auth["Password"] = before["Password"]
-
-
-FUNCTION_SECRETS = ("JwtSigningKey", "HashKey")
-
-
-def redact_functions(functions: Any) -> list[dict[str, Any]]:
-    """User-defined functions as GET shows them: signing and HMAC keys left out."""
-    shown = []
-    for function in _steps(functions):
-        shown.append({k: ("" if k in FUNCTION_SECRETS and v else v) for k, v in function.items()})
-    return shown
-
-
-def keep_function_keys(new: Any, old: Any) -> None:
-    """A function sent back without its key (as GET showed it) keeps the stored one."""
-    stored = {f.get("Name"): f for f in _steps(old)}
-    for function in _steps(new):
-        before = stored.get(function.get("Name"))
-        for key in FUNCTION_SECRETS:
-            if before and not function.get(key) and before.get(key):
-                function[key] = before[key]

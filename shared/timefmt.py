@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 
 def iso(epoch_seconds: float) -> str:
     """Epoch seconds as `2026-11-23T10:00:00.123Z`."""
-    moment = datetime.fromtimestamp(epoch_seconds, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    moment = datetime.fromtimestamp(epoch_seconds, UTC).replace(tzinfo=None)
+    # not strftime: glibc writes the year 1 as "1", not "0001"
+    return moment.isoformat(timespec="milliseconds") + "Z"
 
 
 def parse(text: str) -> float:

@@ -1,6 +1,8 @@
 """`picket up`: a private MQTT broker, the controller and one local agent as child processes
-(so they use both cores), supervised: if one dies the rest are stopped, and a signal stops
-them in order (agent first, so it writes its unsent results to its outbox)."""
+(so they use both cores), supervised: a child that dies is named, with its own last output,
+and started again after a pause that doubles on each quick failure; only `restart_limit`
+failures of one child within `restart_window_seconds` stop everything (exit 1). A signal
+stops them in order (agent first, so it writes its unsent results to its outbox)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
+
 from shared.settings import ListenAddress, PicketSettings, parse_listen
 from shared.signals import stop_event
 
@@ -30,6 +34,17 @@ class UpSettings(PicketSettings):
     api_listen: ListenAddress = "127.0.0.1:8080"
     metrics_listen: ListenAddress = "127.0.0.1:9465"
     admin_password: str = ""
+    restart_limit: int = Field(default=5, ge=1)
+    restart_window_seconds: float = Field(default=60.0, gt=0)
+
+
+RESTART_PAUSE_FIRST = 0.5
+RESTART_PAUSE_MAX = 30.0
+LAST_LINES = 5  # of a dead child's own output, in the log
+
+
+class GaveUp(Exception):
+    pass
 
 
 def _die_with_parent() -> None:
@@ -66,8 +81,11 @@ class Child:
         self.proc: asyncio.subprocess.Process | None = None
         self.tail: collections.deque[str] = collections.deque(maxlen=15)
         self._pump: asyncio.Task[None] | None = None
+        self.started_at = 0.0
 
     async def start(self) -> None:
+        self.tail.clear()  # what `why` shows is this run's own output
+        self.started_at = time.monotonic()
         self.proc = await asyncio.create_subprocess_exec(
             *self.argv,
             env=self.env,
@@ -77,11 +95,11 @@ class Child:
             start_new_session=True,  # a terminal's Ctrl-C reaches `picket up` only
             preexec_fn=_die_with_parent,
         )
-        self._pump = asyncio.create_task(self._forward())
+        self._pump = asyncio.create_task(self._forward(self.proc), name=f"{self.name}-output")
 
-    async def _forward(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        async for raw in self.proc.stdout:
+    async def _forward(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
             line = raw.decode(errors="replace").rstrip()
             self.tail.append(line)
             sys.stderr.write(f"[{self.name}] {line}\n")
@@ -89,8 +107,14 @@ class Child:
     async def wait(self) -> int:
         assert self.proc is not None
         code = await self.proc.wait()
-        if self._pump is not None:
-            await self._pump
+        pump = self._pump
+        if pump is not None:
+            # its last lines; a grandchild still holding the pipe must not keep us waiting
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(pump), 5)
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
         return code
 
     async def stop(self, grace: float = 15.0) -> None:
@@ -106,13 +130,53 @@ class Child:
 
     def why(self, code: int) -> str:
         how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-        last = next((line for line in reversed(self.tail) if line.strip()), "")
-        return f"{how}" + (f"; its last words: {last}" if last else "")
+        last = [line for line in self.tail if line.strip()][-LAST_LINES:]
+        if not last:
+            return f"{how} without a word"
+        return f"{how}; its last output:\n" + "\n".join(f"  [{self.name}] {x}" for x in last)
+
+    async def keep(self, stop: asyncio.Event, limit: int, window: float) -> None:
+        """Start the child again whenever it dies, until `stop`; raises GaveUp after `limit`
+        deaths within `window` seconds."""
+        deaths: collections.deque[float] = collections.deque()
+        pause = RESTART_PAUSE_FIRST
+        why = self.why(await self.wait())
+        while not stop.is_set():
+            now = time.monotonic()
+            deaths.append(now)
+            while deaths and now - deaths[0] > window:
+                deaths.popleft()
+            if len(deaths) >= limit:
+                log.error(
+                    "the %s %s\nit failed %d times within %gs; stopping the rest",
+                    self.name,
+                    why,
+                    len(deaths),
+                    window,
+                )
+                raise GaveUp(self.name)
+            if now - self.started_at > window:
+                pause = RESTART_PAUSE_FIRST  # it ran a good while: not a crash loop
+            log.error("the %s %s\nrestarting the %s in %.1fs", self.name, why, self.name, pause)
+            with contextlib.suppress(TimeoutError):  # a stop ends the pause
+                await asyncio.wait_for(stop.wait(), pause)
+            if stop.is_set():
+                return
+            pause = min(RESTART_PAUSE_MAX, pause * 2)
+            try:
+                await self.start()
+            except OSError as exc:  # e.g. no memory to fork: a death like any other
+                why = f"could not be started: {exc}"
+                continue
+            assert self.proc is not None
+            log.info("the %s is running again (pid %d)", self.name, self.proc.pid)
+            why = self.why(await self.wait())
 
 
-async def _wait_for_port(host: str, port: int, child: Child, deadline: float) -> bool:
+async def _wait_for_port(host: str, port: int, child: Child | None, deadline: float) -> bool:
+    """True once the port accepts; False at the deadline, or if `child` ends first."""
     while time.monotonic() < deadline:
-        if child.proc is not None and child.proc.returncode is not None:
+        if child is not None and child.proc is not None and child.proc.returncode is not None:
             return False
         try:
             with socket.create_connection((host, port), timeout=0.5):
@@ -176,6 +240,13 @@ async def supervise(settings: UpSettings) -> int:
         return 1
     await controller.start()
     await agent.start()
+    keepers = {
+        asyncio.create_task(
+            c.keep(stop, settings.restart_limit, settings.restart_window_seconds),
+            name=f"keep-{c.name}",
+        ): c
+        for c in children
+    }
     api_host, api_port = parse_listen(settings.api_listen, 8080)
     m_host, m_port = parse_listen(settings.metrics_listen, 9465)
     password_note = (
@@ -185,11 +256,9 @@ async def supervise(settings: UpSettings) -> int:
     )
     # the controller answers on its API port once migrated and its admin exists: only then is
     # Picket up (a newcomer's next step reads the password file)
-    stopper = asyncio.create_task(stop.wait())  # a Ctrl-C meanwhile is not kept waiting
-    answering = asyncio.create_task(
-        _wait_for_port(api_host, api_port, controller, time.monotonic() + 60)
-    )
-    await asyncio.wait([stopper, answering], return_when=asyncio.FIRST_COMPLETED)
+    stopper = asyncio.create_task(_until(stop))  # a Ctrl-C meanwhile is not kept waiting
+    answering = asyncio.create_task(_wait_for_port(api_host, api_port, None, time.monotonic() + 60))
+    await asyncio.wait([stopper, answering, *keepers], return_when=asyncio.FIRST_COMPLETED)
     answering.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await answering
@@ -205,27 +274,34 @@ async def supervise(settings: UpSettings) -> int:
             m_port,
             password_note,
         )
-    elif not stop.is_set() and controller.proc is not None and controller.proc.returncode is None:
+    elif not stop.is_set() and not any(k.done() for k in keepers):
         log.warning("the controller's API does not answer on %s:%d yet", api_host, api_port)
 
-    waits = {asyncio.create_task(c.wait()): c for c in children}
-    done, _ = await asyncio.wait([stopper, *waits], return_when=asyncio.FIRST_COMPLETED)
+    done, _ = await asyncio.wait([stopper, *keepers], return_when=asyncio.FIRST_COMPLETED)
     status = 0
     for task in done:
-        if task is stopper:
+        if task is stopper or task.cancelled() or task.exception() is None:
             continue
-        dead = waits[task]
         status = 1
-        log.error("the %s %s; stopping the rest", dead.name, dead.why(task.result()))
+        if not isinstance(task.exception(), GaveUp):
+            log.error("supervising the %s failed: %r", keepers[task].name, task.exception())
     if status == 0:
         log.info("stopping: agent, controller, broker")
+    stop.set()  # the keepers start nothing from here on
+    for task in keepers:
+        task.cancel()
+    for task in keepers:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
     for child in (agent, controller, broker):
         await child.stop()
     stopper.cancel()
-    for task in waits:
-        task.cancel()
     log.info("stopped")
     return status
+
+
+async def _until(event: asyncio.Event) -> None:
+    await event.wait()
 
 
 def main(settings: UpSettings) -> int:

@@ -18,6 +18,15 @@ from tests.helpers import Mosquitto, Target
 PG_DSN = os.environ.get("PICKET_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+@pytest.fixture(autouse=True)
+def _no_settings_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings are PICKET_ variables: one exported in the shell that runs the tests (after
+    the README's tour, say) must not change what a test sets up, nor reach its children."""
+    for name in list(os.environ):
+        if name.startswith("PICKET_") and name != "PICKET_TEST_POSTGRES":
+            monkeypatch.delenv(name)
+
+
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     if not (shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto")):

@@ -19,10 +19,19 @@ from agent.probes.assertions import (
     substitute,
 )
 from agent.probes.base import Outcome, Probe
-from agent.probes.http import PHASES, PRIVATE_HEADERS, curl_error_code
+from agent.probes.http import PHASES, curl_error_code
+from agent.scrub import scrub_outcome
 from shared.errors import ErrorCode
 from shared.monitors import MonitorBase, MultiStepApiMonitor
 from shared.msa import MsaStep, UserDefinedFunction
+from shared.secrets import (
+    MASK,
+    Scrubber,
+    basic_token,
+    is_secret_header,
+    mask_url,
+    url_secret_values,
+)
 
 STEP_BODY_BYTES = 8192  # of each step's request and response kept in the step results
 
@@ -50,6 +59,9 @@ class StepRun:
     phases: dict[str, float] = field(default_factory=dict)
     failure: Outcome | None = None
     status: int | None = None
+    # secrets made from variables while running ({{token}} in an Authorization header, ...):
+    # the assignment's scrub list cannot know them
+    secrets: list[str] = field(default_factory=list)
 
 
 def _reason(raw_headers: str) -> str:
@@ -75,6 +87,7 @@ class MultiStepApiProbe(Probe):
         resolved_ip = ""
         passed_steps = 0
         cumulative_ms = 0.0
+        made_secrets: list[str] = []
         for number, step in enumerate(script.MsaSteps, 1):
             name = step.Name or f"Step {number}"
             if failure is not None:
@@ -89,6 +102,7 @@ class MultiStepApiProbe(Probe):
                 continue
             plan = StepPlan(step, name, number, functions, deadline)
             run = await self._run_with_retries(plan, variables, cumulative_ms)
+            made_secrets += run.secrets
             cumulative_ms += run.duration_ms
             for phase in PHASES:
                 totals[phase] += run.phases.get(phase, 0.0)
@@ -113,6 +127,8 @@ class MultiStepApiProbe(Probe):
             "TotalSteps": len(reports),
             "PassedSteps": passed_steps,
         }
+        if made_secrets and (scrubber := Scrubber(made_secrets)):
+            scrub_outcome(outcome, scrubber)
         return outcome
 
     async def _run_with_retries(
@@ -161,6 +177,7 @@ class MultiStepApiProbe(Probe):
             failure = Outcome(ErrorCode.VARIABLE_UNDEFINED, message)
             failure.description_override = message
             return StepRun(False, report, 0.0, failure=failure)
+        made = _made_secrets(step, url, headers, username, password)
         request = curl.HttpRequest(
             url=url,
             method=step.Method,
@@ -202,9 +219,10 @@ class MultiStepApiProbe(Probe):
                 value = MISSING
             variables[definition.Name] = value if isinstance(value, str) else ""
         results = [check_assertion(a, seen, variables) for a in step.Assertions]
+        secret = [is_secret_header(h.Key, h.IsSecret) for h in step.RequestHeaders]
         report.update(
             {
-                "Url": url,
+                "Url": mask_url(url),
                 "HttpMethod": step.Method,
                 "HttpStatusCode": str(response.status or ""),
                 "HttpStatusDescription": seen.reason,
@@ -219,7 +237,8 @@ class MultiStepApiProbe(Probe):
                 "Timings": phases,
                 "TotalBytes": response.total_bytes,
                 "RequestHeaders": "\r\n".join(
-                    f"{k}: {'***' if k.lower() in PRIVATE_HEADERS else v}" for k, v in headers
+                    f"{k}: {MASK if hidden else v}"
+                    for (k, v), hidden in zip(headers, secret, strict=True)
                 ),
                 "RequestBody": body[:STEP_BODY_BYTES],
                 "ResponseHeaders": response.raw_headers,
@@ -228,7 +247,7 @@ class MultiStepApiProbe(Probe):
                 "ErrorMessage": response.curl_message,
             }
         )
-        run = StepRun(True, report, step_ms, phases, status=response.status)
+        run = StepRun(True, report, step_ms, phases, status=response.status, secrets=made)
         failed = next((r for r in results if not r.passed), None)
         watches_transport = any(
             a.Source in ("ResponseCompleted", "ResponseHasException") for a in step.Assertions
@@ -246,6 +265,26 @@ class MultiStepApiProbe(Probe):
         return run
 
 
+def _made_secrets(
+    step: MsaStep, url: str, headers: tuple[tuple[str, str], ...], username: str, password: str
+) -> list[str]:
+    """The secret values of a step that came from variables (the static ones are known to the
+    runner's scrubber from the assignment already)."""
+    made: list[str] = []
+    if "{{" in step.Url:
+        made += url_secret_values(url)
+    for (name, value), header in zip(headers, step.RequestHeaders, strict=True):
+        if "{{" in header.Key + header.Value and is_secret_header(name, header.IsSecret):
+            made.append(value)
+            scheme, _, credentials = value.partition(" ")
+            if credentials and scheme.isalpha():
+                made.append(credentials.strip())
+    auth = step.Authentication
+    if auth is not None and password and "{{" in auth.UserName + auth.Password:
+        made += [password, basic_token(username, password)]
+    return made
+
+
 def _assertion_message(label: str, failed: AssertionResult) -> str:
     if failed.problem:
         return f"{label}: {failed.description}: {failed.problem}"
@@ -256,7 +295,7 @@ def _not_executed(name: str, step: MsaStep) -> dict[str, Any]:
     return {
         "StepName": name,
         "StepType": step.StepType,
-        "Url": step.Url,
+        "Url": mask_url(step.Url),
         "HttpMethod": step.Method,
         "StepExecuted": False,
         "Passed": False,

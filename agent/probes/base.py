@@ -9,6 +9,7 @@ from agent.curl import CurlEngine
 from agent.lookup import NameLookups
 from shared.errors import DESCRIPTIONS, ErrorCode
 from shared.monitors import MonitorBase
+from shared.results import Observation
 
 
 @dataclass(frozen=True)
@@ -23,19 +24,14 @@ class ProbeContext:
 
 
 @dataclass
-class Outcome:
-    """What a probe saw. A failing target is an Outcome with an error code, never an exception."""
+class Outcome(Observation):
+    """What a probe saw: the `Observation` fields of a result (copied into the message as they
+    are), and the probe's own values that the agent turns into message fields. A failing target
+    is an Outcome with an error code, never an exception."""
 
-    error_code: ErrorCode = ErrorCode.OK
-    error_message: str = ""
-    http_status_code: int | None = None
-    total_bytes: int = 0
-    resolved_ip: str = ""
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    body: bytes | None = None
-    warnings: list[str] = field(default_factory=list)  # NoError, but worth a look
+    error_code: ErrorCode = ErrorCode.OK  # narrows the Observation's int, in its place (first)
+    body: bytes | None = None  # the response body; sent cut, and only for a failure
     details: dict[str, Any] | None = None  # per-type detail (HTTP: headers, waterfall)
-    attributes: dict[str, Any] = field(default_factory=dict)  # per-type MonitorCheck attributes
     description_override: str = ""  # ErrorDescription, when the code's own words say too little
 
     @property

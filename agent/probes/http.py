@@ -17,11 +17,10 @@ from agent.probes.base import Outcome, Probe
 from shared import regex
 from shared.errors import ErrorCode
 from shared.monitors import ErrorCondition, HttpMonitor, MonitorBase
+from shared.secrets import MASK, is_secret_header, mask_url
 
 MAX_REDIRECTS = 10
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-# sent only to the monitor's own origin, and masked in the stored waterfall
-PRIVATE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 PHASES: tuple[str, ...] = (
     "ResolveTime",
     "ConnectionTime",
@@ -63,6 +62,14 @@ def _decode(body: bytes) -> str:
     return body.decode("utf-8", errors="replace")
 
 
+def effect(cond: ErrorCondition) -> str:
+    """Uptrends' Effect: Error fails the check, Indicate only marks it (a warning). Unset, a
+    LoadTimeLimit1 indicates (that is its meaning: the lower of two limits) and the rest fail."""
+    if cond.Effect is not None:
+        return cond.Effect
+    return "Indicate" if cond.ErrorConditionType == "LoadTimeLimit1" else "Error"
+
+
 def evaluate(
     conditions: list[ErrorCondition],
     status: int,
@@ -71,37 +78,52 @@ def evaluate(
     first_byte_ms: float = 0.0,
     total_bytes: int = 0,
 ) -> Outcome | None:
-    """The first error condition that fails, as an Outcome (with LoadTimeLimit1 as a warning
-    on an OK outcome); None when all pass."""
+    """The first error condition that fails with Effect Error, as an Outcome; failing ones
+    with Effect Indicate are warnings on an OK outcome instead. None when all pass."""
     by_type: dict[str, ErrorCondition] = {}
     for cond in conditions:
         by_type.setdefault(cond.ErrorConditionType, cond)
+    failed: list[tuple[ErrorCondition | None, ErrorCode, str]] = []
     expected_status = by_type.get("HttpStatus")
     if expected_status is not None:
         if status != expected_status.number:
-            return Outcome(
-                ErrorCode.HTTP_STATUS_MISMATCH,
-                f"HTTP status {status}, expected {expected_status.number}",
+            failed.append(
+                (
+                    expected_status,
+                    ErrorCode.HTTP_STATUS_MISMATCH,
+                    f"HTTP status {status}, expected {expected_status.number}",
+                )
             )
     elif status >= 400:
-        return Outcome(ErrorCode.HTTP_STATUS_MISMATCH, f"HTTP status {status}")
+        failed.append((None, ErrorCode.HTTP_STATUS_MISMATCH, f"HTTP status {status}"))
     limit2 = by_type.get("LoadTimeLimit2")
     if limit2 is not None and total_ms > limit2.number:
-        return Outcome(
-            ErrorCode.LOAD_TIME_EXCEEDED, f"Load time {total_ms:.0f} ms > {limit2.number} ms"
+        failed.append(
+            (
+                limit2,
+                ErrorCode.LOAD_TIME_EXCEEDED,
+                f"Load time {total_ms:.0f} ms > {limit2.number} ms",
+            )
         )
     first_byte = by_type.get("TimeToFirstByteMaximum")
     if first_byte is not None and first_byte_ms > first_byte.number:
-        return Outcome(
-            ErrorCode.TIME_TO_FIRST_BYTE_EXCEEDED,
-            f"Time to first byte {first_byte_ms:.0f} ms > {first_byte.number} ms",
+        failed.append(
+            (
+                first_byte,
+                ErrorCode.TIME_TO_FIRST_BYTE_EXCEEDED,
+                f"Time to first byte {first_byte_ms:.0f} ms > {first_byte.number} ms",
+            )
         )
     least = by_type.get("TotalMinBytes")
     if least is not None and total_bytes < least.number:
-        return Outcome(ErrorCode.TOO_FEW_BYTES, f"{total_bytes} bytes < {least.number} bytes")
+        failed.append(
+            (least, ErrorCode.TOO_FEW_BYTES, f"{total_bytes} bytes < {least.number} bytes")
+        )
     most = by_type.get("TotalMaxBytes")
     if most is not None and total_bytes > most.number:
-        return Outcome(ErrorCode.TOO_MANY_BYTES, f"{total_bytes} bytes > {most.number} bytes")
+        failed.append(
+            (most, ErrorCode.TOO_MANY_BYTES, f"{total_bytes} bytes > {most.number} bytes")
+        )
     text: str | None = None
     for cond in conditions:
         if cond.ErrorConditionType != "ContentMatch":
@@ -118,13 +140,24 @@ def evaluate(
         error_when_found = match_type in ("ErrorWhenContains", "ErrorWhenContainsRegex")
         if found == error_when_found:
             verb = "contains" if found else "does not contain"
-            return Outcome(ErrorCode.CONTENT_MISMATCH, f"Response {verb} {cond.Value!r}")
+            failed.append((cond, ErrorCode.CONTENT_MISMATCH, f"Response {verb} {cond.Value!r}"))
     limit1 = by_type.get("LoadTimeLimit1")
     if limit1 is not None and total_ms > limit1.number:
-        return Outcome(
-            warnings=[f"Load time {total_ms:.0f} ms > {limit1.number} ms (LoadTimeLimit1)"]
+        failed.append(
+            (
+                limit1,
+                ErrorCode.LOAD_TIME_EXCEEDED,
+                f"Load time {total_ms:.0f} ms > {limit1.number} ms (LoadTimeLimit1)",
+            )
         )
-    return None
+    warnings: list[str] = []
+    for failing, code, message in failed:
+        if failing is None or effect(failing) == "Error":
+            return Outcome(code, message)
+        if failing.ErrorConditionType != "LoadTimeLimit1":
+            message += f" ({failing.ErrorConditionType}, Effect Indicate)"
+        warnings.append(message)
+    return Outcome(warnings=warnings) if warnings else None
 
 
 @functools.lru_cache(maxsize=16_384)
@@ -140,10 +173,11 @@ class HttpProbe(Probe):
         self, monitor: HttpMonitor, url: str, method: str, body: bytes | None, timeout: float
     ) -> curl.HttpRequest:
         same_origin = _origin(url) == _origin(monitor.Url)
+        # credentials (shared.secrets) go only to the monitor's own origin
         headers = tuple(
             (h.Name, h.Value)
             for h in monitor.RequestHeaders
-            if same_origin or h.Name.lower() not in PRIVATE_HEADERS
+            if same_origin or not is_secret_header(h.Name, h.IsSecret)
         )
         key = monitor.ClientCertificateKey
         return curl.HttpRequest(
@@ -212,7 +246,7 @@ class HttpProbe(Probe):
             url = urljoin(url, location)
             if urlsplit(url).scheme.lower() not in ("http", "https"):
                 outcome.error_code = ErrorCode.INVALID_URL
-                outcome.error_message = f"redirect to a non-HTTP URL: {url}"
+                outcome.error_message = f"redirect to a non-HTTP URL: {mask_url(url)}"
                 break
             if response.status == 303 or (response.status in (301, 302) and method == "POST"):
                 method, body = "GET", None  # as browsers do
@@ -249,17 +283,18 @@ def _element(
     phases: dict[str, float],
     start_ms: float,
 ) -> dict[str, Any]:
-    """One waterfall element with Uptrends' PageElement fields (ms, µs resolution)."""
-    sent = [f"{request.method} {request.url}"]
+    """One waterfall element with Uptrends' PageElement fields (ms, µs resolution). Credential
+    headers and URL userinfo show as `******`; the runner scrubs the monitor's other secrets."""
+    url = mask_url(request.url)
+    sent = [f"{request.method} {url}"]
     if request.user_agent:
         sent.append(f"User-Agent: {request.user_agent}")
     sent.extend(
-        f"{name}: {'***' if name.lower() in PRIVATE_HEADERS else value}"
-        for name, value in request.headers
+        f"{name}: {MASK if is_secret_header(name) else value}" for name, value in request.headers
     )
     return {
         "Index": index,
-        "Url": request.url,
+        "Url": url,
         "ElementType": "Document",
         "HttpStatusCode": response.status or 0,
         "TotalBytes": response.total_bytes,

@@ -8,7 +8,7 @@ from xml.sax.saxutils import escape
 
 from aiohttp import web
 
-from controller.api.common import PREFIX, controller, fail, ok
+from controller.api.common import PREFIX, controller, fail, id_param, ok
 from controller.db.store import ServerRow
 from shared.timefmt import iso
 
@@ -57,7 +57,7 @@ async def list_checkpoints(request: web.Request) -> web.Response:
 @routes.get(PREFIX + "/Checkpoint/{checkpointId:\\d+}")
 async def one_checkpoint(request: web.Request) -> web.Response:
     ctl = controller(request)
-    wanted = int(request.match_info["checkpointId"])
+    wanted = id_param(request, "checkpointId")
     for cp in await ctl.store.checkpoints():
         if cp["id"] == wanted:
             data = _represent(cp, await ctl.store.servers())
@@ -69,7 +69,7 @@ async def one_checkpoint(request: web.Request) -> web.Response:
 
 @routes.get(PREFIX + "/Checkpoint/Server/{serverId:\\d+}")
 async def one_server(request: web.Request) -> web.Response:
-    wanted = int(request.match_info["serverId"])
+    wanted = id_param(request, "serverId")
     for srv in await controller(request).store.servers():
         if srv.id == wanted:
             capabilities = ["PrimaryServer"] + (["IPv6", "NativeIPv6"] if srv.ipv6 else [])

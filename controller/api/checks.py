@@ -15,6 +15,7 @@ from controller.api.common import PREFIX, controller, fail, ok
 from controller.assigner import Assigner
 from controller.db.store import CheckRow
 from controller.ingest import LEVEL_NAMES, LEVELS_BY_NAME
+from shared import jsonin
 from shared.timefmt import iso, parse
 
 routes = web.RouteTableDef()
@@ -71,7 +72,7 @@ def _encode_cursor(row: CheckRow) -> str:
 def _decode_cursor(text: str) -> tuple[int, int]:
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        ts, ident = json.loads(raw)
+        ts, ident = jsonin.loads(raw)
         key = int(ts), int(ident)
         if not (0 <= key[0] < 2**62 and 0 <= key[1] < 2**63):
             raise ValueError("out of range")
@@ -90,6 +91,18 @@ def _time_param(request: web.Request, name: str) -> float | None:
         fail(400, f"{name}: {exc}", name)
 
 
+# what a timestamp can be written back as (ISO 8601 in UTC): 0001-01-01 to 9999-12-31
+EARLIEST = datetime(1, 1, 1, tzinfo=UTC).timestamp()
+# (.9995 s: a float this large holds .999 as .998999…, which would be written back as .998)
+LATEST = datetime(9999, 12, 31, 23, 59, 59, 999_500, tzinfo=UTC).timestamp()
+
+
+def _clamped(moment: float | None) -> float | None:
+    """A valid time whose UTC year is 0 or 10000 (`9999-12-31T23:59:59-05:00`) means "from
+    the beginning" or "until the end": answered as the first or last representable instant."""
+    return None if moment is None else min(max(moment, EARLIEST), LATEST)
+
+
 def _period(request: web.Request, now: float) -> tuple[float | None, float | None]:
     start = _time_param(request, "Start")
     end = _time_param(request, "End")
@@ -99,7 +112,7 @@ def _period(request: web.Request, now: float) -> tuple[float | None, float | Non
     if start is not None or end is not None:
         if start is not None and end is not None and end <= start:
             fail(400, "End: must be later than Start", "End")
-        return start, end
+        return _clamped(start), _clamped(end)
     preset = preset or "Last24Hours"
     if preset == "All":
         return None, None
@@ -160,9 +173,10 @@ async def monitor_checks(request: web.Request) -> web.Response:
         if more or sorting == "Ascending":
             cursors["Next"] = last
             links["Next"] = str(request.rel_url.update_query({"Cursor": last}))
-    period: dict[str, str | None] = {
+    period: dict[str, str | int | None] = {
         "From": iso(start) if start is not None else None,
         "To": iso(end) if end is not None else None,
+        "MaximumRetentionDays": ctl.settings.result_retention_days,
     }
     return ok(
         {

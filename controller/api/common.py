@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from aiohttp import web
 from pydantic import ValidationError
 
 from controller.auth import Principal
+from shared import jsonin
 
 if TYPE_CHECKING:
     from controller.app import Controller
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PREFIX = "/api/v4"
 CONTROLLER: web.AppKey[Controller] = web.AppKey("controller")
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
@@ -21,15 +24,23 @@ PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 class ApiError(Exception):
     """An error answered as `{"Messages": [{"Message": ..., "Field": ...}]}`."""
 
-    def __init__(self, status: int, messages: list[tuple[str | None, str]]) -> None:
+    def __init__(
+        self,
+        status: int,
+        messages: list[tuple[str | None, str]],
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(messages[0][1] if messages else "")
         self.status = status
         self.messages = messages
+        self.headers = headers or {}
 
     def response(self) -> web.Response:
         body = {"Messages": [{"Message": msg, "Field": field} for field, msg in self.messages]}
-        headers = {"WWW-Authenticate": 'Basic realm="Picket"'} if self.status == 401 else None
-        return web.json_response(body, status=self.status, headers=headers)
+        headers = dict(self.headers)
+        if self.status == 401:
+            headers["WWW-Authenticate"] = 'Basic realm="Picket"'
+        return web.json_response(body, status=self.status, headers=headers or None)
 
 
 def fail(status: int, message: str, field: str | None = None) -> NoReturn:
@@ -42,7 +53,7 @@ def field_path(loc: tuple[int | str, ...]) -> str | None:
         if isinstance(part, int):
             path += f"[{part}]"
         else:
-            path += ("." if path else "") + part
+            path += ("." if path else "") + (part or '""')  # a field named "" is named so
     return path or None
 
 
@@ -66,6 +77,19 @@ def controller(request: web.Request) -> Controller:
     return request.app[CONTROLLER]
 
 
+def id_param(request: web.Request, name: str) -> int:
+    """A whole-number id from the path; one no row can have (too many digits for int(), or
+    beyond 64 bits) is a 404 naming the parameter, like any other unknown id."""
+    text = request.match_info[name]
+    try:
+        ident = int(text)
+    except ValueError:
+        ident = -1
+    if not 0 <= ident < 2**63:
+        fail(404, f"{name}: no such id {text[:40]!r}", name)
+    return ident
+
+
 def principal(request: web.Request) -> Principal:
     try:
         return request[PRINCIPAL]
@@ -78,32 +102,28 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     if not raw:
         fail(400, "The request body is empty; send a JSON object")
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        fail(400, f"The request body is not valid JSON: {exc}")
+        body = jsonin.loads(raw, what="The request body is")
+    except ValueError as exc:
+        fail(400, str(exc))
     if not isinstance(body, dict):
         fail(400, "The request body must be a JSON object")
-    where = _nul_in(body)
-    if where is not None:
-        fail(400, f"{where}: must not contain NUL characters", where)
+    found = jsonin.unstorable(body)
+    if found is not None:
+        where, problem = found
+        fail(400, f"{where}: {problem}", where)
     return body
 
 
-def _nul_in(value: Any, path: str = "") -> str | None:
-    """The path of the first string holding a NUL character (no database stores it as text)."""
-    if isinstance(value, str):
-        return (path or "body") if "\x00" in value else None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            found = _nul_in(item, f"{path}.{key}" if path else str(key))
-            if found is not None:
-                return found
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            found = _nul_in(item, f"{path}[{index}]")
-            if found is not None:
-                return found
-    return None
+@web.middleware
+async def refuse_unstorable_text(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A NUL in a path segment or query parameter (`/Monitor/%00`) is refused here, for every
+    endpoint, before it reaches a database that cannot compare it."""
+    for name, value in [*request.match_info.items(), *request.query.items()]:
+        problem = jsonin.problem_in(name) or jsonin.problem_in(value)
+        if problem:
+            where = ascii(name) if jsonin.problem_in(name) or not name else name
+            fail(400, f"{where}: {problem}", where)
+    return await handler(request)
 
 
 def ok(data: Any, status: int = 200) -> web.Response:

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
+import copy
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
 
 from controller.api.common import PREFIX, controller, fail, invalid, json_body, ok
-from controller.db.store import MonitorRow, NameTaken, now_us
-from shared import monitors, regex
+from controller.db.store import MonitorRow, NameTaken, RevisionChanged, now_us
+from shared import monitors, regex, secrets
 from shared.timefmt import iso
 
 routes = web.RouteTableDef()
 
 
 def revision_of(definition: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:16]
+    return secrets.revision(definition)  # keyed: the Hash tells nothing about the secrets
 
 
 def validate(raw: dict[str, Any]) -> monitors.MonitorBase:
@@ -85,24 +85,95 @@ def _check_body_guid(body: dict[str, Any], guid: str) -> None:
         fail(400, "MonitorGuid: does not match the monitor in the URL", "MonitorGuid")
 
 
-async def _save(request: web.Request, row: MonitorRow, create: bool) -> None:
+async def _save(
+    request: web.Request, row: MonitorRow, create: bool, expected_revision: str | None = None
+) -> None:
     ctl = controller(request)
     try:
-        saved = await ctl.assigner.save_monitor(row, create)
+        saved = await ctl.assigner.save_monitor(row, create, expected_revision)
     except NameTaken:
         fail(400, f"Name: a monitor named {row.name!r} exists already", "Name")
     if not saved:
         fail(404, f"Monitor {row.guid} not found (deleted meanwhile)", "monitorGuid")
 
 
+# a PUT or PATCH re-reads and retries when another edit won the race (compare-and-swap)
+EDIT_ATTEMPTS = 20
+
+
+def _sent_hash(body: dict[str, Any]) -> str | None:
+    """The `Hash` a client sends back (from its GET): it edits that revision, or gets 409."""
+    sent = body.get("Hash")
+    if sent is None or sent == "":
+        return None
+    if not isinstance(sent, str):
+        fail(400, "Hash: must be the Hash a GET of this monitor returned", "Hash")
+    return sent
+
+
+def _check_hash(sent: str | None, current: MonitorRow) -> None:
+    if sent is not None and sent != current.revision:
+        fail(
+            409,
+            f"Hash: the monitor was changed since {sent!r} was read (now {current.revision!r});"
+            " GET it again and apply the change to that",
+            "Hash",
+        )
+
+
+async def _edit(
+    request: web.Request, build: Callable[[MonitorRow, dict[str, Any]], MonitorRow]
+) -> web.Response:
+    """A PUT or PATCH: `build` makes the new row from the stored one and the body, and the
+    save succeeds only if the stored revision is still the one read; else read and retry."""
+    current = await _existing(request)
+    sent = await json_body(request)
+    sent_hash = _sent_hash(sent)
+    for attempt in range(EDIT_ATTEMPTS):
+        if attempt:
+            current = await _existing(request)
+        _check_hash(sent_hash, current)
+        row = build(current, copy.deepcopy(sent))
+        try:
+            await _save(request, row, create=False, expected_revision=current.revision)
+        except RevisionChanged:
+            continue
+        return web.Response(status=204)
+    fail(
+        409,
+        f"Hash: monitor {current.guid} kept changing during {EDIT_ATTEMPTS} attempts; try again",
+        "Hash",
+    )
+
+
+def _known_fields() -> dict[str, str]:
+    """Every monitor field name, by its lower-case form."""
+    names = set(monitors.READ_ONLY_FIELDS)
+    for type_name in monitors.monitor_types():
+        names.update(_model(type_name).model_fields)
+    return {name.lower(): name for name in names}
+
+
+def _filter(request: web.Request) -> list[str]:
+    """`filter=Name,IsActive`: the fields to return (in any case, as .NET reads them); a field
+    no monitor type has is a 400 (it would otherwise answer a list of empty objects)."""
+    known = _known_fields()
+    wanted = [f.strip() for f in request.query.get("filter", "").split(",") if f.strip()]
+    unknown = [f for f in wanted if f.lower() not in known]
+    if unknown:
+        fail(400, f"filter: {', '.join(map(repr, unknown))} is not a monitor field", "filter")
+    return [known[f.lower()] for f in wanted]
+
+
+def _only(item: dict[str, Any], wanted: list[str]) -> dict[str, Any]:
+    return {k: item[k] for k in wanted if k in item} if wanted else item
+
+
 @routes.get(PREFIX + "/Monitor")
 async def list_monitors(request: web.Request) -> web.Response:
+    wanted = _filter(request)
     rows = await controller(request).store.monitors()
-    items = [represent(r) for r in rows]
-    wanted = [f.strip() for f in request.query.get("filter", "").split(",") if f.strip()]
-    if wanted:
-        items = [{k: item[k] for k in wanted if k in item} for item in items]
-    return ok(items)
+    return ok([_only(represent(r), wanted) for r in rows])
 
 
 @routes.post(PREFIX + "/Monitor")
@@ -116,38 +187,39 @@ async def create_monitor(request: web.Request) -> web.Response:
 
 @routes.get(PREFIX + "/Monitor/{monitorGuid}")
 async def get_monitor(request: web.Request) -> web.Response:
-    return ok(represent(await _existing(request)))
+    wanted = _filter(request)
+    return ok(_only(represent(await _existing(request)), wanted))
 
 
 @routes.put(PREFIX + "/Monitor/{monitorGuid}")
 async def replace_monitor(request: web.Request) -> web.Response:
-    current = await _existing(request)
-    body = await json_body(request)
-    _check_body_guid(body, current.guid)
-    body.setdefault("MonitorType", current.monitor_type)
-    if body["MonitorType"] != current.monitor_type:
-        fail(400, "MonitorType: cannot be changed", "MonitorType")
-    _model(current.monitor_type).keep_secrets(body, current.definition)
-    await _save(request, _row(current.guid, validate(body), current.created_us), create=False)
-    return web.Response(status=204)
+    def build(current: MonitorRow, body: dict[str, Any]) -> MonitorRow:
+        _check_body_guid(body, current.guid)
+        body.setdefault("MonitorType", current.monitor_type)
+        if body["MonitorType"] != current.monitor_type:
+            fail(400, "MonitorType: cannot be changed", "MonitorType")
+        _model(current.monitor_type).keep_secrets(body, current.definition)
+        return _row(current.guid, validate(body), current.created_us)
+
+    return await _edit(request, build)
 
 
 @routes.patch(PREFIX + "/Monitor/{monitorGuid}")
 async def update_monitor(request: web.Request) -> web.Response:
-    current = await _existing(request)
-    body = await json_body(request)
-    _check_body_guid(body, current.guid)
-    if body.get("MonitorType", current.monitor_type) != current.monitor_type:
-        fail(400, "MonitorType: cannot be changed", "MonitorType")
-    _model(current.monitor_type).keep_secrets(body, current.definition)
-    merged = {**current.definition, **body}
-    # switching between minutes and seconds: the field sent wins
-    if "CheckInterval" in body and "CheckIntervalSeconds" not in body:
-        merged["CheckIntervalSeconds"] = None
-    if "CheckIntervalSeconds" in body and "CheckInterval" not in body:
-        merged["CheckInterval"] = None
-    await _save(request, _row(current.guid, validate(merged), current.created_us), create=False)
-    return web.Response(status=204)
+    def build(current: MonitorRow, body: dict[str, Any]) -> MonitorRow:
+        _check_body_guid(body, current.guid)
+        if body.get("MonitorType", current.monitor_type) != current.monitor_type:
+            fail(400, "MonitorType: cannot be changed", "MonitorType")
+        _model(current.monitor_type).keep_secrets(body, current.definition)
+        merged = {**current.definition, **body}
+        # switching between minutes and seconds: the field sent wins
+        if "CheckInterval" in body and "CheckIntervalSeconds" not in body:
+            merged["CheckIntervalSeconds"] = None
+        if "CheckIntervalSeconds" in body and "CheckInterval" not in body:
+            merged["CheckInterval"] = None
+        return _row(current.guid, validate(merged), current.created_us)
+
+    return await _edit(request, build)
 
 
 @routes.delete(PREFIX + "/Monitor/{monitorGuid}")

@@ -8,7 +8,6 @@ import uuid
 from aiohttp import web
 
 from controller.api.common import PREFIX, controller, fail, ok, principal
-from controller.auth import hash_password
 
 routes = web.RouteTableDef()
 
@@ -21,14 +20,16 @@ async def register(request: web.Request) -> web.Response:
     ctl = controller(request)
     description = request.query.get("description", "API")[:200] or "API"
     owner_guid = request.query.get("operatorGuid") or who.operator_guid
+    # permission before existence: a non-administrator learns nothing about other operators
+    if owner_guid != who.operator_guid and not who.is_admin:
+        fail(403, "Only an administrator may register an API account for another operator")
     owner = await ctl.store.operator_by_guid(owner_guid)
     if owner is None:
         fail(404, f"Operator {owner_guid} not found", "operatorGuid")
-    if owner_guid != who.operator_guid and not who.is_admin:
-        fail(403, "Only an administrator may register an API account for another operator")
     username = uuid.uuid4().hex
     password = secrets.token_urlsafe(24)
-    await ctl.store.create_api_account(username, hash_password(password), owner_guid, description)
+    password_hash = await ctl.auth.checker.hash(password)  # off the event loop
+    await ctl.store.create_api_account(username, password_hash, owner_guid, description)
     return ok(
         {
             "UserName": username,

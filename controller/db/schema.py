@@ -106,3 +106,33 @@ monitor_check = sa.Table(
     sa.Column("details", sa.Text, nullable=True),  # JSON per type: headers, waterfall (0002)
     sa.Index("ix_monitor_check_monitor_ts", "monitor_guid", "ts_us", "id"),
 )
+
+# when each monitor was placed on each agent (0003): results are accepted by this history
+assignment_history = sa.Table(
+    "assignment_history",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("monitor_guid", sa.String(36), nullable=False),
+    sa.Column("agent_id", sa.String(64), nullable=False),
+    sa.Column("start_us", sa.BigInteger, nullable=False),
+    sa.Column("end_us", sa.BigInteger, nullable=True),  # NULL: assigned now
+    sa.Index("ix_assignment_history_monitor_agent", "monitor_guid", "agent_id"),
+)
+
+# results the database refused (a NUL in text on PostgreSQL, an integer out of range, ...):
+# kept with the reason instead of blocking the agent that sent them (0004). Values
+# are stored as escaped JSON text, so the row itself cannot be refused for the same reason.
+dead_letter = sa.Table(
+    "dead_letter",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("received_us", sa.BigInteger, nullable=False),
+    sa.Column("agent_id", sa.Text, nullable=False),
+    sa.Column("batch_id", sa.Text, nullable=False),
+    sa.Column("result_uid", sa.Text, nullable=True),
+    sa.Column("monitor_guid", sa.Text, nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),  # the result as received (JSON, ASCII)
+    sa.Index("ix_dead_letter_received", "received_us"),
+)

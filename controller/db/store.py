@@ -1,16 +1,27 @@
-"""All SQL the controller runs. The rest of the controller sees plain rows and values."""
+"""All SQL the controller runs. The rest of the controller sees plain rows and values.
+
+Database errors are translated here, at the boundary: no SQLAlchemy or driver exception leaves
+this module. `StoreUnavailable` means "try again later" (the server is down or unreachable, a
+connection broke, SQLite is locked); `StoreRejected` means the database refused these values
+(a NUL in text on PostgreSQL, an integer out of range, a string too long, a unique key taken)
+and will refuse them again. An outage is logged once when it begins and once when it ends.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -18,13 +29,18 @@ from controller.db import migrate
 from controller.db.schema import (
     api_account,
     assignment,
+    assignment_history,
     checkpoint,
+    dead_letter,
     monitor,
     monitor_check,
     operator,
     region,
     server,
 )
+from controller.trust import published_addresses
+
+log = logging.getLogger(__name__)
 
 
 def now_us() -> int:
@@ -72,14 +88,141 @@ class CheckRow:
     details: dict[str, Any] | None
 
 
-class NameTaken(Exception):
+class StoreError(Exception):
+    """A database operation failed; the message says why (never with a password in it)."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached or cannot answer now: the same call may succeed later."""
+
+
+class StoreRejected(StoreError):
+    """The database refused the values given: the same call will fail again."""
+
+
+class NameTaken(StoreRejected):
     pass
+
+
+class RevisionChanged(Exception):
+    """The monitor was changed by someone else since it was read (its revision differs)."""
+
+
+# SQLSTATE classes (and codes) that say "not now" rather than "not this": connection exceptions,
+# insufficient resources, operator intervention (shutdown, starting up), system errors,
+# serialization failures and deadlocks, lock timeouts
+_TRANSIENT_CLASSES = ("08", "53", "57", "58")
+_TRANSIENT_CODES = ("40001", "40P01", "55P03")
+# SQLite's OperationalError: a lock or a disk problem passes; "no such table" does not
+_SQLITE_TRANSIENT = ("locked", "busy", "disk", "unable to open", "readonly", "i/o")
+
+
+# asyncpg quotes the value it could not send: keep the argument and the why, not the value
+_ARGUMENT_VALUE = re.compile(r"^(invalid input for query argument \$\d+): .* \(([^()]*)\)$")
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of the database's message, without the values it quotes."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip().splitlines()
+    first = _ARGUMENT_VALUE.sub(r"\1 (\2)", text[0]) if text else type(exc).__name__
+    return first[:500]
+
+
+def translate(exc: BaseException) -> StoreError | None:
+    """Our exception for a database or driver error; None for anything else (a bug of ours)."""
+    if isinstance(exc, StoreError):
+        return exc
+    reason = _reason(exc)
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return StoreUnavailable(reason)
+        orig = exc.orig
+        cause = orig.__cause__ if orig is not None else None
+        code = getattr(orig, "sqlstate", None) or getattr(cause, "sqlstate", None)
+        if isinstance(code, str) and code:
+            if code[:2] in _TRANSIENT_CLASSES or code in _TRANSIENT_CODES:
+                return StoreUnavailable(reason)
+            return StoreRejected(reason)
+        if isinstance(exc, sa_exc.OperationalError):
+            if any(word in reason.lower() for word in _SQLITE_TRANSIENT):
+                return StoreUnavailable(reason)
+            return StoreRejected(reason)
+        if isinstance(cause, OSError):
+            return StoreUnavailable(reason)
+        return StoreRejected(reason)
+    if isinstance(exc, sa_exc.TimeoutError):  # no connection free in the pool in time
+        return StoreUnavailable(reason)
+    code = getattr(exc, "sqlstate", None)  # a driver error SQLAlchemy did not wrap
+    if isinstance(code, str) and code:
+        transient = code[:2] in _TRANSIENT_CLASSES or code in _TRANSIENT_CODES
+        return StoreUnavailable(reason) if transient else StoreRejected(reason)
+    if isinstance(exc, OSError | TimeoutError):  # refused, reset, unreachable, timed out
+        return StoreUnavailable(reason)
+    if isinstance(exc, sa_exc.SQLAlchemyError):
+        return StoreRejected(reason)
+    # raised while binding values (SQLite: an integer beyond 64 bits, a lone surrogate)
+    if isinstance(exc, OverflowError | UnicodeError):
+        return StoreRejected(reason)
+    if type(exc).__module__.split(".")[0] in ("asyncpg", "aiosqlite", "sqlite3"):
+        return StoreRejected(reason)
+    return None
 
 
 class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self.available = True
+        self.outages = 0
+        self._down_since = 0.0
+
+    def _failed(self, error: StoreError) -> None:
+        if isinstance(error, StoreUnavailable) and self.available:
+            self.available = False
+            self.outages += 1
+            self._down_since = time.monotonic()
+            log.warning(
+                "database %s unavailable: %s; retrying with backoff until it returns "
+                "(the API answers 503 meanwhile; results wait in memory, then on the agents)",
+                self.engine.url.render_as_string(hide_password=True),
+                error,
+            )
+
+    def _succeeded(self) -> None:
+        if not self.available:
+            self.available = True
+            log.warning(
+                "database %s is back after %.1fs",
+                self.engine.url.render_as_string(hide_password=True),
+                time.monotonic() - self._down_since,
+            )
+
+    @contextlib.asynccontextmanager
+    async def _translated(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except Exception as exc:
+            error = translate(exc)
+            if error is None:
+                raise
+            self._failed(error)
+            if error is exc:
+                raise
+            raise error from exc
+        self._succeeded()
+
+    @contextlib.asynccontextmanager
+    async def _begin(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction, committed at the end; errors translated."""
+        async with self._translated(), self.engine.begin() as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def _connect(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reading; errors translated."""
+        async with self._translated(), self.engine.connect() as conn:
+            yield conn
 
     @classmethod
     async def open(cls, url: str) -> Store:
@@ -99,9 +242,17 @@ class Store:
                 cur.close()
 
         else:
-            engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
-        await migrate.upgrade(engine)
-        return cls(engine)
+            engine = create_async_engine(
+                url,
+                pool_size=10,
+                max_overflow=10,
+                pool_pre_ping=True,
+                connect_args={"timeout": 10},  # a server that does not answer is "unavailable"
+            )
+        store = cls(engine)
+        async with store._translated():
+            await migrate.upgrade(engine)
+        return store
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -132,7 +283,7 @@ class Store:
     ) -> ServerRow:
         """Ids are assigned on first registration and kept (keyed by names and agent id)."""
         stamp = now_us()
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             region_id = await self._id_for(conn, region, region_name)
             checkpoint_id = await self._id_for(
                 conn, checkpoint, checkpoint_name, code=checkpoint_name, region_id=region_id
@@ -154,7 +305,7 @@ class Store:
         return found
 
     async def set_server_online(self, agent_id: str, online: bool) -> bool:
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             result = await conn.execute(
                 sa.update(server)
                 .where(server.c.agent_id == agent_id)
@@ -184,26 +335,26 @@ class Store:
             checkpoint_id=row.checkpoint_id,
             checkpoint_name=row.checkpoint_name,
             region_id=row.region_id,
-            ipv4=json.loads(row.ipv4),
-            ipv6=json.loads(row.ipv6),
+            ipv4=published_addresses(json.loads(row.ipv4), 4),
+            ipv6=published_addresses(json.loads(row.ipv6), 6),
             online=bool(row.online),
             capacity=row.capacity,
             probe_types=json.loads(row.probe_types),
         )
 
     async def servers(self) -> list[ServerRow]:
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             rows = await conn.execute(self._servers_query().order_by(server.c.id))
             return [self._server(r) for r in rows]
 
     async def server_by_agent(self, agent_id: str) -> ServerRow | None:
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             rows = await conn.execute(self._servers_query().where(server.c.agent_id == agent_id))
             row = rows.first()
             return self._server(row) if row else None
 
     async def checkpoints(self) -> list[dict[str, Any]]:
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             rows = await conn.execute(
                 sa.select(
                     checkpoint.c.id,
@@ -220,21 +371,21 @@ class Store:
     # --- operators and API accounts -----------------------------------------------------------
 
     async def operator_by_username(self, username: str) -> dict[str, Any] | None:
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             row = (
                 await conn.execute(sa.select(operator).where(operator.c.username == username))
             ).first()
             return dict(row._mapping) if row else None
 
     async def operator_by_guid(self, guid: str) -> dict[str, Any] | None:
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             row = (await conn.execute(sa.select(operator).where(operator.c.guid == guid))).first()
             return dict(row._mapping) if row else None
 
     async def create_operator(
         self, guid: str, username: str, full_name: str, password_hash: str, is_admin: bool
     ) -> None:
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             await conn.execute(
                 sa.insert(operator).values(
                     guid=guid,
@@ -247,7 +398,7 @@ class Store:
             )
 
     async def set_operator_password(self, guid: str, password_hash: str) -> None:
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             await conn.execute(
                 sa.update(operator)
                 .where(operator.c.guid == guid)
@@ -257,7 +408,7 @@ class Store:
     async def create_api_account(
         self, username: str, password_hash: str, operator_guid: str, description: str
     ) -> None:
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             await conn.execute(
                 sa.insert(api_account).values(
                     username=username,
@@ -269,7 +420,7 @@ class Store:
             )
 
     async def api_account(self, username: str) -> dict[str, Any] | None:
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             row = (
                 await conn.execute(sa.select(api_account).where(api_account.c.username == username))
             ).first()
@@ -291,17 +442,21 @@ class Store:
         )
 
     async def monitors(self) -> list[MonitorRow]:
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             rows = await conn.execute(sa.select(monitor).order_by(monitor.c.created_us))
             return [self._monitor(r) for r in rows]
 
     async def monitor(self, guid: str) -> MonitorRow | None:
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             row = (await conn.execute(sa.select(monitor).where(monitor.c.guid == guid))).first()
             return self._monitor(row) if row else None
 
-    async def save_monitor(self, row: MonitorRow, create: bool) -> bool:
-        """False when an update finds the monitor gone (deleted meanwhile)."""
+    async def save_monitor(
+        self, row: MonitorRow, create: bool, expected_revision: str | None = None
+    ) -> bool:
+        """False when an update finds the monitor gone (deleted meanwhile). With
+        `expected_revision`, an update is a compare-and-swap: RevisionChanged when the stored
+        revision is another (a concurrent edit, here or in another controller)."""
         values = {
             "name": row.name,
             "monitor_type": row.monitor_type,
@@ -310,45 +465,69 @@ class Store:
             "revision": row.revision,
             "modified_us": row.modified_us,
         }
-        async with self.engine.begin() as conn:
-            taken = await conn.scalar(
-                sa.select(monitor.c.guid).where(
-                    monitor.c.name == row.name, monitor.c.guid != row.guid
-                )
-            )
-            if taken is not None:
-                raise NameTaken(row.name)
-            if create:
-                await conn.execute(
-                    sa.insert(monitor).values(guid=row.guid, created_us=row.created_us, **values)
-                )
-            else:
-                result = await conn.execute(
-                    sa.update(monitor).where(monitor.c.guid == row.guid).values(**values)
-                )
-                return bool(result.rowcount)
+        taken_by_other = sa.select(monitor.c.guid).where(
+            monitor.c.name == row.name, monitor.c.guid != row.guid
+        )
+        try:
+            async with self._begin() as conn:
+                if await conn.scalar(taken_by_other) is not None:
+                    raise NameTaken(row.name)
+                if create:
+                    await conn.execute(
+                        sa.insert(monitor).values(
+                            guid=row.guid, created_us=row.created_us, **values
+                        )
+                    )
+                else:
+                    update = sa.update(monitor).where(monitor.c.guid == row.guid)
+                    if expected_revision is not None:
+                        update = update.where(monitor.c.revision == expected_revision)
+                    result = await conn.execute(update.values(**values))
+                    if not result.rowcount and expected_revision is not None:
+                        found = sa.select(monitor.c.guid).where(monitor.c.guid == row.guid)
+                        if await conn.scalar(found) is not None:
+                            raise RevisionChanged(row.guid)
+                    return bool(result.rowcount)
+        except NameTaken:
+            raise
+        except StoreRejected:
+            # another writer took the name between our look and our write (the unique index
+            # caught it): the same answer as when we see it first
+            async with self._connect() as conn:
+                if await conn.scalar(taken_by_other) is not None:
+                    raise NameTaken(row.name) from None
+            raise
         return True
 
     async def delete_monitor(self, guid: str) -> bool:
-        async with self.engine.begin() as conn:
+        """The monitor's checks go afterwards, in batches (controller/retention.py)."""
+        async with self._begin() as conn:
             result = await conn.execute(sa.delete(monitor).where(monitor.c.guid == guid))
-            await conn.execute(sa.delete(monitor_check).where(monitor_check.c.monitor_guid == guid))
         return bool(result.rowcount)
 
     # --- assignments --------------------------------------------------------------------------
 
     async def assignments(self) -> dict[tuple[str, str], str]:
         """(monitor guid, agent id) -> revision published."""
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             rows = await conn.execute(sa.select(assignment))
             return {(r.monitor_guid, r.agent_id): r.revision for r in rows}
 
-    async def set_assignment(self, monitor_guid: str, agent_id: str, revision: str | None) -> None:
-        async with self.engine.begin() as conn:
+    async def set_assignment(
+        self, monitor_guid: str, agent_id: str, revision: str | None, at_us: int | None = None
+    ) -> None:
+        """Record what is published, and in the history when the placement began or ended."""
+        stamp = now_us() if at_us is None else at_us
+        h = assignment_history.c
+        async with self._begin() as conn:
             await conn.execute(
                 sa.delete(assignment).where(
                     assignment.c.monitor_guid == monitor_guid, assignment.c.agent_id == agent_id
                 )
+            )
+            current = (h.monitor_guid == monitor_guid) & (h.agent_id == agent_id)
+            open_interval = await conn.scalar(
+                sa.select(h.id).where(current, h.end_us.is_(None)).limit(1)
             )
             if revision is not None:
                 await conn.execute(
@@ -356,6 +535,41 @@ class Store:
                         monitor_guid=monitor_guid, agent_id=agent_id, revision=revision
                     )
                 )
+                if open_interval is None:
+                    await conn.execute(
+                        sa.insert(assignment_history).values(
+                            monitor_guid=monitor_guid, agent_id=agent_id, start_us=stamp
+                        )
+                    )
+            elif open_interval is not None:
+                await conn.execute(
+                    sa.update(assignment_history)
+                    .where(current, h.end_us.is_(None))
+                    .values(end_us=stamp)
+                )
+
+    async def assignment_history(self) -> list[tuple[str, str, int, int | None]]:
+        """(monitor guid, agent id, start, end or None while assigned)."""
+        h = assignment_history.c
+        async with self._connect() as conn:
+            rows = await conn.execute(
+                sa.select(h.monitor_guid, h.agent_id, h.start_us, h.end_us).order_by(h.id)
+            )
+            return [(r.monitor_guid, r.agent_id, r.start_us, r.end_us) for r in rows]
+
+    async def forget_history(
+        self, monitor_guid: str | None = None, ended_before_us: int | None = None
+    ) -> int:
+        """Delete a (deleted) monitor's closed intervals, or all that ended before a time."""
+        h = assignment_history.c
+        query = sa.delete(assignment_history).where(h.end_us.is_not(None))
+        if monitor_guid is not None:
+            query = query.where(h.monitor_guid == monitor_guid)
+        if ended_before_us is not None:
+            query = query.where(h.end_us < ended_before_us)
+        async with self._begin() as conn:
+            result = await conn.execute(query)
+        return int(result.rowcount or 0)
 
     # --- checks -------------------------------------------------------------------------------
 
@@ -364,7 +578,7 @@ class Store:
         if not uids:
             return set()
         found: set[str] = set()
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             for start in range(0, len(uids), 500):
                 chunk = uids[start : start + 500]
                 rows = await conn.execute(
@@ -382,9 +596,23 @@ class Store:
             .on_conflict_do_nothing(index_elements=["uid"])
             .returning(monitor_check.c.uid)
         )
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             result = await conn.execute(stmt, list(rows))
             return {r.uid for r in result}
+
+    async def insert_dead_letters(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Results the database refused, kept with the reason (see schema.dead_letter)."""
+        if rows:
+            async with self._begin() as conn:
+                await conn.execute(sa.insert(dead_letter), list(rows))
+
+    async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest dead letters first."""
+        async with self._connect() as conn:
+            rows = await conn.execute(
+                sa.select(dead_letter).order_by(dead_letter.c.id.desc()).limit(limit)
+            )
+            return [dict(r._mapping) for r in rows]
 
     @staticmethod
     def _check(row: Any) -> CheckRow:
@@ -403,7 +631,7 @@ class Store:
         )
 
     async def check(self, check_id: int) -> CheckRow | None:
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             row = (
                 await conn.execute(sa.select(monitor_check).where(monitor_check.c.id == check_id))
             ).first()
@@ -435,7 +663,7 @@ class Store:
             else:
                 query = query.where(c.id > after[1])
         order = (c.ts_us.desc(), c.id.desc()) if descending else (c.id.asc(),)
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             rows = await conn.execute(query.order_by(*order).limit(limit))
             return [self._check(r) for r in rows]
 
@@ -445,8 +673,23 @@ class Store:
         latest = (
             sa.select(c.monitor_guid, sa.func.max(c.id).label("id")).group_by(c.monitor_guid)
         ).subquery()
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             rows = await conn.execute(
                 sa.select(c.monitor_guid, c.error_level).join(latest, latest.c.id == c.id)
             )
             return {r.monitor_guid: r.error_level for r in rows}
+
+    async def delete_checks(self, monitor_guid: str, before_us: int | None, limit: int) -> int:
+        """Delete at most `limit` of a monitor's checks (those started before `before_us`, or
+        all), in one short transaction on the (monitor, time) index. Returns how many."""
+        c = monitor_check.c
+        chosen = sa.select(c.id).where(c.monitor_guid == monitor_guid)
+        if before_us is not None:
+            chosen = chosen.where(c.ts_us < before_us)
+        async with self._begin() as conn:
+            # read first: a pass that finds nothing to delete takes no write lock
+            ids = list((await conn.execute(chosen.order_by(c.ts_us).limit(limit))).scalars())
+            if not ids:
+                return 0
+            result = await conn.execute(sa.delete(monitor_check).where(c.id.in_(ids)))
+        return int(result.rowcount or 0)

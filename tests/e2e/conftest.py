@@ -28,13 +28,14 @@ class Stack:
     def agent_metrics(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
-    def controller(self, broker_url: str, database_url: str) -> Process:
+    def controller(self, broker_url: str, database_url: str, **extra: str) -> Process:
         env = {
             "PICKET_BROKER_URL": broker_url,
             "PICKET_DATABASE_URL": database_url,
             "PICKET_DATA_DIR": str(self.workdir / "controller-data"),
             "PICKET_API_LISTEN": f"127.0.0.1:{self.api_port}",
             "PICKET_ADMIN_PASSWORD": self.password,
+            **extra,
         }
         proc = Process("controller", ["controller"], env, self.workdir)
         self.processes.append(proc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -97,31 +98,132 @@ async def test_picket_up(
     assert "stopped" in output
 
 
-async def test_picket_up_reports_a_dead_child(tmp_path: Path) -> None:
-    """A child that cannot start is named, with why, and the rest are stopped."""
+async def test_picket_up_gives_up_on_a_child_that_keeps_failing(tmp_path: Path) -> None:
+    """A child that cannot start is restarted with growing pauses, named each time with its
+    own last output; after `PICKET_RESTART_LIMIT` quick failures the rest are stopped."""
     api_port = free_port()
-    with __import__("socket").socket() as squatter:
+    with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", api_port))
         squatter.listen()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PICKET_")}
-        env.update(
-            {
-                "PICKET_DATA_DIR": str(tmp_path / "data"),
-                "PICKET_EMBEDDED_BROKER": "amqtt",
-                "PICKET_EMBEDDED_BROKER_LISTEN": f"127.0.0.1:{free_port()}",
-                "PICKET_API_LISTEN": f"127.0.0.1:{api_port}",  # taken: the controller must fail
-                "PICKET_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
-            }
-        )
+        env = _up_env(tmp_path, "amqtt", api_port=api_port)  # taken: the controller must fail
+        env["PICKET_RESTART_LIMIT"] = "3"
         result = subprocess.run(
             [sys.executable, "-m", "shared.cli", "up"],
             cwd=REPO,
             env=env,
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=180,
         )
-    assert result.returncode == 1, result.stderr
-    assert "the controller exited with code" in result.stderr, result.stderr
-    assert "stopping the rest" in result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
+    err = result.stderr
+    assert result.returncode == 1, err
+    assert err.count("the controller exited with code 1; its last output:") == 3, err
+    assert "restarting the controller in 0.5s" in err and "restarting the controller in 1.0s" in err
+    # its own words: the controller's line about the port, not another process's
+    assert f"  [controller] controller: cannot listen on 127.0.0.1:{api_port}" in err, err
+    assert "it failed 3 times within 60s; stopping the rest" in err, err
+    assert "Traceback" not in err, err
+
+
+def _up_env(tmp_path: Path, broker: str, api_port: int | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PICKET_")}
+    env.update(
+        {
+            "PICKET_DATA_DIR": str(tmp_path / "data"),
+            "PICKET_EMBEDDED_BROKER": broker,
+            "PICKET_EMBEDDED_BROKER_LISTEN": f"127.0.0.1:{free_port()}",
+            "PICKET_API_LISTEN": f"127.0.0.1:{api_port or free_port()}",
+            "PICKET_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
+            "PICKET_ADMIN_PASSWORD": "up-test-password",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def _child_pid(parent: int, marker: str) -> int | None:
+    """The pid of `parent`'s child whose command line contains `marker`."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        ppid = next(
+            (line.split()[1] for line in status.splitlines() if line.startswith("PPid:")), ""
+        )
+        if ppid == str(parent) and marker in cmdline:
+            return int(entry.name)
+    return None
+
+
+async def test_picket_up_restarts_a_killed_child(
+    tmp_path: Path, target: Target, http: aiohttp.ClientSession
+) -> None:
+    """kill -9 of the broker, the controller and the agent in turn: each is named, restarted,
+    and checks are stored again afterwards."""
+    env = _up_env(tmp_path, "mosquitto" if _has_mosquitto() else "amqtt")
+    api = Api(http, f"http://{env['PICKET_API_LISTEN']}", "admin", "up-test-password")
+    log_path = tmp_path / "up.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", "up"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+
+        async def registered() -> bool:
+            status, body = await api.call("GET", "/api/v4/Checkpoint")
+            return status == 200 and bool(body["Data"])
+
+        await wait_for(registered, "the local agent to register")
+        guid = await api.create_monitor(http_monitor("kept alive", f"{target.base}/ok"))
+
+        async def more_checks_than(count: int) -> int | None:
+            stored = len(await api.checks(guid))
+            return stored if stored > count else None
+
+        seen = await wait_for(lambda: more_checks_than(1), "checks before any kill")
+        markers = {
+            "broker": "mosquitto" if _has_mosquitto() else "controller.embedded_broker",
+            "controller": "shared.cli controller",
+            "agent": "shared.cli agent",
+        }
+        for name, marker in markers.items():
+            pid = _child_pid(proc.pid, marker)
+            assert pid is not None, f"no {name} under picket up"
+            os.kill(pid, signal.SIGKILL)
+
+            async def restarted(name: str = name, marker: str = marker, old: int = pid) -> bool:
+                again = _child_pid(proc.pid, marker)
+                text = log_path.read_text(errors="replace")
+                return again not in (None, old) and f"the {name} is running again" in text
+
+            await wait_for(restarted, f"the {name} to be restarted")
+            seen = await wait_for(
+                lambda seen=seen: more_checks_than(seen + 2),
+                f"checks stored again after the {name} was killed",
+                within=120,
+            )
+        assert proc.poll() is None  # one death of each is no reason to stop
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    output = log_path.read_text(errors="replace")
+    for name in markers:
+        block = output.split(f"the {name} was killed by signal 9", 1)[1].split("restarting")[0]
+        shown = [line for line in block.splitlines()[1:] if line.strip()]
+        # its own last lines, each marked with its own name
+        assert shown and all(line.startswith(f"  [{name}] ") for line in shown), block
+
+
+def _has_mosquitto() -> bool:
+    return bool(shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists())

@@ -278,3 +278,38 @@ async def test_ntlm_without_libcurl_support_says_so(engine: CurlEngine, target: 
     )
     assert outcome.error_code == ErrorCode.UNSUPPORTED
     assert "NTLM" in outcome.error_message
+
+
+async def test_effect_indicate_warns_and_does_not_fail(engine: CurlEngine, target: Target) -> None:
+    def cond(kind: str, value: str, effect: str | None = None) -> dict[str, str]:
+        return {
+            "ErrorConditionType": kind,
+            "Value": value,
+            **({"Effect": effect} if effect else {}),
+        }
+
+    url = f"{target.base}/status/503"
+    indicated = await _check(
+        engine,
+        url,
+        ErrorConditions=[
+            cond("HttpStatus", "200", "Indicate"),
+            cond("ContentMatch", "no such text", "Indicate"),
+        ],
+    )
+    assert indicated.ok and indicated.http_status_code == 503, indicated
+    assert len(indicated.warnings) == 2 and "Effect Indicate" in indicated.warnings[0]
+    failed = await _check(
+        engine,
+        url,
+        ErrorConditions=[
+            cond("ContentMatch", "no such text", "Indicate"),
+            cond("HttpStatus", "200"),
+        ],
+    )
+    assert failed.error_code == ErrorCode.HTTP_STATUS_MISMATCH
+    slow = f"{target.base}/slow?ms=120"
+    limit1 = await _check(engine, slow, ErrorConditions=[cond("LoadTimeLimit1", "50", "Error")])
+    assert limit1.error_code == ErrorCode.LOAD_TIME_EXCEEDED
+    limit2 = await _check(engine, slow, ErrorConditions=[cond("LoadTimeLimit2", "50", "Indicate")])
+    assert limit2.ok and "LoadTimeLimit2, Effect Indicate" in limit2.warnings[0]

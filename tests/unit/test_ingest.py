@@ -11,7 +11,7 @@ import pytest
 
 from controller.assigner import Assigner
 from controller.bus import ControllerBus
-from controller.db.store import Store
+from controller.db.store import MonitorRow, Store
 from controller.ingest import CONFIRMED, NO_ERROR, UNCONFIRMED, Ingest
 from controller.metrics import ControllerMetrics
 from shared.messages import CheckResult, ResultBatch
@@ -25,7 +25,11 @@ async def ingest(database_url: str) -> AsyncIterator[Ingest]:
     store = await Store.open(database_url)
     metrics = ControllerMetrics()
     bus = ControllerBus(f"mqtt://127.0.0.1:{free_port()}", _NoHandler(), metrics)
-    yield Ingest(store, bus, Assigner(store, bus, metrics), metrics, 65536, 64)
+    assigner = Assigner(store, bus, metrics)
+    # MONITOR exists and is placed on agent a1, which sends these results (controller/trust.py)
+    assigner.monitors[MONITOR] = MonitorRow(MONITOR, "m", "Http", True, {}, "r1", 0, 0)
+    assigner.history.opened(MONITOR, "a1", 0)
+    yield Ingest(store, bus, assigner, metrics, 65536, 64)
     await store.close()
 
 
@@ -33,7 +37,10 @@ class _NoHandler:
     async def on_connected(self) -> None: ...
     async def on_hello(self, hello: Any) -> None: ...
     async def on_state(self, agent_id: str, online: bool) -> None: ...
-    async def on_results(self, batch: ResultBatch) -> None: ...
+    def on_results(
+        self, batch: ResultBatch, size: int, rejects: list[tuple[str, str]] | None = None
+    ) -> bool:
+        return False
 
 
 def _result(
@@ -102,3 +109,40 @@ async def test_details_are_stored_as_sent_when_they_are_a_json_object(ingest: In
     # not JSON, or not an object: the check is stored, its details are not
     assert by_time[2_000_000].details is None and by_time[3_000_000].details is None
     assert len(rows) == 3
+
+
+async def test_a_result_from_the_agent_is_stored_field_by_field_where_declared(
+    ingest: Ingest,
+) -> None:
+    """Every field of a result (shared/results.py declares them once) travels from the agent's
+    Outcome through the message to its row: each where its declaration says."""
+    from agent.probes.base import Outcome
+    from agent.runner import make_result
+    from controller.ingest import STORED
+    from shared.errors import ErrorCode
+
+    outcome = Outcome(ErrorCode.HTTP_STATUS_MISMATCH, "HTTP status 503")
+    outcome.http_status_code = 503
+    outcome.total_bytes = 17
+    outcome.resolved_ip = "127.0.0.9"
+    outcome.timings_ms = {"TotalTime": 12.5, "ConnectionTime": 0.25}
+    outcome.warnings = ["worth a look"]
+    outcome.attributes = {"DnsRcode": "NOERROR"}
+    outcome.body = b"down for maintenance"
+    outcome.details = {"Waterfall": [{"Url": "http://127.0.0.9/"}]}
+    sent = make_result(MONITOR, "rev-7", "Http", outcome, 1000.25, 1000.5, "f" * 32, 4)
+    result = CheckResult.model_validate(sent)
+    await ingest.process([_batch(result)])
+    (row,) = await ingest.store.checks_page(MONITOR, None, None, 0, False, None, 10)
+    assert row.details == outcome.details and row.response_body == "down"
+    for name, column in STORED.columns:
+        stored = getattr(row, column.name)
+        if column.micros:
+            assert stored == int(getattr(result, name) * 1_000_000), name
+        elif name not in ("details", "response_body"):
+            assert stored == getattr(result, name), name
+    for name, attribute in STORED.attributes:
+        assert row.attributes[attribute.name] == getattr(result, name), name
+    for name in STORED.spreads:
+        assert getattr(result, name) and getattr(result, name).items() <= row.attributes.items()
+    assert row.attributes["IsConfirmation"] is True and row.attributes["AgentId"] == "a1"

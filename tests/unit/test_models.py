@@ -126,3 +126,27 @@ def test_timestamps() -> None:
     assert parse("1970-01-01T01:00:01+01:00") == 1.0
     with pytest.raises(ValueError, match="ISO 8601"):
         parse("yesterday")
+
+
+def test_a_result_field_says_where_it_is_stored() -> None:
+    """A message field without a storage marker (or with two) is refused when the controller
+    derives its row builder, rather than silently not stored."""
+    from typing import Annotated
+
+    from pydantic import BaseModel
+
+    from shared.results import Attribute, Column, storage_plan
+
+    class Loose(BaseModel):
+        uid: Annotated[str, Column("uid")]
+        forgotten: str = ""
+
+    class Twice(BaseModel):
+        uid: Annotated[str, Column("uid"), Attribute("Uid")]
+
+    for model in (Loose, Twice):
+        with pytest.raises(TypeError, match="must say once where it is stored"):
+            storage_plan(model)
+    plan = storage_plan(CheckResult)
+    names = [n for n, _ in plan.columns] + [n for n, _ in plan.attributes] + list(plan.spreads)
+    assert sorted(names) == sorted(set(CheckResult.model_fields) - {"v"})

@@ -1,5 +1,9 @@
 """Ping checks: raw ICMP as root here, and the unprivileged path as user `nobody` inside a
-network namespace whose net.ipv4.ping_group_range the test sets."""
+network namespace whose net.ipv4.ping_group_range the test sets.
+
+The child in the namespace starts as root, imports what it needs, and only then becomes
+`nobody`: the checkout and its venv may sit where `nobody` cannot read (under /root, in a
+0700 temp dir), and the ICMP socket is what the test is about, not the imports."""
 
 from __future__ import annotations
 
@@ -58,8 +62,8 @@ async def test_unanswered_pings_are_an_error() -> None:
 
 
 def _netns() -> str:
-    if not (AS_ROOT and shutil.which("ip") and shutil.which("setpriv")):
-        pytest.skip("network namespaces need root, iproute2 and setpriv")
+    if not (AS_ROOT and shutil.which("ip")):
+        pytest.skip("network namespaces need root and iproute2")
     name = f"picket-ping-{uuid.uuid4().hex[:8]}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     _in(name, "ip", "link", "set", "lo", "up")
@@ -74,15 +78,27 @@ def _delete(namespace: str) -> None:
     subprocess.run(["ip", "netns", "del", namespace], check=False)
 
 
+NOBODY = 65534
+
 SCRIPT = """
-import asyncio, json, sys
+import asyncio, json, os, sys
 from agent.probes.ping import PingProbe
 from agent.probes.base import ProbeContext
 from shared.monitors import PingMonitor
+def check(address, count, timeout):
+    monitor = PingMonitor.model_validate({{"Name": "p", "MonitorType": "Ping",
+        "NetworkAddress": address, "PingCount": count, "TimeoutSeconds": timeout}})
+    return asyncio.run(PingProbe(ProbeContext(curl=None, max_body_bytes=0)).check(monitor))
+if {as_nobody}:
+    # one check as root first loads what a check imports lazily (the resolver's thread pool);
+    # then no capability and no supplementary group: a plain unprivileged process
+    check("127.0.0.1", 1, 5)
+    os.setgroups([])
+    os.setgid({nobody})
+    os.setuid({nobody})
+    assert os.geteuid() == {nobody} and os.getegid() == {nobody} and not os.getgroups()
 PingProbe.prefer_raw = {prefer_raw}
-monitor = PingMonitor.model_validate({{"Name": "p", "MonitorType": "Ping",
-    "NetworkAddress": "{address}", "PingCount": {count}, "TimeoutSeconds": {timeout}}})
-outcome = asyncio.run(PingProbe(ProbeContext(curl=None, max_body_bytes=0)).check(monitor))
+outcome = check("{address}", {count}, {timeout})
 print(json.dumps({{"code": int(outcome.error_code), "message": outcome.error_message,
                   **outcome.attributes}}))
 """
@@ -91,13 +107,16 @@ print(json.dumps({{"code": int(outcome.error_code), "message": outcome.error_mes
 def _run_probe(
     namespace: str, address: str, as_nobody: bool, count: int = 3, timeout: int = 10
 ) -> dict[str, object]:
-    script = SCRIPT.format(prefer_raw=not as_nobody, address=address, count=count, timeout=timeout)
-    argv = ["ip", "netns", "exec", namespace]
-    if as_nobody:
-        argv += ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
-    argv += [sys.executable, "-c", script]
+    script = SCRIPT.format(
+        as_nobody=as_nobody,
+        nobody=NOBODY,
+        prefer_raw=not as_nobody,
+        address=address,
+        count=count,
+        timeout=timeout,
+    )
     done = subprocess.run(
-        argv,
+        ["ip", "netns", "exec", namespace, sys.executable, "-c", script],
         capture_output=True,
         text=True,
         timeout=60,
