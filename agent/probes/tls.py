@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
-from agent.bounds import host_key
+from agent.curl import authority
 from agent.probes.base import Outcome, Probe, ProbeContext, span_ms
 from agent.probes.tcp import close_quietly, connect_error
 from shared.errors import ErrorCode
@@ -174,7 +174,8 @@ class CertificateProbe(Probe):
         assert isinstance(monitor, CertificateMonitor)
         parts = urlsplit(monitor.Url)
         host, port = parts.hostname or "", parts.port or 443
-        async with self.ctx.bounds.hold(host_key(host, port), paced=True):
+        # the per-host key of an HTTP check of the same URL: they share the host's slots
+        async with self.ctx.bounds.hold(authority(monitor.Url), paced=True):
             return await self._check(monitor, host, port)
 
     async def _check(self, monitor: CertificateMonitor, host: str, port: int) -> Outcome:

@@ -134,7 +134,7 @@ async def test_every_probe_type_holds_the_workers_one_bound(
         ("Connect", host_key("127.0.0.1", port), {"NetworkAddress": "127.0.0.1", "Port": port}),
         (
             "Certificate",
-            host_key("127.0.0.1", tls_target.port),
+            host_key("127.0.0.1", tls_target.port),  # the URL's host:port, as for HTTP
             {"Url": tls_target.base, "CheckCertificateErrors": False},
         ),
         (
