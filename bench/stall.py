@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import sys
 import time
@@ -32,6 +33,7 @@ from agent.probes.http import HttpProbe
 from agent.probes.tls import CertificateProbe
 from bench import infra
 from bench.infra import Summary, fmt_ms
+from bench.lateness import GcWatch
 from bench.timing import BODY_BYTES, BODY_DELAY_MS, HEADER_DELAY_MS, _read_port
 from shared.monitors import CertificateMonitor, HttpMonitor
 
@@ -80,8 +82,15 @@ async def _measure(
     }
     timings: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
     lags: dict[str, list[float]] = {name: [] for name in variants}
+    watch = GcWatch()
     try:
         for index in range(WARMUP_ROUNDS + rounds):
+            if index == WARMUP_ROUNDS:
+                # as a worker does once its assignments settle (agent.runner): the long-lived
+                # heap out of the collector's sight, so a full collection is short
+                gc.collect()
+                gc.freeze()
+                watch.__enter__()
             for name, certs in variants.items():
                 lag: list[float] = []
                 ticker = asyncio.create_task(_tick(lag))
@@ -93,6 +102,11 @@ async def _measure(
                 await asyncio.sleep(ROUND_GAP_SECONDS)
     finally:
         curl.close()
+        if gc.callbacks.count(watch._callback):
+            watch.__exit__()
+        gc.unfreeze()
+    slowest = max((ms for _at, _generation, ms in watch.passes), default=0.0)
+    infra.note(f"garbage collections while measured: {len(watch.passes)}, longest {slowest:.1f} ms")
     for name, values in lags.items():
         timings[name + " lag"] = [{"lag": value} for value in values]
     return timings
@@ -186,6 +200,11 @@ def main(args: argparse.Namespace) -> list[Summary]:
             f"{fmt_ms(p50)} ({p50 - quiet50:+.2f})",
             f"{fmt_ms(p99)} ({p99 - quiet99:+.2f})",
         ]
+    )
+    infra.note(
+        "loop lag max: quiet {:.1f} ms, loaded {:.1f} ms".format(
+            *(max(t["lag"] for t in timings[f"{name} lag"]) for name in ("quiet", "loaded"))
+        )
     )
     infra.table(
         f"stall: HTTP check timings in ms, quiet vs with {CERTS} certificate checks in the "
