@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import os
 import select
@@ -39,11 +40,15 @@ RECEIVE_ERRORS = frozenset(
 )
 REDIRECT_ERRORS = frozenset({pycurl.E_TOO_MANY_REDIRECTS})
 URL_ERRORS = frozenset({pycurl.E_URL_MALFORMAT, pycurl.E_UNSUPPORTED_PROTOCOL})
+ENCODING_ERRORS = frozenset({pycurl.E_BAD_CONTENT_ENCODING})
 
 
+# libcurl falls back to an older version when the server does not offer the one asked for: the
+# HTTP probe compares the version of the response with the one required (an error if older).
+# Http2 over TLS is offered by ALPN (2TLS), over plain HTTP by an h2c Upgrade (2_0).
 HTTP_VERSIONS = {
     "Http1_1": pycurl.CURL_HTTP_VERSION_1_1,
-    "Http2": pycurl.CURL_HTTP_VERSION_2_0,
+    "Http2": pycurl.CURL_HTTP_VERSION_2TLS,
     "Http3": pycurl.CURL_HTTP_VERSION_3,
 }
 AUTH_TYPES = {
@@ -76,6 +81,33 @@ AVAILABLE_AUTH = {
     if not needs or _FEATURES & needs
 }
 HTTP3_AVAILABLE = bool(_FEATURES & pycurl.VERSION_HTTP3)
+# Content-Encodings this libcurl decodes (what CURLOPT_ACCEPT_ENCODING "" offers)
+DECODED_ENCODINGS = tuple(
+    name
+    for name, needs in (
+        ("deflate", pycurl.VERSION_LIBZ),
+        ("gzip", pycurl.VERSION_LIBZ),
+        ("br", pycurl.VERSION_BROTLI),
+        ("zstd", getattr(pycurl, "VERSION_ZSTD", 0)),
+    )
+    if needs and _FEATURES & needs
+)
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("picket")
+    except importlib.metadata.PackageNotFoundError:  # run from a tree that is not installed
+        return "dev"
+
+
+# the User-Agent of a check whose monitor sets none (a Picket one, with its version)
+DEFAULT_USER_AGENT = f"Picket/{_package_version()} libcurl/{_V.version_info()[1]}"
+
+# Called once when a response's body first goes past the bytes kept in memory, with the
+# response's headers and the kept bytes; returns what receives every later piece of the body
+# (decoded as libcurl delivers it), so that the whole body can be scanned without keeping it.
+BodyScan = Callable[[list[tuple[str, str]], bytes], Callable[[bytes], None]]
 
 
 @dataclass(frozen=True)
@@ -97,11 +129,20 @@ class HttpRequest:
     tls_version: str | None = None
     client_cert: bytes | None = None  # PEM
     client_key: bytes | None = None  # PEM
+    # cookies for libcurl's cookie engine (one per transfer, never shared), in its
+    # Netscape-file lines as HttpResponse.cookies gives them: a redirect's next hop gets them
+    cookies: tuple[str, ...] = ()
+    scan: BodyScan | None = None
 
 
 @dataclass(frozen=True)
 class Marks:
-    """libcurl's cumulative time marks, in microseconds from the start of the transfer."""
+    """libcurl's cumulative time marks, in microseconds from the start of the transfer.
+
+    A failed transfer leaves the marks of the steps it never reached at 0, and libcurl fills
+    some later ones with the time of the failure (a refused connect has a pre-transfer mark):
+    only the marks up to the first one missing, in the order of the steps, are believed.
+    """
 
     namelookup: int = 0
     connect: int = 0
@@ -110,22 +151,69 @@ class Marks:
     posttransfer: int = 0
     starttransfer: int = 0
     total: int = 0
+    tls: bool = False  # an https transfer (else known by its app-connect mark): a TLS step
 
     def phases_ms(self) -> dict[str, float]:
-        """Per-phase durations in milliseconds (microsecond resolution), as Picket stores them."""
+        """Per-phase durations in milliseconds (microsecond resolution), as Picket stores them.
 
-        def span(end: int, start: int) -> float:
-            return max(0, end - start) / 1000.0
+        The phases are the spans between the steps reached; the step being worked on when the
+        transfer ended (completed or not) gets the rest of the total, the steps not reached
+        get 0, and the phases never add up to more than the total."""
+        total = max(0, self.total)
+        tls = self.tls or self.appconnect > 0
+        if (  # the common case, a completed transfer: every mark there and in order
+            0 < self.namelookup <= self.connect
+            and (self.connect <= self.appconnect <= self.pretransfer or not tls)
+            and 0 < self.pretransfer <= self.posttransfer <= self.starttransfer <= total
+        ):
+            return {
+                "ResolveTime": self.namelookup / 1000.0,
+                "ConnectionTime": (self.connect - self.namelookup) / 1000.0,
+                "HttpsHandshakeTime": (self.appconnect - self.connect) / 1000.0 if tls else 0.0,
+                "SendTime": (self.posttransfer - self.pretransfer) / 1000.0,
+                "WaitTime": (self.starttransfer - self.posttransfer) / 1000.0,
+                "DownloadTime": (total - self.starttransfer) / 1000.0,
+                "TotalTime": total / 1000.0,
+            }
+        # (the phase that ends at the step's mark, the mark); "": a step that is no phase
+        steps: list[tuple[str, int]] = [
+            ("ResolveTime", self.namelookup or (1 if self.connect else 0)),
+            ("ConnectionTime", self.connect),
+        ]
+        if tls:
+            steps.append(("HttpsHandshakeTime", self.appconnect))
+        steps += [
+            ("", self.pretransfer),  # request set-up: a few microseconds, no phase
+            ("SendTime", self.posttransfer),
+            ("WaitTime", self.starttransfer),
+        ]
+        phases = dict.fromkeys(_PHASE_NAMES, 0.0)
+        previous = 0
+        current = "DownloadTime"  # the phase after the last step reached
+        for index, (phase, mark) in enumerate(steps):
+            if mark <= 0:
+                current = phase or "SendTime"
+                break
+            mark = min(max(mark, previous), total)
+            if index == 0 and not self.namelookup:
+                mark = 0  # connected, so resolved: in less than a microsecond
+            if phase:
+                phases[phase] = (mark - previous) / 1000.0
+            previous = mark
+        phases[current] += (total - previous) / 1000.0
+        phases["TotalTime"] = total / 1000.0
+        return phases
 
-        return {
-            "ResolveTime": self.namelookup / 1000.0,
-            "ConnectionTime": span(self.connect, self.namelookup),
-            "HttpsHandshakeTime": span(self.appconnect, self.connect) if self.appconnect else 0.0,
-            "SendTime": span(self.posttransfer, self.pretransfer),
-            "WaitTime": span(self.starttransfer, self.posttransfer),
-            "DownloadTime": span(self.total, self.starttransfer),
-            "TotalTime": self.total / 1000.0,
-        }
+
+_PHASE_NAMES = (
+    "ResolveTime",
+    "ConnectionTime",
+    "HttpsHandshakeTime",
+    "SendTime",
+    "WaitTime",
+    "DownloadTime",
+    "TotalTime",
+)
 
 
 @dataclass
@@ -141,6 +229,9 @@ class HttpResponse:
     os_errno: int = 0  # the system error behind a failed connect, e.g. ECONNREFUSED
     http_version: str = ""  # of the response: "1.1", "2", "3"
     raw_headers: str = ""  # the final response's header block, as received
+    sent_headers: str = ""  # the request's header block as libcurl sent it (the last one)
+    cookies: list[str] = field(default_factory=list)  # the cookie engine's, after the transfer
+    body_bytes: int = 0  # the body's bytes as decoded (total_bytes: as they came over the wire)
 
 
 @dataclass
@@ -152,6 +243,11 @@ class _Transfer:
     total: int = 0
     limit: int = 0
     header_lines: list[bytes] = field(default_factory=list)
+    sent: list[bytes] = field(default_factory=list)  # request header blocks, as sent
+    tried: bytes = b""  # libcurl's last "Trying <address>..." (refused connects have no IP)
+    scan: BodyScan | None = None
+    scanner: Callable[[bytes], None] | None = None
+    tls: bool = False
 
 
 class CurlEngine:
@@ -199,6 +295,8 @@ class CurlEngine:
         handle = pycurl.Curl()
         transfer = _Transfer(handle=handle, future=self._loop.create_future())
         transfer.limit = req.max_body_bytes
+        transfer.scan = req.scan
+        transfer.tls = _is_tls(req.url)
         self._configure(handle, req, transfer)
         self._transfers[id(handle)] = transfer
         try:
@@ -232,10 +330,19 @@ class CurlEngine:
         c.setopt(pycurl.PROXY, "")
         if self._ca_bundle:
             c.setopt(pycurl.CAINFO, self._ca_bundle)
-        if req.user_agent:
-            c.setopt(pycurl.USERAGENT, req.user_agent)
+        # a real client's defaults; a header of the monitor's own with the same name wins
+        c.setopt(pycurl.USERAGENT, req.user_agent or DEFAULT_USER_AGENT)
+        c.setopt(pycurl.ACCEPT_ENCODING, "")  # offers and decodes what this libcurl can
+        c.setopt(pycurl.COOKIEFILE, "")  # this transfer's own cookie engine
+        for line in req.cookies:
+            c.setopt(pycurl.COOKIELIST, line)
         if req.headers:
-            c.setopt(pycurl.HTTPHEADER, [f"{name}: {value}" for name, value in req.headers])
+            lines = [f"{name}: {value}" for name, value in req.headers]
+            own = [value for name, value in req.headers if name.lower() == "cookie"]
+            if own:  # one Cookie header with the cookie engine's (RFC 6265: never two)
+                lines = [line for line in lines if line[:7].lower() != "cookie:"]
+                c.setopt(pycurl.COOKIE, "; ".join(own))
+            c.setopt(pycurl.HTTPHEADER, lines)
         method = req.method.upper()
         if method == "HEAD":
             c.setopt(pycurl.NOBODY, 1)
@@ -256,7 +363,10 @@ class CurlEngine:
                 pycurl.IPRESOLVE_V4 if req.ip_version == 4 else pycurl.IPRESOLVE_V6,
             )
         if req.http_version in HTTP_VERSIONS:
-            c.setopt(pycurl.HTTP_VERSION, HTTP_VERSIONS[req.http_version])
+            version = HTTP_VERSIONS[req.http_version]
+            if version == pycurl.CURL_HTTP_VERSION_2TLS and not _is_tls(req.url):
+                version = pycurl.CURL_HTTP_VERSION_2_0  # h2c: ask for an Upgrade
+            c.setopt(pycurl.HTTP_VERSION, version)
         if req.tls_version in TLS_VERSIONS:
             c.setopt(pycurl.SSLVERSION, TLS_VERSIONS[req.tls_version])
         if req.client_cert:
@@ -266,6 +376,9 @@ class CurlEngine:
             c.setopt(pycurl.SSLKEYTYPE, "PEM")
         c.setopt(pycurl.WRITEFUNCTION, _writer(transfer))
         c.setopt(pycurl.HEADERFUNCTION, transfer.header_lines.append)
+        # the request headers as sent (cookies, defaults and all), and the address tried
+        c.setopt(pycurl.VERBOSE, 1)
+        c.setopt(pycurl.DEBUGFUNCTION, _debugger(transfer))
 
     def _response(self, t: _Transfer, errno: int, message: str) -> HttpResponse:
         c = t.handle
@@ -279,19 +392,26 @@ class CurlEngine:
             posttransfer=int(c.getinfo(pycurl.POSTTRANSFER_TIME_T)),
             starttransfer=int(c.getinfo(pycurl.STARTTRANSFER_TIME_T)),
             total=int(c.getinfo(pycurl.TOTAL_TIME_T)),
+            tls=t.tls,
         )
+        primary_ip = str(c.getinfo(pycurl.PRIMARY_IP) or "")
+        if not primary_ip and t.tried:  # a refused or failed connect: the address it tried
+            primary_ip = _address(t.tried)
         return HttpResponse(
             curl_error=errno,
             curl_message=message,
             status=status,
             headers=headers,
             body=b"".join(t.chunks),
-            total_bytes=t.total,
-            primary_ip=str(c.getinfo(pycurl.PRIMARY_IP) or ""),
+            total_bytes=int(c.getinfo(pycurl.SIZE_DOWNLOAD_T)),
+            primary_ip=primary_ip,
             marks=marks,
             os_errno=int(c.getinfo(pycurl.OS_ERRNO)) if errno else 0,
             http_version=_RESPONSE_VERSIONS.get(int(c.getinfo(pycurl.INFO_HTTP_VERSION)), ""),
             raw_headers=raw_headers,
+            sent_headers=t.sent[-1].decode("latin-1").rstrip("\r\n") if t.sent else "",
+            cookies=list(c.getinfo(pycurl.INFO_COOKIELIST)),
+            body_bytes=t.total,
         )
 
     # --- libcurl <-> event loop -------------------------------------------------------------
@@ -422,11 +542,46 @@ def _writer(t: _Transfer) -> Callable[[bytes], None]:
         t.total += len(chunk)
         room = t.limit - t.kept
         if room > 0:
-            piece = chunk if len(chunk) <= room else chunk[:room]
-            t.chunks.append(piece)
-            t.kept += len(piece)
+            if len(chunk) <= room:
+                t.chunks.append(chunk)
+                t.kept += len(chunk)
+                return
+            t.chunks.append(chunk[:room])
+            t.kept += room
+            chunk = chunk[room:]
+        if t.scanner is None:
+            if t.scan is None:
+                return
+            t.scanner = t.scan(_final_headers(t.header_lines)[1], b"".join(t.chunks))
+        t.scanner(chunk)
 
     return write
+
+
+def _debugger(t: _Transfer) -> Callable[[int, bytes], None]:
+    def debug(kind: int, data: bytes) -> None:
+        if kind == _HEADER_OUT:
+            t.sent.append(data)
+        elif kind == _TEXT and data.startswith(b"  Trying "):
+            t.tried = data
+
+    return debug
+
+
+_HEADER_OUT = pycurl.INFOTYPE_HEADER_OUT
+_TEXT = pycurl.INFOTYPE_TEXT
+
+
+def _address(trying: bytes) -> str:
+    """The IP address of libcurl's `  Trying 192.0.2.1:80...` or `  Trying [2001:db8::1]:443...`,
+    without the port."""
+    text = trying.decode("latin-1").strip().removeprefix("Trying ").rstrip(".")
+    host = text.rpartition(":")[0] or text
+    return host.strip("[]")
+
+
+def _is_tls(url: str) -> bool:
+    return url[:8].lower() == "https://"
 
 
 _EPOLL_MASKS = {

@@ -49,7 +49,9 @@ class CheckMetrics:
         )
         self.slots_skipped = Counter(
             "picket_agent_slots_skipped_total",
-            "Slots not run because the agent was more than one interval late",
+            "Slots not run: the agent was more than one interval late (behind), or the "
+            "monitor's previous check was still running (overlap)",
+            ["reason"],
             registry=r,
         )
         self.checks_shed = Counter(

@@ -82,9 +82,16 @@ class Runner:
         )
         self.probes: dict[str, Probe] = probes.build(self.context)
         self.max_pending = max_pending  # started but unfinished checks; more: shed
-        self.scheduler = Scheduler(self._start_scheduled, metrics.slots_skipped.inc)
+        behind = metrics.slots_skipped.labels("behind")
+        self.scheduler = Scheduler(self._start_scheduled, behind.inc)
+        self._skipped_overlap = metrics.slots_skipped.labels("overlap")
         self.results: list[dict[str, Any]] = []
         self._checks: set[asyncio.Task[None]] = set()
+        # one check of a monitor at a time: the monitors with a check running, the slots each
+        # skipped meanwhile (told on its next result), a confirmation asked for meanwhile
+        self._running: set[str] = set()
+        self._overlapped: dict[str, int] = {}
+        self._confirm_after: dict[str, str] = {}
         self._heap_changed = asyncio.Event()
         self._shed_logged = 0.0
         metrics.watch_checks(lambda: len(self._checks))
@@ -108,6 +115,7 @@ class Runner:
         self._heap_changed.set()
 
     def remove(self, guid: str) -> None:
+        self._confirm_after.pop(guid, None)
         if self.scheduler.remove(guid):
             self._heap_changed.set()
 
@@ -116,7 +124,11 @@ class Runner:
         if entry is None:
             log.warning("%s: run request for unknown monitor %s", self.name, guid)
             return
-        self._spawn(self._run_check(entry, time.time(), confirms))
+        if guid in self._running:
+            # after the check of it that is running now, never beside it
+            self._confirm_after[guid] = confirms or ""
+            return
+        self._launch(entry, time.time(), confirms)
 
     async def run(self) -> None:
         """The scheduler and the heap freezer, until cancelled."""
@@ -153,6 +165,17 @@ class Runner:
     # --- checks -----------------------------------------------------------------------------
 
     def _start_scheduled(self, entry: Scheduled, slot: float) -> None:
+        if entry.guid in self._running:
+            # its previous check is still running (a time limit longer than the interval, a
+            # confirmation): a second one beside it would only load the target twice
+            self._skipped_overlap.inc()
+            self._overlapped[entry.guid] = self._overlapped.get(entry.guid, 0) + 1
+            log.debug(
+                "%s: monitor %s: slot skipped, its previous check is still running",
+                self.name,
+                entry.guid,
+            )
+            return
         if len(self._checks) >= self.max_pending:
             # overloaded: starting more would only make every check later and every timing
             # worse; shed this slot, count it and say so (at most every 10 s)
@@ -167,14 +190,28 @@ class Runner:
                     len(self._checks),
                 )
             return
-        self._spawn(self._run_check(entry, slot, None))
+        self._launch(entry, slot, None)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._checks.add(task)
         task.add_done_callback(self._checks.discard)
 
+    def _launch(self, entry: Scheduled, scheduled_at: float, confirms: str | None) -> None:
+        self._running.add(entry.guid)  # now, not when the task first runs: no slot slips in
+        self._spawn(self._run_check(entry, scheduled_at, confirms))
+
     async def _run_check(self, entry: Scheduled, scheduled_at: float, confirms: str | None) -> None:
+        try:
+            await self._check(entry, scheduled_at, confirms)
+        finally:
+            self._running.discard(entry.guid)
+            confirm = self._confirm_after.pop(entry.guid, None)
+        current = self.scheduler.get(entry.guid)
+        if confirm is not None and current is not None:
+            self._launch(current, time.time(), confirm or None)
+
+    async def _check(self, entry: Scheduled, scheduled_at: float, confirms: str | None) -> None:
         monitor = entry.monitor
         started = time.time()
         if confirms is None:
@@ -193,6 +230,8 @@ class Runner:
             outcome = Outcome(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         if entry.scrubber:
             scrub_outcome(outcome, entry.scrubber)
+        if skipped := self._overlapped.pop(entry.guid, 0):
+            outcome.attributes["SkippedSlots"] = skipped
         self.metrics.check_done(monitor.MonitorType, outcome.ok, time.perf_counter() - clock)
         if not outcome.ok:
             log.info(

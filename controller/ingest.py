@@ -56,6 +56,11 @@ def error_level(result: CheckResult, current: int) -> int:
     return UNCONFIRMED
 
 
+# a confirmation asked for and not answered within this long (the agent restarted, its result
+# was lost) no longer holds back the next one: more than the longest check (120 s) and its trip
+CONFIRMATION_WAIT_SECONDS = 300.0
+
+
 @dataclass(eq=False)
 class Queued:
     batch: ResultBatch
@@ -88,6 +93,8 @@ class Ingest:
         self.max_backoff = 5.0
         self.levels: dict[str, int] = {}
         self.latest: dict[str, float] = {}  # start time of each monitor's newest result
+        # monitors with a confirmation asked for and no result of it yet: when it was asked
+        self.confirming: dict[str, float] = {}
         self._queue: deque[Queued] = deque()
         self._pending: dict[tuple[str, str], Queued] = {}  # queued or being stored
         self._bytes = 0
@@ -326,7 +333,15 @@ class Ingest:
         confirmations: list[tuple[str, RunRequest]] = []
         for uid in sorted(inserted, key=lambda u: results[u][1].started_at):
             batch, result, level = results[uid]
-            if level == UNCONFIRMED and not result.is_confirmation and uid not in stale:
+            if result.is_confirmation:
+                self.confirming.pop(result.monitor_guid, None)
+            elif level == UNCONFIRMED and uid not in stale:
+                # at most one confirmation of a monitor in flight: the failures that come in
+                # meanwhile (a short interval, a long time limit) wait for its verdict
+                asked = self.confirming.get(result.monitor_guid)
+                if asked is not None and now - asked < CONFIRMATION_WAIT_SECONDS:
+                    continue
+                self.confirming[result.monitor_guid] = now
                 request = RunRequest(monitor_guid=result.monitor_guid, confirms=uid)
                 confirmations.append((batch.agent, request))
         return confirmations

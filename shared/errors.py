@@ -21,9 +21,11 @@ class ErrorCode(IntEnum):
     SEND_FAILED = 140
     RECEIVE_FAILED = 141  # empty reply, reset mid-response, malformed response
     TOO_MANY_REDIRECTS = 142
+    VERSION_NOT_AS_REQUIRED = 143  # the monitor's HttpVersion or IpVersion was not what was used
     INVALID_URL = 150
     HTTP_STATUS_MISMATCH = 200
     CONTENT_MISMATCH = 210
+    CONTENT_UNDECIDED = 211  # a content condition the bytes looked at cannot decide
     LOAD_TIME_EXCEEDED = 220
     TIME_TO_FIRST_BYTE_EXCEEDED = 221
     TOO_FEW_BYTES = 230
@@ -50,9 +52,11 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.SEND_FAILED: "Sending the request failed",
     ErrorCode.RECEIVE_FAILED: "Receiving the response failed",
     ErrorCode.TOO_MANY_REDIRECTS: "Too many redirects",
+    ErrorCode.VERSION_NOT_AS_REQUIRED: "HTTP or IP version not as required",
     ErrorCode.INVALID_URL: "Invalid URL",
     ErrorCode.HTTP_STATUS_MISMATCH: "HTTP status code not as expected",
     ErrorCode.CONTENT_MISMATCH: "Content check failed",
+    ErrorCode.CONTENT_UNDECIDED: "Content check could not be decided",
     ErrorCode.LOAD_TIME_EXCEEDED: "Load time limit exceeded",
     ErrorCode.TIME_TO_FIRST_BYTE_EXCEEDED: "Time to first byte limit exceeded",
     ErrorCode.TOO_FEW_BYTES: "Response smaller than the minimum",

@@ -45,6 +45,7 @@ class StepPlan:
     number: int
     functions: dict[str, UserDefinedFunction]
     deadline: float
+    cookies: list[str]  # the check's cookie engine lines, the same list for all its steps
 
     @property
     def label(self) -> str:
@@ -88,6 +89,8 @@ class MultiStepApiProbe(Probe):
         passed_steps = 0
         cumulative_ms = 0.0
         made_secrets: list[str] = []
+        # a browser's cookies: kept between the steps of this check, never beyond it
+        cookies: list[str] = []
         for number, step in enumerate(script.MsaSteps, 1):
             name = step.Name or f"Step {number}"
             if failure is not None:
@@ -100,7 +103,7 @@ class MultiStepApiProbe(Probe):
                 reports.append(_delay_report(name, step.Delay))
                 passed_steps += 1
                 continue
-            plan = StepPlan(step, name, number, functions, deadline)
+            plan = StepPlan(step, name, number, functions, deadline, cookies)
             run = await self._run_with_retries(plan, variables, cumulative_ms)
             made_secrets += run.secrets
             cumulative_ms += run.duration_ms
@@ -189,6 +192,7 @@ class MultiStepApiProbe(Probe):
             username=username,
             password=password,
             verify_tls=not step.IgnoreCertificateErrors,
+            cookies=tuple(plan.cookies),
         )
         try:
             response = await self.ctx.curl.request(request)
@@ -196,6 +200,7 @@ class MultiStepApiProbe(Probe):
             failure = Outcome(ErrorCode.UNSUPPORTED, f"{label}: {exc}")
             failure.description_override = f"{label}: {failure.description}"
             return StepRun(False, report, 0.0, failure=failure)
+        plan.cookies[:] = response.cookies  # what the next step sends
         phases = response.marks.phases_ms()
         step_ms = phases["TotalTime"]
         seen = StepResponse(
@@ -208,15 +213,25 @@ class MultiStepApiProbe(Probe):
             cumulative_ms=cumulative_ms + step_ms,
             functions=plan.functions,
         )
+        unextracted = ""  # the first variable the step defines and could not extract
         for definition in step.Variables:
             if not definition.Name:
                 continue
+            problem = ""
             try:
                 value = extract(
                     definition.Source, definition.Property, definition.Arguments, seen, variables
                 )
-            except (ValueError, UndefinedVariable):
-                value = MISSING
+            except UndefinedVariable as exc:
+                value, problem = MISSING, f"variable {{{{{exc.name}}}}} is not defined"
+            except ValueError as exc:
+                value, problem = MISSING, str(exc)
+            if value is MISSING and not unextracted:
+                unextracted = (
+                    f"{label}: variable {definition.Name!r} not found in "
+                    f"{_where(definition.Source, definition.Property)}"
+                    + (f": {problem}" if problem else "")
+                )
             variables[definition.Name] = value if isinstance(value, str) else ""
         results = [check_assertion(a, seen, variables) for a in step.Assertions]
         secret = [is_secret_header(h.Key, h.IsSecret) for h in step.RequestHeaders]
@@ -261,6 +276,11 @@ class MultiStepApiProbe(Probe):
             run.failure = Outcome(ErrorCode.ASSERTION_FAILED, _assertion_message(label, failed))
             run.failure.description_override = f"{label}: assertion '{failed.description}' failed"
             run.passed = False
+        elif unextracted and response.curl_error == 0:
+            # the step fails, not the next one with an empty value
+            run.failure = Outcome(ErrorCode.VARIABLE_UNDEFINED, unextracted)
+            run.failure.description_override = f"{label}: variable not found"
+            run.passed = False
         run.report["Passed"] = run.passed
         return run
 
@@ -283,6 +303,24 @@ def _made_secrets(
     if auth is not None and password and "{{" in auth.UserName + auth.Password:
         made += [password, basic_token(username, password)]
     return made
+
+
+_SOURCES = {
+    "ResponseBodyJson": "the response body at JSON path",
+    "ResponseBodyXml": "the response body at XML path",
+    "ResponseHeader": "the response headers: no header",
+    "Cookie": "the response's cookies: no cookie",
+    "Variable": "the variables: no variable",
+    "ExecuteFunction": "the result of function",
+}
+
+
+def _where(source: str, prop: str) -> str:
+    """Where a variable was looked for, in words, with the property as the user wrote it."""
+    words = _SOURCES.get(source)
+    if words is None:
+        return f"{source} {prop!r}" if prop else source
+    return f"{words} {prop!r}" if prop else words.partition(":")[0]
 
 
 def _assertion_message(label: str, failed: AssertionResult) -> str:

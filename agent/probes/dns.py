@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import time
 
 import dns.asyncquery
@@ -61,6 +63,21 @@ def render(rdata: Rdata) -> str:
         r = rdata
         return f"{r.flags} {r.tag.decode()} {r.value.decode()}"  # type: ignore[attr-defined]
     return str(rdata.to_text())
+
+
+def expected_in(expected: str, answers: list[str]) -> bool:
+    """Whether an answer is the expected one: addresses as addresses (2001:DB8:0:0:0:0:0:10 is
+    2001:db8::10), the rest as `normalize` has them."""
+    try:
+        address = ipaddress.ip_address(expected.strip())
+    except ValueError:
+        wanted = normalize(expected)
+        return any(normalize(answer) == wanted for answer in answers)
+    for answer in answers:
+        with contextlib.suppress(ValueError):
+            if ipaddress.ip_address(answer) == address:
+                return True
+    return False
 
 
 def normalize(text: str) -> str:
@@ -131,9 +148,7 @@ class DnsProbe(Probe):
         elif not answers:
             outcome.error_code = ErrorCode.DNS_FAILURE
             outcome.error_message = f"{monitor.DnsTestValue}: no {monitor.DnsQuery} in the answer"
-        elif monitor.DnsExpectedResult and normalize(monitor.DnsExpectedResult) not in {
-            normalize(a) for a in answers
-        }:
+        elif monitor.DnsExpectedResult and not expected_in(monitor.DnsExpectedResult, answers):
             outcome.error_code = ErrorCode.DNS_ANSWER_MISMATCH
             outcome.error_message = (
                 f"expected {monitor.DnsExpectedResult!r}, got {', '.join(answers) or 'nothing'}"

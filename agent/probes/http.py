@@ -14,6 +14,7 @@ from urllib.parse import urljoin, urlsplit
 
 from agent import curl
 from agent.probes.base import Outcome, Probe
+from agent.probes.content import Body, charset
 from shared import regex
 from shared.errors import ErrorCode
 from shared.monitors import ErrorCondition, HttpMonitor, MonitorBase
@@ -32,7 +33,9 @@ PHASES: tuple[str, ...] = (
 )
 
 
-def curl_error_code(errno: int, os_errno: int) -> ErrorCode:
+def curl_error_code(
+    errno: int, os_errno: int, connected: bool = False, message: str = ""
+) -> ErrorCode:
     if errno in curl.DNS_ERRORS:
         return ErrorCode.DNS_FAILURE
     if errno in curl.CONNECT_ERRORS:
@@ -54,12 +57,17 @@ def curl_error_code(errno: int, os_errno: int) -> ErrorCode:
     if errno in curl.REDIRECT_ERRORS:
         return ErrorCode.TOO_MANY_REDIRECTS
     if errno in curl.URL_ERRORS:
-        return ErrorCode.INVALID_URL
+        # a reply that is not HTTP ("Received HTTP/0.9 when not allowed") comes as libcurl's
+        # unsupported protocol too: with a connection made, it is a malformed response
+        return ErrorCode.RECEIVE_FAILED if connected else ErrorCode.INVALID_URL
+    if errno in curl.ENCODING_ERRORS and "nrecognized" in message:
+        return ErrorCode.UNSUPPORTED  # a Content-Encoding this libcurl cannot decode
     return ErrorCode.RECEIVE_FAILED
 
 
-def _decode(body: bytes) -> str:
-    return body.decode("utf-8", errors="replace")
+def _search(pattern: str, text: str) -> bool:
+    """A ContentMatch regex, in linear time (RE2); RegexError for a pattern RE2 cannot run."""
+    return regex.search(pattern, text) is not None
 
 
 def effect(cond: ErrorCondition) -> str:
@@ -77,6 +85,7 @@ def evaluate(
     total_ms: float = 0.0,
     first_byte_ms: float = 0.0,
     total_bytes: int = 0,
+    content: Body | None = None,
 ) -> Outcome | None:
     """The first error condition that fails with Effect Error, as an Outcome; failing ones
     with Effect Indicate are warnings on an OK outcome instead. None when all pass."""
@@ -124,19 +133,20 @@ def evaluate(
         failed.append(
             (most, ErrorCode.TOO_MANY_BYTES, f"{total_bytes} bytes > {most.number} bytes")
         )
-    text: str | None = None
     for cond in conditions:
         if cond.ErrorConditionType != "ContentMatch":
             continue
-        text = _decode(body) if text is None else text
+        if content is None:  # the body is all there is (no scan of a longer one)
+            content = Body([])
+            content.finish([], body, len(body))
         match_type = cond.MatchType or "ErrorWhenNotContains"
-        if match_type.endswith("Regex"):
-            try:
-                found = regex.search(cond.Value, text) is not None
-            except regex.RegexError as exc:  # stored before RE2 checked patterns at the API
-                return Outcome(ErrorCode.UNSUPPORTED, f"ContentMatch {cond.Value!r}: {exc}")
-        else:
-            found = cond.Value in text
+        try:
+            found = content.contains(cond, _search)
+        except regex.RegexError as exc:  # stored before RE2 checked patterns at the API
+            return Outcome(ErrorCode.UNSUPPORTED, f"ContentMatch {cond.Value!r}: {exc}")
+        if found is None:  # never a pass it did not earn; with Effect Indicate, a warning
+            failed.append((cond, ErrorCode.CONTENT_UNDECIDED, content.undecided(cond)))
+            continue
         error_when_found = match_type in ("ErrorWhenContains", "ErrorWhenContainsRegex")
         if found == error_when_found:
             verb = "contains" if found else "does not contain"
@@ -170,7 +180,14 @@ class HttpProbe(Probe):
     type_names = HttpMonitor.type_names
 
     def _request(
-        self, monitor: HttpMonitor, url: str, method: str, body: bytes | None, timeout: float
+        self,
+        monitor: HttpMonitor,
+        url: str,
+        method: str,
+        body: bytes | None,
+        timeout: float,
+        cookies: tuple[str, ...] = (),
+        content: Body | None = None,
     ) -> curl.HttpRequest:
         same_origin = _origin(url) == _origin(monitor.Url)
         # credentials (shared.secrets) go only to the monitor's own origin
@@ -197,6 +214,8 @@ class HttpProbe(Probe):
             tls_version=monitor.TlsVersion,
             client_cert=monitor.ClientCertificate.encode() if monitor.ClientCertificate else None,
             client_key=key.encode() if key else None,
+            cookies=cookies,
+            scan=content.scanner if content is not None else None,
         )
 
     async def check(self, monitor: MonitorBase) -> Outcome:
@@ -208,16 +227,20 @@ class HttpProbe(Probe):
         deadline = began + monitor.TimeoutSeconds
         totals = dict.fromkeys(PHASES, 0.0)
         waterfall: list[dict[str, Any]] = []
-        total_bytes = 0
         outcome = Outcome()
         response: curl.HttpResponse | None = None
+        content: Body | None = None
+        matches = any(c.ErrorConditionType == "ContentMatch" for c in monitor.ErrorConditions)
+        secret_names = _secret_names(monitor)
+        cookies: tuple[str, ...] = ()  # the check's cookies: Set-Cookie of one hop, sent on
         for hop in range(MAX_REDIRECTS + 1):
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 outcome.error_code = ErrorCode.TIMEOUT
                 outcome.error_message = f"no answer within {monitor.TimeoutSeconds} s"
                 break
-            request = self._request(monitor, url, method, body, remaining)
+            content = Body(monitor.ErrorConditions) if matches else None
+            request = self._request(monitor, url, method, body, remaining, cookies, content)
             start_ms = (time.perf_counter() - began) * 1000
             try:
                 response = await self.ctx.curl.request(request)
@@ -228,13 +251,22 @@ class HttpProbe(Probe):
             phases = response.marks.phases_ms()
             for name in PHASES:
                 totals[name] += phases[name]
-            total_bytes += response.total_bytes
-            waterfall.append(_element(hop, request, response, phases, start_ms))
+            waterfall.append(_element(hop, request, response, phases, start_ms, secret_names))
             if response.curl_error:
-                outcome.error_code = curl_error_code(response.curl_error, response.os_errno)
+                outcome.error_code = curl_error_code(
+                    response.curl_error,
+                    response.os_errno,
+                    connected=response.marks.connect > 0,
+                    message=response.curl_message,
+                )
                 outcome.error_message = (
                     response.curl_message or f"libcurl error {response.curl_error}"
                 )
+                break
+            wrong_version = _version_problem(monitor, response)
+            if wrong_version:
+                outcome.error_code = ErrorCode.VERSION_NOT_AS_REQUIRED
+                outcome.error_message = wrong_version
                 break
             location = dict((k.lower(), v) for k, v in response.headers).get("location")
             if response.status not in REDIRECT_STATUSES or not location:
@@ -248,17 +280,29 @@ class HttpProbe(Probe):
                 outcome.error_code = ErrorCode.INVALID_URL
                 outcome.error_message = f"redirect to a non-HTTP URL: {mask_url(url)}"
                 break
-            if response.status == 303 or (response.status in (301, 302) and method == "POST"):
-                method, body = "GET", None  # as browsers do
+            cookies = tuple(response.cookies)
+            if method != "HEAD" and (
+                response.status == 303 or (response.status in (301, 302) and method == "POST")
+            ):
+                method, body = "GET", None  # as browsers do; a HEAD stays a HEAD
         outcome.timings_ms = {k: round(v, 3) for k, v in totals.items()}
-        outcome.total_bytes = total_bytes
         if response is not None:
+            # the final response's: its bytes as they came over the wire (compressed or not)
+            outcome.total_bytes = response.total_bytes
             outcome.http_status_code = response.status
             outcome.resolved_ip = response.primary_ip
             outcome.body = response.body
             # the final URL, version and headers are the last hop's (the API reads them there)
             outcome.details = {"Waterfall": waterfall}
-        if not outcome.ok or response is None:
+        if response is None:
+            return outcome
+        if content is not None:
+            text = content.finish(response.headers, response.body, response.body_bytes)
+            if content.charset != "utf-8":
+                outcome.body = text.encode()  # stored as UTF-8, read in the page's charset
+        if not outcome.ok:
+            if content is None and response.body:
+                outcome.body = _as_utf8(response.headers, response.body)
             return outcome
         first_byte_ms = response.marks.starttransfer / 1000.0
         verdict = evaluate(
@@ -267,13 +311,47 @@ class HttpProbe(Probe):
             response.body,
             total_ms=totals["TotalTime"],
             first_byte_ms=first_byte_ms,
-            total_bytes=total_bytes,
+            total_bytes=response.total_bytes,
+            content=content,
         )
         if verdict is not None:
             outcome.error_code = verdict.error_code
             outcome.error_message = verdict.error_message
             outcome.warnings = verdict.warnings
+            if content is None and not verdict.ok and response.body:
+                outcome.body = _as_utf8(response.headers, response.body)
         return outcome
+
+
+def _as_utf8(headers: list[tuple[str, str]], body: bytes) -> bytes:
+    """A body to store: in UTF-8, read in the page's own charset."""
+    declared = charset(headers, body)
+    if declared == "utf-8":
+        return body
+    return body.decode(declared, errors="replace").encode()
+
+
+_VERSION_NAMES = {"Http2": "2", "Http3": "3"}
+
+
+def _version_problem(monitor: HttpMonitor, response: curl.HttpResponse) -> str:
+    """What differs from the HTTP and IP version the monitor requires, or ""."""
+    wanted = _VERSION_NAMES.get(monitor.HttpVersion)
+    if wanted and response.http_version != wanted:
+        got = f"HTTP/{response.http_version}" if response.http_version else "no HTTP version"
+        return f"{monitor.HttpVersion} required, the server answered over {got}"
+    family = {"IpV4": 4, "IpV6": 6}.get(monitor.IpVersion or "")
+    ip = response.primary_ip
+    if family and ip:
+        used = 6 if ":" in ip else 4
+        if used != family:
+            return f"{monitor.IpVersion} required, connected to {ip} over IPv{used}"
+    return ""
+
+
+def _secret_names(monitor: HttpMonitor) -> frozenset[str]:
+    """Lower-case names of the monitor's headers marked IsSecret."""
+    return frozenset(h.Name.lower() for h in monitor.RequestHeaders if h.IsSecret)
 
 
 def _element(
@@ -282,16 +360,24 @@ def _element(
     response: curl.HttpResponse,
     phases: dict[str, float],
     start_ms: float,
+    secret_names: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """One waterfall element with Uptrends' PageElement fields (ms, µs resolution). Credential
     headers and URL userinfo show as `******`; the runner scrubs the monitor's other secrets."""
     url = mask_url(request.url)
-    sent = [f"{request.method} {url}"]
-    if request.user_agent:
-        sent.append(f"User-Agent: {request.user_agent}")
-    sent.extend(
-        f"{name}: {MASK if is_secret_header(name) else value}" for name, value in request.headers
-    )
+    if response.sent_headers:  # as libcurl sent them: defaults, cookies and authentication too
+        sent = response.sent_headers.split("\r\n")
+        for line, header in enumerate(sent[1:], start=1):
+            name, colon, _value = header.partition(":")
+            if colon and (is_secret_header(name) or name.strip().lower() in secret_names):
+                sent[line] = f"{name}: {MASK}"
+    else:  # never sent (no connection): what would have been
+        sent = [f"{request.method} {url}"]
+        sent.append(f"User-Agent: {request.user_agent or curl.DEFAULT_USER_AGENT}")
+        sent.extend(
+            f"{name}: {MASK if is_secret_header(name) or name.lower() in secret_names else value}"
+            for name, value in request.headers
+        )
     return {
         "Index": index,
         "Url": url,

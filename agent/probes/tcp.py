@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import socket
 import time
+from collections.abc import Callable
 
 from agent.bounds import host_key
 from agent.probes.base import Outcome, Probe, span_ms
@@ -24,6 +25,51 @@ async def close_quietly(writer: asyncio.StreamWriter | None) -> None:
     with contextlib.suppress(OSError, TimeoutError):
         async with asyncio.timeout(2):
             await writer.wait_closed()
+
+
+# once a reply has begun, this long without another byte ends it (as check_tcp does): a
+# server waiting for its next command never closes, and the check should not wait its whole
+# time limit to say the reply lacked the expected text
+REPLY_QUIET_SECONDS = 1.0
+
+
+async def read_reply(
+    reader: asyncio.StreamReader, expected: bytes, received: bytearray, marks: dict[str, float]
+) -> str:
+    """Read into `received` until it holds `expected` ("found"), the peer closes ("closed"; a
+    reset after a reply is a close too), MAX_REPLY_BYTES have come ("limit"), or, once a reply
+    has begun, no more comes for REPLY_QUIET_SECONDS ("quiet": a server that keeps the line
+    open waiting for its next command has said all it will)."""
+    while expected not in received:
+        if len(received) >= MAX_REPLY_BYTES:
+            return "limit"
+        try:
+            if received:
+                async with asyncio.timeout(REPLY_QUIET_SECONDS):
+                    chunk = await reader.read(MAX_REPLY_BYTES - len(received))
+            else:
+                chunk = await reader.read(MAX_REPLY_BYTES)
+        except TimeoutError:
+            return "quiet"
+        except ConnectionResetError:
+            if not received:
+                raise
+            return "closed"
+        if not chunk:
+            return "closed"
+        marks.setdefault("first_byte", time.perf_counter())
+        received += chunk
+    return "found"
+
+
+def reached(marks: dict[str, float]) -> Callable[[str], str]:
+    """The end mark of a phase: its own, or "done" for the phase a check that ended early was
+    in (it gets the time up to the end; the phases never reached have no start mark: 0)."""
+    return lambda mark: mark if mark in marks else "done"
+
+
+def not_found(expected: str, received: bytearray) -> str:
+    return f"expected {expected!r} not found in the {len(received)} bytes received"
 
 
 def connect_error(exc: OSError) -> ErrorCode:
@@ -48,7 +94,7 @@ class ConnectProbe(Probe):
         marks = {"began": time.perf_counter()}
         deadline = asyncio.get_running_loop().time() + monitor.TimeoutSeconds
         writer: asyncio.StreamWriter | None = None
-        received = b""
+        received = bytearray()
         try:
             family, address = await self.ctx.lookups.resolve(
                 monitor.NetworkAddress, monitor.IpVersion, monitor.TimeoutSeconds
@@ -64,20 +110,27 @@ class ConnectProbe(Probe):
                     marks["sent"] = time.perf_counter()
                 if monitor.ExpectString:
                     expected = monitor.ExpectString.encode()
-                    while expected not in received and len(received) < MAX_REPLY_BYTES:
-                        chunk = await reader.read(4096)
-                        if not chunk:
-                            break
-                        marks.setdefault("first_byte", time.perf_counter())
-                        received += chunk
-                    if expected not in received:
+                    ended = await read_reply(reader, expected, received, marks)
+                    if ended != "found":
                         outcome.error_code = ErrorCode.CONTENT_MISMATCH
-                        outcome.error_message = (
-                            f"the reply does not contain {monitor.ExpectString!r}"
-                        )
+                        outcome.error_message = not_found(monitor.ExpectString, received)
+                        if ended == "quiet":
+                            quiet = f"{REPLY_QUIET_SECONDS:g}"
+                            outcome.error_message += f" (no more within {quiet} s)"
         except TimeoutError:
-            outcome.error_code = ErrorCode.TIMEOUT
-            outcome.error_message = f"no connection or reply within {monitor.TimeoutSeconds} s"
+            if received:  # a reply kept coming, without the text, until the time limit
+                outcome.error_code = ErrorCode.CONTENT_MISMATCH
+                outcome.error_message = (
+                    f"{not_found(monitor.ExpectString, received)} "
+                    f"within the time limit of {monitor.TimeoutSeconds} s"
+                )
+            else:
+                outcome.error_code = ErrorCode.TIMEOUT
+                outcome.error_message = (
+                    f"no reply within {monitor.TimeoutSeconds} s"
+                    if "connected" in marks
+                    else f"no connection within {monitor.TimeoutSeconds} s"
+                )
         except OSError as exc:
             outcome.error_code = connect_error(exc)
             outcome.error_message = str(exc) or type(exc).__name__
@@ -85,12 +138,14 @@ class ConnectProbe(Probe):
             marks["done"] = time.perf_counter()
             await close_quietly(writer)
         outcome.total_bytes = len(received)
-        outcome.body = received or None
+        outcome.body = bytes(received) or None
         after_connect = "sent" if "sent" in marks else "connected"
+        waited = bool(monitor.ExpectString) and after_connect in marks
+        end = reached(marks)
         outcome.timings_ms = {
-            "ResolveTime": span_ms(marks, "resolved", "began"),
-            "ConnectionTime": span_ms(marks, "connected", "resolved"),
-            "WaitTime": span_ms(marks, "first_byte", after_connect),
+            "ResolveTime": span_ms(marks, end("resolved"), "began"),
+            "ConnectionTime": span_ms(marks, end("connected"), "resolved"),
+            "WaitTime": span_ms(marks, end("first_byte"), after_connect) if waited else 0.0,
             "TotalTime": span_ms(marks, "done", "began"),
         }
         return outcome

@@ -20,7 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from agent.curl import authority
 from agent.probes.base import Outcome, Probe, ProbeContext, span_ms
-from agent.probes.tcp import close_quietly, connect_error
+from agent.probes.tcp import close_quietly, connect_error, reached
 from shared.errors import ErrorCode
 from shared.monitors import CertificateMonitor, MonitorBase
 from shared.timefmt import iso
@@ -170,6 +170,24 @@ class CertificateProbe(Probe):
         writer.write(outgoing.read())
         return der
 
+    async def _unverified_certificate(
+        self, address: str, port: int, host: str, seconds: float
+    ) -> bytes | None:
+        """The server's certificate (DER) without verifying it; None if it cannot be had. (The
+        worker's unverifying context, the handshake in the TLS thread, as for every check.)"""
+        if not address or seconds <= 0:
+            return None
+        writer: asyncio.StreamWriter | None = None
+        try:
+            async with asyncio.timeout(seconds):
+                context = await self._context(verify=False)
+                reader, writer = await asyncio.open_connection(address, port)
+                return await self._handshake(reader, writer, context, host)
+        except (TimeoutError, OSError):  # ssl.SSLError is an OSError
+            return None
+        finally:
+            await close_quietly(writer)
+
     async def check(self, monitor: MonitorBase) -> Outcome:
         assert isinstance(monitor, CertificateMonitor)
         parts = urlsplit(monitor.Url)
@@ -210,11 +228,25 @@ class CertificateProbe(Probe):
         finally:
             marks["done"] = time.perf_counter()  # the close is not part of the check's time
             await close_quietly(writer)
+        end = reached(marks)  # a failed handshake's time is the handshake's
         outcome.timings_ms = {
-            "ResolveTime": span_ms(marks, "resolved", "began"),
-            "HttpsHandshakeTime": span_ms(marks, "handshake", "resolved"),
+            "ResolveTime": span_ms(marks, end("resolved"), "began"),
+            "HttpsHandshakeTime": span_ms(marks, end("handshake"), "resolved"),
             "TotalTime": span_ms(marks, "done", "began"),
         }
+        if outcome.error_code == ErrorCode.CERTIFICATE_INVALID and der is None:
+            # the chain failed verification: still say which certificate it was (NotAfter,
+            # issuer, ...), from a second handshake that does not verify, in the time left
+            left_s = monitor.TimeoutSeconds - (time.perf_counter() - marks["began"])
+            der = await self._unverified_certificate(outcome.resolved_ip, port, host, left_s)
+            if der is not None:
+                loop = asyncio.get_running_loop()
+                outcome.attributes, not_after = await loop.run_in_executor(
+                    self._threads, _read, der
+                )
+                left = not_after - datetime.datetime.now(datetime.UTC)
+                outcome.attributes["CertificateDaysLeft"] = left.days
+            return outcome
         if not outcome.ok or der is None:
             if outcome.ok:
                 outcome.error_code = ErrorCode.TLS_ERROR

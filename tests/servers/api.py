@@ -48,6 +48,10 @@ class ApiTarget:
             return web.json_response({"ready": False}, status=503)
         return web.json_response({"ready": True})
 
+    async def _whoami(self, request: web.Request) -> web.Response:
+        self._count(request)
+        return web.json_response({"session": request.cookies.get("session", "none")})
+
     async def _xml(self, request: web.Request) -> web.Response:
         self._count(request)
         return web.Response(
@@ -62,6 +66,7 @@ class ApiTarget:
         app.router.add_get("/orders/{id}", self._order)
         app.router.add_get("/flaky", self._flaky)
         app.router.add_get("/xml", self._xml)
+        app.router.add_get("/whoami", self._whoami)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()

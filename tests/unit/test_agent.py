@@ -58,3 +58,90 @@ def test_a_result_carries_every_field_of_the_message_and_validates() -> None:
     assert parsed.response_body == "boo" and parsed.is_confirmation and parsed.confirms == "uid0"
     assert parsed.details == '{"Waterfall":[{"Url":"http://127.0.0.1/"}]}'
     assert len(parsed.uid) == 32 and int(parsed.uid, 16) >= 0
+
+
+class _SilentServer:
+    """Accepts connections and never answers; counts how many are open at once."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.most = 0
+        self.accepted = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.open += 1
+        self.accepted += 1
+        self.most = max(self.most, self.open)
+        try:
+            await reader.read()  # until the client closes
+        finally:
+            self.open -= 1
+            writer.close()
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+
+
+async def test_one_check_of_a_monitor_at_a_time(tmp_path: Path) -> None:
+    """A check that outlasts its interval: the slots meanwhile are skipped and counted, the
+    next result says how many, and a confirmation asked for meanwhile runs after it."""
+    from shared.monitors import ConnectMonitor
+    from tests.helpers import wait_for
+
+    server = _SilentServer()
+    port = await server.start()
+    settings = AgentSettings(
+        data_dir=tmp_path, broker_url=f"mqtt://127.0.0.1:{free_port()}", agent_id="overlap"
+    )
+    curl = CurlEngine(1)
+    metrics = CheckMetrics()
+    runner = Runner(settings, curl, metrics, "overlap/worker-0", max_pending=100)
+    monitor = ConnectMonitor.model_validate(
+        {
+            "Name": "slow",
+            "MonitorType": "Connect",
+            "NetworkAddress": "127.0.0.1",
+            "Port": port,
+            "ExpectString": "hello",
+            "TimeoutSeconds": 2,
+            "CheckIntervalSeconds": 5,
+        }
+    )
+    interval = 0.25  # the slots come 8 times faster than a check ends
+    runner.scheduler.put(Scheduled("m", "r", monitor, interval, 0.0))
+    task = asyncio.create_task(runner.run())
+    try:
+
+        async def started() -> bool:
+            return server.accepted >= 1
+
+        await wait_for(started, "the first check to connect", within=30, interval=0.01)
+        runner.run_now("m", "uid-of-a-failure")  # a confirmation while the check runs
+
+        async def two_results() -> bool:
+            return len(runner.results) >= 2
+
+        await wait_for(two_results, "the check and its confirmation", within=60)
+        runner.remove("m")
+        first, second = runner.results[:2]
+        assert server.most == 1, f"{server.most} checks of one monitor at once"
+        assert first["error_code"] == 120 and not first["is_confirmation"]
+        assert first["attributes"]["SkippedSlots"] >= 3, first["attributes"]
+        assert second["confirms"] == "uid-of-a-failure"
+        assert second["started_at"] >= first["started_at"] + 1.9
+        skipped = metrics.registry.get_sample_value(
+            "picket_agent_slots_skipped_total", {"reason": "overlap"}
+        )
+        assert skipped is not None and skipped >= first["attributes"]["SkippedSlots"]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await runner.cancel_checks()
+        await server.stop()
+        curl.close()

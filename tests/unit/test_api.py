@@ -140,6 +140,33 @@ async def test_invalid_monitors_name_the_field(
     assert all(m["Message"] for m in messages)
 
 
+async def test_a_bad_regular_expression_is_shown_as_written(
+    client: TestClient[Any, Any],
+) -> None:
+    pattern = r"\d{3}-(ERROR\s"
+    condition = {
+        "ErrorConditionType": "ContentMatch",
+        "Value": pattern,
+        "MatchType": "ErrorWhenContainsRegex",
+    }
+    resp = await client.post(
+        "/api/v4/Monitor", json={**MONITOR, "ErrorConditions": [condition]}, headers=ADMIN
+    )
+    assert resp.status == 400
+    (message,) = (await resp.json())["Messages"]
+    assert message["Field"] == "ErrorConditions[0]"
+    assert f'"{pattern}"' in message["Message"], message  # not its repr: no doubled backslashes
+    function = {"Name": "f", "Type": "Regex", "Regex": pattern}
+    step = {"StepType": "HttpRequest", "Url": "http://127.0.0.1:9/"}
+    msa = {"Name": "m", "MonitorType": "MultiStepApi", "MsaSteps": [step]}
+    resp = await client.post(
+        "/api/v4/Monitor", json={**msa, "UserDefinedFunctions": [function]}, headers=ADMIN
+    )
+    assert resp.status == 400
+    (message,) = (await resp.json())["Messages"]
+    assert f'Regex "{pattern}" is invalid' in message["Message"], message
+
+
 async def test_bad_bodies_and_duplicates(client: TestClient[Any, Any]) -> None:
     resp = await client.post("/api/v4/Monitor", data=b"{oops", headers=ADMIN)
     assert resp.status == 400 and "not valid JSON" in (await resp.json())["Messages"][0]["Message"]

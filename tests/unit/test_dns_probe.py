@@ -64,6 +64,8 @@ async def _check(
     [
         ("ARecord", "www.picket.test", "192.0.2.11"),
         ("AaaaRecord", "www.picket.test", "2001:DB8::10"),
+        ("AaaaRecord", "www.picket.test", "2001:DB8:0:0:0:0:0:10"),  # long form: the same
+        ("AaaaRecord", "www.picket.test", "2001:0db8:0000::0010"),
         ("CnameRecord", "alias.picket.test", "www.picket.test."),
         ("MxRecord", "picket.test", "10 mail.picket.test"),
         ("NsRecord", "picket.test", "NS1.picket.test"),
@@ -84,6 +86,8 @@ async def test_mismatch_nxdomain_and_empty_answers(server: DnsServer) -> None:
     wrong = await _check(server, "ARecord", "www.picket.test", "192.0.2.99")
     assert wrong.error_code == ErrorCode.DNS_ANSWER_MISMATCH
     assert "192.0.2.10" in wrong.error_message
+    other = await _check(server, "AaaaRecord", "www.picket.test", "2001:DB8:0:0:0:0:0:11")
+    assert other.error_code == ErrorCode.DNS_ANSWER_MISMATCH
     missing = await _check(server, "ARecord", "nothing.picket.test")
     assert missing.error_code == ErrorCode.DNS_FAILURE and "NXDOMAIN" in missing.error_message
     empty = await _check(server, "MxRecord", "www.picket.test")

@@ -96,6 +96,29 @@ async def test_late_results_do_not_move_the_alert_state(ingest: Ingest) -> None:
     assert ingest.metrics.registry.get_sample_value("picket_confirmation_requests_total") == 1
 
 
+async def test_one_confirmation_at_a_time_until_it_has_a_result(ingest: Ingest) -> None:
+    def asked() -> float | None:
+        return ingest.metrics.registry.get_sample_value("picket_confirmation_requests_total")
+
+    first = _result(100.0, code=120)
+    await ingest.process([_batch(first)])
+    # more failures of the same monitor before the confirmation's result (checks that outlast
+    # their interval): no confirmation each
+    for started in (105.0, 110.0, 115.0):
+        await ingest.process([_batch(_result(started, code=120))])
+    assert asked() == 1
+    await ingest.process([_batch(_result(116.0, code=120, confirms=first.uid))])
+    await ingest.process([_batch(_result(120.0))])  # recovered
+    second = _result(125.0, code=120)
+    await ingest.process([_batch(second)])
+    assert asked() == 2  # answered: the next error has its own
+    # a confirmation whose result never comes (the agent restarted) holds nothing for ever
+    ingest.confirming[MONITOR] -= 3600
+    await ingest.process([_batch(_result(130.0, code=120))])
+    assert asked() == 3
+    assert await _levels(ingest) == [UNCONFIRMED] * 4 + [CONFIRMED, NO_ERROR] + [UNCONFIRMED] * 2
+
+
 async def test_details_are_stored_as_sent_when_they_are_a_json_object(ingest: Ingest) -> None:
     text = '{"Waterfall":[{"Url":"http://127.0.0.1/","ResponseHeaders":"HTTP/1.1 200 OK"}]}'
     await ingest.process([_batch(_result(1.0, details=text))])

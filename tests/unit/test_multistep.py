@@ -176,6 +176,71 @@ async def test_the_first_failing_step_ends_the_check(api: ApiTarget) -> None:
     assert api.calls.get("/orders/7") is None
 
 
+@pytest.mark.parametrize(
+    ("variable", "where"),
+    [
+        (
+            {"Source": "ResponseBodyJson", "Property": "data.token", "Name": "token"},
+            "the response body at JSON path 'data.token'",
+        ),
+        (
+            {"Source": "ResponseHeader", "Property": "X-Token", "Name": "token"},
+            "the response headers: no header 'X-Token'",
+        ),
+        (
+            {"Source": "Cookie", "Property": "auth", "Name": "token"},
+            "the response's cookies: no cookie 'auth'",
+        ),
+    ],
+)
+async def test_a_variable_that_cannot_be_extracted_fails_its_own_step(
+    api: ApiTarget, variable: dict[str, str], where: str
+) -> None:
+    steps = _steps(api.base)
+    steps[0]["Variables"].append(variable)
+    outcome = await _run(MsaSteps=steps, PredefinedVariables=_variables(api.base))
+    assert outcome.error_code == ErrorCode.VARIABLE_UNDEFINED, outcome
+    assert outcome.error_message == f"Step 1 'log in': variable 'token' not found in {where}"
+    assert outcome.details is not None
+    first, *rest = outcome.details["StepResults"]
+    assert first["StepExecuted"] and not first["Passed"]
+    assert not any(s["StepExecuted"] for s in rest)
+    assert api.calls.get("/orders") is None  # never called with an empty token
+
+
+async def test_steps_keep_cookies_within_a_check_never_across_checks(api: ApiTarget) -> None:
+    login, *_ = _steps(api.base)
+    whoami = {
+        "StepType": "HttpRequest",
+        "Name": "who am i",
+        "Url": f"{api.base}/whoami",
+        "Variables": [{"Source": "ResponseBodyJson", "Property": "session", "Name": "seen"}],
+    }
+    monitor = MultiStepApiMonitor.model_validate(
+        {
+            "Name": "msa",
+            "MonitorType": "MultiStepApi",
+            "PredefinedVariables": _variables(api.base),
+            "MsaSteps": [whoami, login, whoami],
+        }
+    )
+    curl = CurlEngine(10)
+    probe = MultiStepApiProbe(ProbeContext(curl=curl, max_body_bytes=1 << 20))
+    try:
+        for _ in range(2):  # the second check starts without the first one's cookie
+            outcome = await probe.check(monitor)
+            assert outcome.ok, outcome
+            assert outcome.details is not None
+            seen = [json.loads(s["ResponseBody"]) for s in outcome.details["StepResults"]]
+            assert seen == [
+                {"session": "none"},
+                {"token": "tok-123", "user": {"id": 42, "name": "Ada"}},
+                {"session": "s-1"},
+            ]
+    finally:
+        curl.close()
+
+
 async def test_undefined_variables_and_transport_errors(api: ApiTarget) -> None:
     undefined = await _run(
         MsaSteps=[{"StepType": "HttpRequest", "Url": "{{nowhere}}/x", "Name": "lost"}]
