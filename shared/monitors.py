@@ -140,7 +140,9 @@ class ErrorCondition(_Strict):
                 try:
                     regex.validate(self.Value, info.context)
                 except regex.RegexError as exc:
-                    raise ValueError(f"Value: the regular expression: {exc}") from None
+                    raise ValueError(
+                        f'Value "{self.Value}" is not a valid regular expression: {exc}'
+                    ) from None
         elif not self.Value.strip().isdigit():
             unit = "bytes" if "Bytes" in self.ErrorConditionType else "milliseconds"
             raise ValueError(f"{self.ErrorConditionType} needs Value: a whole number of {unit}")

@@ -182,7 +182,9 @@ class UserDefinedFunction(_Lenient):
             try:
                 regex.validate(self.Regex, info.context)
             except regex.RegexError as exc:
-                raise ValueError(f"function {self.Name!r}: Regex: {exc}") from None
+                raise ValueError(
+                    f'function {self.Name!r}: Regex "{self.Regex}" is invalid: {exc}'
+                ) from None
         return self
 
     def table(self) -> dict[str, str]:
