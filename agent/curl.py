@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import pycurl
 
+from agent.bounds import Bounds
+
 log = logging.getLogger(__name__)
 
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -233,12 +235,6 @@ class HttpResponse:
 
 
 @dataclass
-class _Host:
-    slots: asyncio.Semaphore
-    users: int = 0
-
-
-@dataclass
 class _Transfer:
     handle: pycurl.Curl
     future: asyncio.Future[tuple[int, str]]
@@ -255,15 +251,18 @@ class _Transfer:
 
 
 class CurlEngine:
-    """Runs HTTP transfers concurrently on the running loop, at most `max_concurrency` at once."""
+    """Runs HTTP transfers concurrently on the running loop, at most `max_concurrency` at once
+    (or within `bounds`, the worker's bound that its other probes share too)."""
 
     def __init__(
-        self, max_concurrency: int, max_per_host: int = 256, ca_file: str | None = None
+        self,
+        max_concurrency: int,
+        max_per_host: int = 256,
+        ca_file: str | None = None,
+        bounds: Bounds | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
-        self._slots = asyncio.Semaphore(max_concurrency)
-        self._max_per_host = max_per_host
-        self._hosts: dict[str, _Host] = {}
+        self.bounds = bounds or Bounds(max_concurrency, max_per_host)
         self._multi = pycurl.CurlMulti()
         self._multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
         self._multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
@@ -283,18 +282,8 @@ class CurlEngine:
 
     async def request(self, req: HttpRequest) -> HttpResponse:
         """One transfer, waiting first for room on its host, then for room overall."""
-        host = _authority(req.url)
-        entry = self._hosts.get(host)
-        if entry is None:
-            entry = self._hosts[host] = _Host(asyncio.Semaphore(self._max_per_host))
-        entry.users += 1
-        try:
-            async with entry.slots, self._slots:
-                return await self._perform(req)
-        finally:
-            entry.users -= 1
-            if entry.users == 0:  # forget idle hosts: the table stays as small as the load
-                del self._hosts[host]
+        async with self.bounds.hold(authority(req.url)):
+            return await self._perform(req)
 
     async def _perform(self, req: HttpRequest) -> HttpResponse:
         if self._closed:
@@ -611,7 +600,7 @@ _RESPONSE_VERSIONS = {
 }
 
 
-def _authority(url: str) -> str:
+def authority(url: str) -> str:
     """`host:port` of a URL, cheaply: the key of the per-host bound."""
     rest = url.partition("://")[2]
     end = len(rest)

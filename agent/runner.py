@@ -22,6 +22,7 @@ from pydantic_core import to_json
 
 from agent import probes
 from agent.curl import CurlEngine
+from agent.lookup import NameLookups
 from agent.metrics import CheckMetrics
 from agent.probes.base import Outcome, Probe, ProbeContext
 from agent.scheduler import Scheduled, Scheduler
@@ -72,13 +73,14 @@ class Runner:
         self.settings = settings
         self.name = name  # "agent-id/worker-n", for the logs
         self.metrics = metrics
-        self.probes: dict[str, Probe] = probes.build(
-            ProbeContext(
-                curl=curl,
-                max_body_bytes=settings.max_body_bytes,
-                ca_file=settings.ca_file or None,
-            )
+        self.context = ProbeContext(
+            curl=curl,
+            max_body_bytes=settings.max_body_bytes,
+            ca_file=settings.ca_file or None,
+            bounds=curl.bounds,  # one bound for every probe type
+            lookups=NameLookups(),
         )
+        self.probes: dict[str, Probe] = probes.build(self.context)
         self.max_pending = max_pending  # started but unfinished checks; more: shed
         behind = metrics.slots_skipped.labels("behind")
         self.scheduler = Scheduler(self._start_scheduled, behind.inc)
@@ -135,13 +137,15 @@ class Runner:
             group.create_task(self._freeze_loop())
 
     async def cancel_checks(self) -> None:
-        """Checks cut short produce no result."""
+        """Checks cut short produce no result. (At shutdown: the name lookups' threads are let
+        go too.)"""
         checks = list(self._checks)
         for task in checks:
             task.cancel()
         for task in checks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self.context.lookups.close()
 
     async def _freeze_loop(self) -> None:
         """Once assignments have been quiet for a while, move the long-lived heap (monitor

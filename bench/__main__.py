@@ -14,7 +14,7 @@ from types import FrameType
 import pycurl
 import uvloop
 
-from bench import auth, e2e, engine, infra, lateness, probes, timing
+from bench import auth, e2e, engine, infra, lateness, probes, stall, timing
 from bench import results as results_bench
 from bench.infra import Summary
 
@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], list[Summary]]] = {
     "probes": probes.main,
     "lateness": lateness.main,
     "timing": timing.main,
+    "stall": stall.main,
     "e2e": e2e.main,
     "results": results_bench.main,
     "auth": auth.main,

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from shared import secrets
+from shared import regex, secrets
 from shared.msa import (
     MsaScript,
     MsaStep,
@@ -129,7 +129,7 @@ class ErrorCondition(_Strict):
         return None
 
     @model_validator(mode="after")
-    def _check_value(self) -> ErrorCondition:
+    def _check_value(self, info: ValidationInfo) -> ErrorCondition:
         if self.ErrorConditionType == "HttpStatus":
             if not re.fullmatch(r"[1-5][0-9][0-9]", self.Value.strip()):
                 raise ValueError("HttpStatus needs Value: an HTTP status code such as 200")
@@ -138,8 +138,8 @@ class ErrorCondition(_Strict):
                 raise ValueError("ContentMatch needs Value: the text or pattern to match")
             if (self.MatchType or "").endswith("Regex"):
                 try:
-                    re.compile(self.Value)
-                except (re.error, OverflowError, RecursionError) as exc:
+                    regex.validate(self.Value, info.context)
+                except regex.RegexError as exc:
                     raise ValueError(
                         f'Value "{self.Value}" is not a valid regular expression: {exc}'
                     ) from None
@@ -395,7 +395,7 @@ class MultiStepApiMonitor(MonitorBase):
         if text.strip():
             if info.data.get("MsaSteps"):
                 raise ValueError("give MsaSteps or MultiStepApiTransactionScript, not both")
-            script = parse_script(text)
+            script = parse_script(text, info.context)
             if not script.MsaSteps:
                 raise ValueError("MsaSteps: at least one step is needed")
         elif not info.data.get("MsaSteps"):

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from shared import jsonin
+from shared import jsonin, regex
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_.\-]+)\s*\}\}")
 
@@ -172,7 +172,7 @@ class UserDefinedFunction(_Lenient):
     HashKey: str = ""
 
     @model_validator(mode="after")
-    def _kind(self) -> UserDefinedFunction:
+    def _kind(self, info: ValidationInfo) -> UserDefinedFunction:
         if self.Type is None:
             inferred = self.discriminator.removeprefix("UserDefinedFunction")
             if inferred not in ("Mapping", "Regex", "JwtEncode", "JwtDecode", "Hash"):
@@ -180,8 +180,8 @@ class UserDefinedFunction(_Lenient):
             self.Type = inferred  # type: ignore[assignment]
         if self.Type == "Regex":
             try:
-                re.compile(self.Regex)
-            except (re.error, OverflowError, RecursionError) as exc:
+                regex.validate(self.Regex, info.context)
+            except regex.RegexError as exc:
                 raise ValueError(
                     f'function {self.Name!r}: Regex "{self.Regex}" is invalid: {exc}'
                 ) from None
@@ -198,14 +198,15 @@ class MsaScript(_Lenient):
     Version: int = 2
 
 
-def parse_script(text: str) -> MsaScript:
-    """The MultiStepApiTransactionScript string; ValueError naming what is wrong."""
+def parse_script(text: str, context: Any = None) -> MsaScript:
+    """The MultiStepApiTransactionScript string; ValueError naming what is wrong. `context`:
+    pydantic's validation context (shared.regex.FROM_OUTSIDE for input from the API)."""
     raw = jsonin.loads(text)  # ValueError: not JSON, or nested too deeply
     found = jsonin.unstorable(raw)
     if found is not None:
         raise ValueError(f"{found[0]}: {found[1]}")
     try:
-        return MsaScript.model_validate(raw)
+        return MsaScript.model_validate(raw, context=context)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in first["loc"])

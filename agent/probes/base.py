@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from agent.bounds import Bounds
 from agent.curl import CurlEngine
+from agent.lookup import NameLookups
 from shared.errors import DESCRIPTIONS, ErrorCode
 from shared.monitors import MonitorBase
 from shared.results import Observation
@@ -15,6 +17,10 @@ class ProbeContext:
     curl: CurlEngine
     max_body_bytes: int
     ca_file: str | None = None  # trusted CAs for TLS outside libcurl; None: the system's
+    # the worker's bound on checks in flight, shared with `curl` (a worker passes curl.bounds;
+    # a context built alone, in tests, gets a bound of its own with the settings' defaults)
+    bounds: Bounds = field(default_factory=lambda: Bounds(1000, 256))
+    lookups: NameLookups = field(default_factory=NameLookups)  # name lookups with time limits
 
 
 @dataclass

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
-import socket
 import time
 
 import dns.asyncquery
@@ -18,7 +16,8 @@ import dns.rdatatype
 import dns.resolver
 from dns.rdata import Rdata
 
-from agent.probes.base import Outcome, Probe
+from agent.bounds import host_key
+from agent.probes.base import Outcome, Probe, ProbeContext
 from shared.errors import ErrorCode
 from shared.monitors import DnsMonitor, MonitorBase
 from shared.settings import split_host_port
@@ -87,11 +86,37 @@ def normalize(text: str) -> str:
     return " ".join(word.rstrip(".") for word in words)
 
 
+SYSTEM_RESOLVER = "(system resolver)"  # the per-host bound's key for checks without DnsServer
+
+
 class DnsProbe(Probe):
     type_names = DnsMonitor.type_names
 
+    def __init__(self, ctx: ProbeContext) -> None:
+        super().__init__(ctx)
+        self._system: dns.asyncresolver.Resolver | None = None
+        self.resolvers_built = 0
+
+    def _system_resolver(self) -> dns.asyncresolver.Resolver:
+        """The worker's resolver of the system's configuration (/etc/resolv.conf, read once:
+        reading it again per check cost a file read and parse each time). A configuration that
+        cannot be read is tried again at the next check."""
+        if self._system is None:
+            self._system = dns.asyncresolver.Resolver()
+            self.resolvers_built += 1
+        return self._system
+
     async def check(self, monitor: MonitorBase) -> Outcome:
         assert isinstance(monitor, DnsMonitor)
+        if monitor.DnsServer:
+            host, port = split_host_port(monitor.DnsServer, 53)
+            key = host_key(host, port)
+        else:
+            key = SYSTEM_RESOLVER
+        async with self.ctx.bounds.hold(key, paced=True):
+            return await self._check(monitor)
+
+    async def _check(self, monitor: DnsMonitor) -> Outcome:
         rdtype = RDTYPES[monitor.DnsQuery]
         began = time.perf_counter()
         outcome = Outcome()
@@ -134,14 +159,14 @@ class DnsProbe(Probe):
         self, monitor: DnsMonitor, rdtype: dns.rdatatype.RdataType
     ) -> tuple[list[str], str, str, bool]:
         host, port = split_host_port(monitor.DnsServer, 53)
-        family = {"IpV4": socket.AF_INET, "IpV6": socket.AF_INET6}.get(monitor.IpVersion or "", 0)
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            host, port, family=family, type=socket.SOCK_DGRAM
+        began = time.monotonic()
+        _family, address = await self.ctx.lookups.resolve(
+            host, monitor.IpVersion, monitor.TimeoutSeconds
         )
-        address = str(infos[0][4][0])
+        left = max(0.001, monitor.TimeoutSeconds - (time.monotonic() - began))
         query = dns.message.make_query(monitor.DnsTestValue, rdtype)
         response, used_tcp = await dns.asyncquery.udp_with_fallback(
-            query, address, timeout=monitor.TimeoutSeconds, port=port
+            query, address, timeout=left, port=port
         )
         answers = [
             render(rdata) for rrset in response.answer if rrset.rdtype == rdtype for rdata in rrset
@@ -151,7 +176,7 @@ class DnsProbe(Probe):
     async def _ask_system(
         self, monitor: DnsMonitor, rdtype: dns.rdatatype.RdataType
     ) -> tuple[list[str], str, str, bool]:
-        resolver = dns.asyncresolver.Resolver()
+        resolver = self._system_resolver()
         try:
             answer = await resolver.resolve(
                 monitor.DnsTestValue,

@@ -6,8 +6,8 @@ import base64
 import hashlib
 import hmac
 import json
-import re
 
+from shared import regex
 from shared.msa import UserDefinedFunction
 
 JWT_HASHES = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
@@ -34,7 +34,10 @@ def execute(function: UserDefinedFunction, value: str) -> str | None:
         case "Mapping":
             return function.table().get(value)
         case "Regex":
-            found = re.search(function.Regex, value)
+            try:
+                found = regex.search(function.Regex, value)
+            except regex.RegexError as exc:  # stored before RE2 checked patterns at the API
+                raise ValueError(f"function {function.Name!r}: {exc}") from None
             if found is None:
                 return None
             return found.group(1) if found.groups() else found.group(0)

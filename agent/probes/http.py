@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno as os_errors
 import functools
-import re
 import time
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -16,6 +15,7 @@ from urllib.parse import urljoin, urlsplit
 from agent import curl
 from agent.probes.base import Outcome, Probe
 from agent.probes.content import Body, charset
+from shared import regex
 from shared.errors import ErrorCode
 from shared.monitors import ErrorCondition, HttpMonitor, MonitorBase
 from shared.secrets import MASK, is_secret_header, mask_url
@@ -66,7 +66,8 @@ def curl_error_code(
 
 
 def _search(pattern: str, text: str) -> bool:
-    return re.search(pattern, text) is not None
+    """A ContentMatch regex, in linear time (RE2); RegexError for a pattern RE2 cannot run."""
+    return regex.search(pattern, text) is not None
 
 
 def effect(cond: ErrorCondition) -> str:
@@ -139,7 +140,10 @@ def evaluate(
             content = Body([])
             content.finish([], body, len(body))
         match_type = cond.MatchType or "ErrorWhenNotContains"
-        found = content.contains(cond, _search)
+        try:
+            found = content.contains(cond, _search)
+        except regex.RegexError as exc:  # stored before RE2 checked patterns at the API
+            return Outcome(ErrorCode.UNSUPPORTED, f"ContentMatch {cond.Value!r}: {exc}")
         if found is None:  # never a pass it did not earn; with Effect Indicate, a warning
             failed.append((cond, ErrorCode.CONTENT_UNDECIDED, content.undecided(cond)))
             continue

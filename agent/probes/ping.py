@@ -9,8 +9,8 @@ import socket
 import struct
 import time
 
+from agent.bounds import host_key
 from agent.probes.base import Outcome, Probe
-from agent.probes.tcp import resolve
 from shared.errors import ErrorCode
 from shared.monitors import MonitorBase, PingMonitor
 
@@ -76,15 +76,17 @@ class PingProbe(Probe):
 
     async def check(self, monitor: MonitorBase) -> Outcome:
         assert isinstance(monitor, PingMonitor)
+        async with self.ctx.bounds.hold(host_key(monitor.NetworkAddress), paced=True):
+            return await self._check(monitor)
+
+    async def _check(self, monitor: PingMonitor) -> Outcome:
         outcome = Outcome()
         began = time.perf_counter()
         try:
-            family, address = await asyncio.wait_for(
-                resolve(monitor.NetworkAddress, 0, monitor.IpVersion), monitor.TimeoutSeconds
+            family, address = await self.ctx.lookups.resolve(
+                monitor.NetworkAddress, monitor.IpVersion, monitor.TimeoutSeconds
             )
-        except TimeoutError:
-            return Outcome(ErrorCode.TIMEOUT, "name lookup timed out")
-        except OSError as exc:
+        except OSError as exc:  # LookupTimedOut too: a DNS failure
             return Outcome(ErrorCode.DNS_FAILURE, str(exc))
         outcome.resolved_ip = address
         resolved_ms = (time.perf_counter() - began) * 1000

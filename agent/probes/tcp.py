@@ -8,21 +8,12 @@ import socket
 import time
 from collections.abc import Callable
 
+from agent.bounds import host_key
 from agent.probes.base import Outcome, Probe, span_ms
 from shared.errors import ErrorCode
 from shared.monitors import ConnectMonitor, MonitorBase
 
 MAX_REPLY_BYTES = 65_536
-FAMILIES = {"IpV4": socket.AF_INET, "IpV6": socket.AF_INET6}
-
-
-async def resolve(host: str, port: int, ip_version: str | None) -> tuple[socket.AddressFamily, str]:
-    """The first address of host (the loop's resolver runs in a thread: never blocks the loop)."""
-    infos = await asyncio.get_running_loop().getaddrinfo(
-        host, port, family=FAMILIES.get(ip_version or "", 0), type=socket.SOCK_STREAM
-    )
-    family, _type, _proto, _name, sockaddr = infos[0]
-    return family, str(sockaddr[0])
 
 
 async def close_quietly(writer: asyncio.StreamWriter | None) -> None:
@@ -94,17 +85,23 @@ class ConnectProbe(Probe):
 
     async def check(self, monitor: MonitorBase) -> Outcome:
         assert isinstance(monitor, ConnectMonitor)
+        key = host_key(monitor.NetworkAddress, monitor.Port)
+        async with self.ctx.bounds.hold(key, paced=True):
+            return await self._check(monitor)
+
+    async def _check(self, monitor: ConnectMonitor) -> Outcome:
         outcome = Outcome()
         marks = {"began": time.perf_counter()}
+        deadline = asyncio.get_running_loop().time() + monitor.TimeoutSeconds
         writer: asyncio.StreamWriter | None = None
         received = bytearray()
         try:
-            async with asyncio.timeout(monitor.TimeoutSeconds):
-                family, address = await resolve(
-                    monitor.NetworkAddress, monitor.Port, monitor.IpVersion
-                )
-                outcome.resolved_ip = address
-                marks["resolved"] = time.perf_counter()
+            family, address = await self.ctx.lookups.resolve(
+                monitor.NetworkAddress, monitor.IpVersion, monitor.TimeoutSeconds
+            )
+            outcome.resolved_ip = address
+            marks["resolved"] = time.perf_counter()
+            async with asyncio.timeout_at(deadline):
                 reader, writer = await asyncio.open_connection(address, monitor.Port, family=family)
                 marks["connected"] = time.perf_counter()
                 if monitor.SendString:

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from controller.api.common import PREFIX, controller, fail, invalid, json_body, ok
 from controller.db.store import MonitorRow, NameTaken, RevisionChanged, now_us
-from shared import monitors, secrets
+from shared import monitors, regex, secrets
 from shared.timefmt import iso
 
 routes = web.RouteTableDef()
@@ -36,7 +36,7 @@ def validate(raw: dict[str, Any]) -> monitors.MonitorBase:
         )
     payload = {k: v for k, v in raw.items() if k not in monitors.READ_ONLY_FIELDS}
     try:
-        return model.model_validate(payload)
+        return model.model_validate(payload, context=regex.FROM_OUTSIDE)
     except ValidationError as exc:
         raise invalid(exc) from None
 
