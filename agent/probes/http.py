@@ -146,7 +146,7 @@ def evaluate(
         error_when_found = match_type in ("ErrorWhenContains", "ErrorWhenContainsRegex")
         if found == error_when_found:
             verb = "contains" if found else "does not contain"
-            failed.append((cond, ErrorCode.CONTENT_MISMATCH, f"Response {verb} {cond.Value!r}"))
+            failed.append((cond, ErrorCode.CONTENT_MISMATCH, f'Response {verb} "{cond.Value}"'))
     limit1 = by_type.get("LoadTimeLimit1")
     if limit1 is not None and total_ms > limit1.number:
         failed.append(
