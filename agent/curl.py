@@ -30,8 +30,10 @@ CONNECT_ERRORS = frozenset({pycurl.E_COULDNT_CONNECT})
 TIMEOUT_ERRORS = frozenset({pycurl.E_OPERATION_TIMEDOUT})
 CERTIFICATE_ERRORS = frozenset({pycurl.E_PEER_FAILED_VERIFICATION, 60})
 TLS_ERRORS = frozenset(
-    {pycurl.E_SSL_CONNECT_ERROR, pycurl.E_SSL_CERTPROBLEM, pycurl.E_SSL_CIPHER, 77, 80, 83, 90, 91}
+    {pycurl.E_SSL_CONNECT_ERROR, pycurl.E_SSL_CERTPROBLEM, pycurl.E_SSL_CIPHER, 80, 83, 90, 91}
 )
+# the agent's own CA file (PICKET_CA_FILE) cannot be read: never the target's fault
+AGENT_ERRORS = frozenset({pycurl.E_SSL_CACERT_BADFILE})
 SEND_ERRORS = frozenset({pycurl.E_SEND_ERROR})
 RECEIVE_ERRORS = frozenset(
     {pycurl.E_GOT_NOTHING, pycurl.E_RECV_ERROR, pycurl.E_PARTIAL_FILE, 8, 16, 92}

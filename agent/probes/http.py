@@ -46,6 +46,8 @@ def curl_error_code(
         return ErrorCode.CONNECTION_FAILED
     if errno in curl.TIMEOUT_ERRORS:
         return ErrorCode.TIMEOUT
+    if errno in curl.AGENT_ERRORS:
+        return ErrorCode.AGENT_CONFIGURATION
     if errno in curl.CERTIFICATE_ERRORS:
         return ErrorCode.CERTIFICATE_INVALID
     if errno in curl.TLS_ERRORS:

@@ -112,6 +112,12 @@ class CertificateProbe(Probe):
         der: bytes | None = None
         writer: asyncio.StreamWriter | None = None
         try:
+            context = self._context(monitor.CheckCertificateErrors)
+        except OSError as exc:  # the agent's CA file, not the target: an agent-side error
+            problem = exc.strerror or str(exc)
+            message = f"the agent's CA file {self.ctx.ca_file} cannot be used: {problem}"
+            return Outcome(ErrorCode.AGENT_CONFIGURATION, message)
+        try:
             async with asyncio.timeout(monitor.TimeoutSeconds):
                 family, address = await resolve(host, port, monitor.IpVersion)
                 outcome.resolved_ip = address
@@ -120,7 +126,7 @@ class CertificateProbe(Probe):
                     address,
                     port,
                     family=family,
-                    ssl=self._context(monitor.CheckCertificateErrors),
+                    ssl=context,
                     server_hostname=host,
                 )
                 marks["handshake"] = time.perf_counter()

@@ -7,18 +7,23 @@ Every target is on loopback, by IP literal or by a name the test's own DNS serve
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
+from pydantic import ValidationError
 
 from agent.curl import CurlEngine
 from agent.probes.base import Outcome, ProbeContext
 from agent.probes.http import HttpProbe
+from agent.probes.tls import CertificateProbe
+from agent.settings import AgentSettings
 from shared.errors import ErrorCode
-from shared.monitors import HttpMonitor
+from shared.monitors import CertificateMonitor, HttpMonitor
 from tests.helpers import free_port
 
 
@@ -30,7 +35,8 @@ async def engine() -> AsyncIterator[CurlEngine]:
 
 
 async def _check(engine: CurlEngine, url: str, max_body: int = 1 << 20, **fields: Any) -> Outcome:
-    monitor = HttpMonitor.model_validate({"Name": "m", "MonitorType": "Http", "Url": url, **fields})
+    kind = "Https" if url.startswith("https") else "Http"
+    monitor = HttpMonitor.model_validate({"Name": "m", "MonitorType": kind, "Url": url, **fields})
     return await HttpProbe(ProbeContext(curl=engine, max_body_bytes=max_body)).check(monitor)
 
 
@@ -64,3 +70,35 @@ async def test_a_pattern_is_shown_as_written(engine: CurlEngine, site: str) -> N
     )
     assert outcome.error_code == ErrorCode.CONTENT_MISMATCH, outcome
     assert outcome.error_message == f'Response does not contain "{pattern}"'
+
+
+async def _silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while await reader.read(65536):
+            pass
+    finally:
+        writer.close()
+
+
+async def test_an_unreadable_ca_file_is_the_agents_error(tmp_path: Path) -> None:
+    missing = str(tmp_path / "gone.pem")
+    server = await asyncio.start_server(_silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    curl = CurlEngine(max_concurrency=2, ca_file=missing)
+    try:
+        https = await _check(curl, f"https://127.0.0.1:{port}/", TimeoutSeconds=5)
+        certificate = await CertificateProbe(
+            ProbeContext(curl=curl, max_body_bytes=0, ca_file=missing)
+        ).check(
+            CertificateMonitor.model_validate(
+                {"Name": "c", "MonitorType": "Certificate", "Url": f"https://127.0.0.1:{port}/"}
+            )
+        )
+    finally:
+        curl.close()
+        server.close()
+    assert https.error_code == ErrorCode.AGENT_CONFIGURATION, https
+    assert certificate.error_code == ErrorCode.AGENT_CONFIGURATION, certificate
+    assert "gone.pem" in certificate.error_message
+    with pytest.raises(ValidationError, match="not a readable file"):
+        AgentSettings(ca_file=missing)
