@@ -8,6 +8,7 @@ Every target is on loopback, by IP literal or by a name the test's own DNS serve
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from aiohttp import web
 from pydantic import ValidationError
 
-from agent.curl import CurlEngine
+from agent.curl import DECODED_LIMIT_BYTES, CurlEngine
 from agent.probes.base import Outcome, ProbeContext
 from agent.probes.http import HttpProbe
 from agent.probes.tls import CertificateProbe
@@ -25,6 +26,8 @@ from agent.settings import AgentSettings
 from shared.errors import ErrorCode
 from shared.monitors import CertificateMonitor, HttpMonitor
 from tests.helpers import free_port
+
+BOMB = gzip.compress(bytes(80 << 20), compresslevel=9)
 
 
 @pytest.fixture
@@ -43,6 +46,10 @@ async def _check(engine: CurlEngine, url: str, max_body: int = 1 << 20, **fields
 @pytest.fixture
 async def site() -> AsyncIterator[str]:
     async def page(request: web.Request) -> web.StreamResponse:
+        if request.path == "/bomb":  # 80 kB on the wire, 80 MiB decoded
+            return web.Response(body=BOMB, headers={"Content-Encoding": "gzip"})
+        if request.path == "/plain-large":  # not compressed: read to the end
+            return web.Response(body=b"x" * (DECODED_LIMIT_BYTES + 1000))
         return web.Response(text="ok " + json.dumps({"path": request.path}))
 
     app = web.Application()
@@ -102,3 +109,13 @@ async def test_an_unreadable_ca_file_is_the_agents_error(tmp_path: Path) -> None
     assert "gone.pem" in certificate.error_message
     with pytest.raises(ValidationError, match="not a readable file"):
         AgentSettings(ca_file=missing)
+
+
+async def test_a_decompression_bomb_is_not_decoded_in_full(engine: CurlEngine, site: str) -> None:
+    bomb = await _check(engine, f"{site}/bomb")  # no content condition: nothing to scan
+    assert bomb.error_code == ErrorCode.RECEIVE_FAILED, bomb
+    assert f"decodes to more than {DECODED_LIMIT_BYTES} bytes" in bomb.error_message
+    assert bomb.total_bytes <= len(BOMB)
+    plain = await _check(engine, f"{site}/plain-large")
+    assert plain.ok, plain
+    assert plain.total_bytes == DECODED_LIMIT_BYTES + 1000
