@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
+from agent.probes.content import charset
 from agent.probes.functions import execute
 from shared.msa import PLACEHOLDER, ApiAssertion, ApiVariableDefinition, UserDefinedFunction
 
@@ -59,7 +60,8 @@ class StepResponse:
     _json: Any = field(default=MISSING, repr=False)
 
     def text(self) -> str:
-        return self.body.decode("utf-8", errors="replace")
+        """The body in its declared charset (Content-Type, <meta charset>, BOM; else UTF-8)."""
+        return self.body.decode(charset(self.headers, self.body), errors="replace")
 
     def json(self) -> Any:
         if self._json is MISSING:

@@ -19,6 +19,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from agent.curl import DECODED_LIMIT_BYTES, CurlEngine
+from agent.probes.assertions import StepResponse, extract
 from agent.probes.base import Outcome, ProbeContext
 from agent.probes.http import HttpProbe
 from agent.probes.tls import CertificateProbe
@@ -119,3 +120,15 @@ async def test_a_decompression_bomb_is_not_decoded_in_full(engine: CurlEngine, s
     plain = await _check(engine, f"{site}/plain-large")
     assert plain.ok, plain
     assert plain.total_bytes == DECODED_LIMIT_BYTES + 1000
+
+
+def test_a_steps_body_is_read_in_its_declared_charset() -> None:
+    latin1 = StepResponse(
+        completed=True,
+        headers=[("Content-Type", "text/plain; charset=iso-8859-1")],
+        body="prix: café crème".encode("latin-1"),
+    )
+    assert latin1.text() == "prix: café crème"
+    assert extract("ResponseBodyText", "", [], latin1, {}) == "prix: café crème"
+    undeclared = StepResponse(completed=True, body="déjà".encode())
+    assert undeclared.text() == "déjà"
