@@ -19,13 +19,14 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from agent.curl import DECODED_LIMIT_BYTES, CurlEngine
+from agent.probes.api import MultiStepApiProbe
 from agent.probes.assertions import StepResponse, extract
 from agent.probes.base import Outcome, ProbeContext
 from agent.probes.http import HttpProbe
 from agent.probes.tls import CertificateProbe
 from agent.settings import AgentSettings
 from shared.errors import ErrorCode
-from shared.monitors import CertificateMonitor, HttpMonitor
+from shared.monitors import CertificateMonitor, HttpMonitor, MultiStepApiMonitor
 from tests.helpers import free_port
 
 BOMB = gzip.compress(bytes(80 << 20), compresslevel=9)
@@ -49,6 +50,8 @@ async def site() -> AsyncIterator[str]:
     async def page(request: web.Request) -> web.StreamResponse:
         if request.path == "/bomb":  # 80 kB on the wire, 80 MiB decoded
             return web.Response(body=BOMB, headers={"Content-Encoding": "gzip"})
+        if request.path == "/huge":  # 2 MiB, FATAL after the first MiB
+            return web.Response(text="x" * (1 << 20) + " FATAL " + "x" * (1 << 20))
         if request.path == "/plain-large":  # not compressed: read to the end
             return web.Response(body=b"x" * (DECODED_LIMIT_BYTES + 1000))
         return web.Response(text="ok " + json.dumps({"path": request.path}))
@@ -132,3 +135,34 @@ def test_a_steps_body_is_read_in_its_declared_charset() -> None:
     assert extract("ResponseBodyText", "", [], latin1, {}) == "prix: café crème"
     undeclared = StepResponse(completed=True, body="déjà".encode())
     assert undeclared.text() == "déjà"
+
+
+async def test_a_step_assertion_past_the_kept_bytes_is_no_pass(
+    engine: CurlEngine, site: str
+) -> None:
+    async def run(comparison: str, target: str) -> Outcome:
+        assertion = {"Source": "ResponseBodyText", "Comparison": comparison, "TargetValue": target}
+        length = {"Source": "ContentLengthCalculated", "Comparison": "GreaterThan"}
+        monitor = MultiStepApiMonitor.model_validate(
+            {
+                "Name": "msa",
+                "MonitorType": "MultiStepApi",
+                "MsaSteps": [
+                    {
+                        "StepType": "HttpRequest",
+                        "Name": "page",
+                        "Url": f"{site}/huge",
+                        "Assertions": [{**length, "TargetValue": str(2 << 20)}, assertion],
+                    }
+                ],
+            }
+        )
+        return await MultiStepApiProbe(ProbeContext(curl=engine, max_body_bytes=1 << 20)).check(
+            monitor
+        )
+
+    hidden = await run("DoesNotContainText", "FATAL")  # past the kept MiB: not a pass
+    assert hidden.error_code == ErrorCode.ASSERTION_FAILED, hidden
+    assert "cannot be decided" in hidden.error_message
+    found = await run("ContainsText", "xxxx")  # in the kept bytes: true of the whole body
+    assert found.ok, found
