@@ -11,12 +11,12 @@ import contextlib
 import errno as os_errors
 import functools
 import re
-import socket
 import time
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from agent import curl
+from agent.probes import families
 from agent.probes.base import Outcome, Probe
 from agent.probes.content import Body, charset
 from shared.errors import ErrorCode
@@ -263,9 +263,15 @@ class HttpProbe(Probe):
                 outcome.error_message = (
                     response.curl_message or f"libcurl error {response.curl_error}"
                 )
-                if outcome.error_code == ErrorCode.DNS_FAILURE and monitor.IpVersion:
-                    left = deadline - time.perf_counter()
-                    await _name_without_family(outcome, monitor.IpVersion, url, left)
+                left = deadline - time.perf_counter()
+                if outcome.error_code == ErrorCode.DNS_FAILURE and monitor.IpVersion and left > 0:
+                    # outside the check's timings, within its time limit
+                    host = urlsplit(url).hostname or ""
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(left):
+                            outcome.error_code, outcome.error_message = await families.explain(
+                                host, monitor.IpVersion, outcome.error_message
+                            )
                 break
             wrong_version = _version_problem(monitor, response)
             if wrong_version:
@@ -351,34 +357,6 @@ def _version_problem(monitor: HttpMonitor, response: curl.HttpResponse) -> str:
         if used != family:
             return f"{monitor.IpVersion} required, connected to {ip} over IPv{used}"
     return ""
-
-
-_FAMILIES = {"IpV4": (4, 6, socket.AF_INET6), "IpV6": (6, 4, socket.AF_INET)}
-
-
-async def _name_without_family(outcome: Outcome, ip_version: str, url: str, seconds: float) -> None:
-    """libcurl could not resolve the host in the IP family the monitor requires: say so, and
-    when the host has addresses in the other family (one more lookup, only after a failed
-    one, outside the check's timings, within its time limit) it is the version not as
-    required (143), with what the name does have."""
-    wanted, other, other_family = _FAMILIES[ip_version]
-    host = urlsplit(url).hostname or ""
-    found: list[str] = []
-    if host and seconds > 0:
-        with contextlib.suppress(OSError, TimeoutError):  # socket.gaierror is an OSError
-            async with asyncio.timeout(seconds):
-                infos = await asyncio.get_running_loop().getaddrinfo(
-                    host, None, family=other_family, type=socket.SOCK_STREAM
-                )
-            found = sorted({str(info[4][0]) for info in infos})
-    if found:
-        outcome.error_code = ErrorCode.VERSION_NOT_AS_REQUIRED
-        outcome.error_message = (
-            f"{ip_version} required, {host} has no IPv{wanted} address "
-            f"(IPv{other} only: {', '.join(found[:4])})"
-        )
-    else:
-        outcome.error_message += f" (no IPv{wanted} address; {ip_version} required)"
 
 
 def _secret_names(monitor: HttpMonitor) -> frozenset[str]:

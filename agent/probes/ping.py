@@ -10,6 +10,7 @@ import struct
 import time
 
 from agent.probes.base import Outcome, Probe
+from agent.probes.families import WrongFamily
 from agent.probes.tcp import resolve
 from shared.errors import ErrorCode
 from shared.monitors import MonitorBase, PingMonitor
@@ -85,7 +86,9 @@ class PingProbe(Probe):
         except TimeoutError:
             return Outcome(ErrorCode.TIMEOUT, "name lookup timed out")
         except OSError as exc:
-            return Outcome(ErrorCode.DNS_FAILURE, str(exc))
+            wrong = isinstance(exc, WrongFamily)  # an address of the other IP family only
+            code = ErrorCode.VERSION_NOT_AS_REQUIRED if wrong else ErrorCode.DNS_FAILURE
+            return Outcome(code, str(exc))
         outcome.resolved_ip = address
         resolved_ms = (time.perf_counter() - began) * 1000
         try:

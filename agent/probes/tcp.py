@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import Callable
 
+from agent.probes import families
 from agent.probes.base import Outcome, Probe, span_ms
 from shared.errors import ErrorCode
 from shared.monitors import ConnectMonitor, MonitorBase
@@ -17,10 +18,19 @@ FAMILIES = {"IpV4": socket.AF_INET, "IpV6": socket.AF_INET6}
 
 
 async def resolve(host: str, port: int, ip_version: str | None) -> tuple[socket.AddressFamily, str]:
-    """The first address of host (the loop's resolver runs in a thread: never blocks the loop)."""
-    infos = await asyncio.get_running_loop().getaddrinfo(
-        host, port, family=FAMILIES.get(ip_version or "", 0), type=socket.SOCK_STREAM
-    )
+    """The first address of host (the loop's resolver runs in a thread: never blocks the loop).
+    None in the family required: families.WrongFamily when the host has some in the other."""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, port, family=FAMILIES.get(ip_version or "", 0), type=socket.SOCK_STREAM
+        )
+    except socket.gaierror as exc:
+        if ip_version not in FAMILIES:
+            raise
+        code, message = await families.explain(host, ip_version, str(exc))
+        if code == ErrorCode.VERSION_NOT_AS_REQUIRED:
+            raise families.WrongFamily(message) from None
+        raise socket.gaierror(exc.errno, message) from None
     family, _type, _proto, _name, sockaddr = infos[0]
     return family, str(sockaddr[0])
 
@@ -82,6 +92,8 @@ def not_found(expected: str, received: bytearray) -> str:
 
 
 def connect_error(exc: OSError) -> ErrorCode:
+    if isinstance(exc, families.WrongFamily):
+        return ErrorCode.VERSION_NOT_AS_REQUIRED
     if isinstance(exc, socket.gaierror):
         return ErrorCode.DNS_FAILURE
     if isinstance(exc, ConnectionRefusedError):

@@ -23,10 +23,18 @@ from agent.probes.api import MultiStepApiProbe
 from agent.probes.assertions import StepResponse, extract
 from agent.probes.base import Outcome, ProbeContext
 from agent.probes.http import HttpProbe
+from agent.probes.ping import PingProbe
+from agent.probes.tcp import ConnectProbe
 from agent.probes.tls import CertificateProbe
 from agent.settings import AgentSettings
 from shared.errors import ErrorCode
-from shared.monitors import CertificateMonitor, HttpMonitor, MultiStepApiMonitor
+from shared.monitors import (
+    CertificateMonitor,
+    ConnectMonitor,
+    HttpMonitor,
+    MultiStepApiMonitor,
+    PingMonitor,
+)
 from tests.helpers import free_port
 
 BOMB = gzip.compress(bytes(80 << 20), compresslevel=9)
@@ -166,3 +174,33 @@ async def test_a_step_assertion_past_the_kept_bytes_is_no_pass(
     assert "cannot be decided" in hidden.error_message
     found = await run("ContainsText", "xxxx")  # in the kept bytes: true of the whole body
     assert found.ok, found
+
+
+@pytest.mark.parametrize(("address", "version"), [("127.0.0.1", "IpV6"), ("::1", "IpV4")])
+async def test_an_address_of_the_other_family_is_not_a_dns_failure(
+    address: str, version: str
+) -> None:
+    """Connect, Certificate and Ping checks of an IP address of the family the monitor does not
+    allow: 143 naming both (was 100, "DNS lookup failed", with no lookup made)."""
+    ctx = ProbeContext(curl=None, max_body_bytes=0)  # type: ignore[arg-type]
+    host = f"[{address}]" if ":" in address else address
+    common = {"Name": "m", "IpVersion": version, "TimeoutSeconds": 5}
+    outcomes = [
+        await ConnectProbe(ctx).check(
+            ConnectMonitor.model_validate(
+                {**common, "MonitorType": "Connect", "NetworkAddress": address, "Port": 9}
+            )
+        ),
+        await CertificateProbe(ctx).check(
+            CertificateMonitor.model_validate(
+                {**common, "MonitorType": "Certificate", "Url": f"https://{host}:9/"}
+            )
+        ),
+        await PingProbe(ctx).check(
+            PingMonitor.model_validate({**common, "MonitorType": "Ping", "NetworkAddress": address})
+        ),
+    ]
+    other = "IPv4" if version == "IpV6" else "IPv6"
+    for outcome in outcomes:
+        assert outcome.error_code == ErrorCode.VERSION_NOT_AS_REQUIRED, outcome
+        assert outcome.error_message == f"{version} required, {address} is {other}"

@@ -27,7 +27,8 @@ from aiohttp import web
 from agent.curl import CurlEngine
 from agent.probes.base import ProbeContext
 from agent.probes.http import HttpProbe
-from shared.monitors import HttpMonitor
+from agent.probes.tcp import ConnectProbe
+from shared.monitors import ConnectMonitor, HttpMonitor
 from tests.servers.dns import DnsServer
 
 async def main():
@@ -51,6 +52,11 @@ async def main():
             "Url": f"http://{host}:8080/", "IpVersion": version, "TimeoutSeconds": 10})
         outcome = await HttpProbe(ProbeContext(curl=curl, max_body_bytes=1024)).check(monitor)
         results[f"{host} {version}"] = [int(outcome.error_code), outcome.error_message]
+    for host, version in [("v4only.test", "IpV6"), ("nowhere.test", "IpV4")]:
+        monitor = ConnectMonitor.model_validate({"Name": "c", "MonitorType": "Connect",
+            "NetworkAddress": host, "Port": 8080, "IpVersion": version, "TimeoutSeconds": 10})
+        outcome = await ConnectProbe(ProbeContext(curl=curl, max_body_bytes=0)).check(monitor)
+        results[f"connect {host} {version}"] = [int(outcome.error_code), outcome.error_message]
     curl.close()
     await runner.cleanup()
     print(json.dumps(results))
@@ -92,3 +98,9 @@ def test_a_name_without_the_required_family(tmp_path: Path) -> None:
     code, message = results["nowhere.test IpV6"]
     assert code == ErrorCode.DNS_FAILURE, results
     assert message.endswith("(no IPv6 address; IpV6 required)"), message
+    code, message = results["connect v4only.test IpV6"]
+    assert code == ErrorCode.VERSION_NOT_AS_REQUIRED, results
+    assert message == "IpV6 required, v4only.test has no IPv6 address (IPv4 only: 127.0.0.1)"
+    code, message = results["connect nowhere.test IpV4"]
+    assert code == ErrorCode.DNS_FAILURE, results
+    assert message.endswith("(no IPv4 address; IpV4 required)"), message
