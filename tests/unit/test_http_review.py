@@ -26,6 +26,7 @@ from agent.probes.http import HttpProbe
 from agent.probes.ping import PingProbe
 from agent.probes.tcp import ConnectProbe
 from agent.probes.tls import CertificateProbe
+from agent.runner import make_result
 from agent.settings import AgentSettings
 from shared.errors import ErrorCode
 from shared.monitors import (
@@ -204,3 +205,14 @@ async def test_an_address_of_the_other_family_is_not_a_dns_failure(
     for outcome in outcomes:
         assert outcome.error_code == ErrorCode.VERSION_NOT_AS_REQUIRED, outcome
         assert outcome.error_message == f"{version} required, {address} is {other}"
+
+
+def test_a_stored_body_cut_at_its_limit_keeps_whole_characters() -> None:
+    outcome = Outcome(ErrorCode.CONTENT_MISMATCH, "m")
+    outcome.body = "é".encode() * 10  # two bytes each
+    result = make_result("m", "r", "Http", outcome, 1.0, 1.0, None, 5)
+    assert result["response_body"] == "éé"  # 5 bytes: the third é is cut, so left out
+    outcome.body = b"bad \xff byte"
+    assert make_result("m", "r", "Http", outcome, 1.0, 1.0, None, 100)["response_body"] == (
+        "bad \ufffd byte"
+    )
