@@ -32,8 +32,10 @@ CONNECT_ERRORS = frozenset({pycurl.E_COULDNT_CONNECT})
 TIMEOUT_ERRORS = frozenset({pycurl.E_OPERATION_TIMEDOUT})
 CERTIFICATE_ERRORS = frozenset({pycurl.E_PEER_FAILED_VERIFICATION, 60})
 TLS_ERRORS = frozenset(
-    {pycurl.E_SSL_CONNECT_ERROR, pycurl.E_SSL_CERTPROBLEM, pycurl.E_SSL_CIPHER, 77, 80, 83, 90, 91}
+    {pycurl.E_SSL_CONNECT_ERROR, pycurl.E_SSL_CERTPROBLEM, pycurl.E_SSL_CIPHER, 80, 83, 90, 91}
 )
+# the agent's own CA file (PICKET_CA_FILE) cannot be read: never the target's fault
+AGENT_ERRORS = frozenset({pycurl.E_SSL_CACERT_BADFILE})
 SEND_ERRORS = frozenset({pycurl.E_SEND_ERROR})
 RECEIVE_ERRORS = frozenset(
     {pycurl.E_GOT_NOTHING, pycurl.E_RECV_ERROR, pycurl.E_PARTIAL_FILE, 8, 16, 92}
@@ -103,6 +105,11 @@ def _package_version() -> str:
 
 # the User-Agent of a check whose monitor sets none (a Picket one, with its version)
 DEFAULT_USER_AGENT = f"Picket/{_package_version()} libcurl/{_V.version_info()[1]}"
+
+# A compressed body is decoded up to this many bytes, then the transfer stops with an error:
+# a decompression bomb (a few kB that decode to gigabytes) would cost seconds of CPU per check.
+# A body that is not compressed downloads as long as it takes (its cost is the network's).
+DECODED_LIMIT_BYTES = 64 << 20
 
 # Called once when a response's body first goes past the bytes kept in memory, with the
 # response's headers and the kept bytes; returns what receives every later piece of the body
@@ -248,6 +255,8 @@ class _Transfer:
     scan: BodyScan | None = None
     scanner: Callable[[bytes], None] | None = None
     tls: bool = False
+    decode_limit: int = DECODED_LIMIT_BYTES  # decoded bytes past it: is the body compressed?
+    bomb: bool = False  # stopped at decode_limit: the body is compressed
 
 
 class CurlEngine:
@@ -394,6 +403,11 @@ class CurlEngine:
             total=int(c.getinfo(pycurl.TOTAL_TIME_T)),
             tls=t.tls,
         )
+        if t.bomb:
+            message = (
+                f"the compressed body decodes to more than {t.decode_limit} bytes (from "
+                f"{int(c.getinfo(pycurl.SIZE_DOWNLOAD_T))} received): not decoded further"
+            )
         primary_ip = str(c.getinfo(pycurl.PRIMARY_IP) or "")
         if not primary_ip and t.tried:  # a refused or failed connect: the address it tried
             primary_ip = _address(t.tried)
@@ -537,25 +551,38 @@ class CurlEngine:
         self._multi.close()
 
 
-def _writer(t: _Transfer) -> Callable[[bytes], None]:
-    def write(chunk: bytes) -> None:
+def _writer(t: _Transfer) -> Callable[[bytes], int | None]:
+    def write(chunk: bytes) -> int | None:
         t.total += len(chunk)
+        if t.total > t.decode_limit:
+            if _compressed(_final_headers(t.header_lines)[1]):
+                t.bomb = True
+                return 0  # libcurl stops the transfer (CURLE_WRITE_ERROR)
+            t.decode_limit = t.total + (1 << 62)  # not compressed: no limit
         room = t.limit - t.kept
         if room > 0:
             if len(chunk) <= room:
                 t.chunks.append(chunk)
                 t.kept += len(chunk)
-                return
+                return None
             t.chunks.append(chunk[:room])
             t.kept += room
             chunk = chunk[room:]
         if t.scanner is None:
             if t.scan is None:
-                return
+                return None
             t.scanner = t.scan(_final_headers(t.header_lines)[1], b"".join(t.chunks))
         t.scanner(chunk)
+        return None
 
     return write
+
+
+def _compressed(headers: list[tuple[str, str]]) -> bool:
+    return any(
+        name.lower() == "content-encoding" and value.strip().lower() not in ("", "identity")
+        for name, value in headers
+    )
 
 
 def _debugger(t: _Transfer) -> Callable[[int, bytes], None]:

@@ -14,8 +14,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+from agent import families
+from shared.errors import ErrorCode
 
 FAMILIES = {"IpV4": socket.AF_INET, "IpV6": socket.AF_INET6}
 # lookups at once per worker; more wait in line (within their own time limit). Threads start
@@ -43,6 +47,28 @@ class NameLookups:
     ) -> tuple[socket.AddressFamily, str]:
         """The first address of `host` (of the IP version, if one is given); LookupTimedOut
         after `within_seconds`, socket.gaierror when the name does not resolve."""
+        started = time.monotonic()
+        try:
+            return await self._resolve(host, ip_version, within_seconds)
+        except LookupTimedOut:
+            raise
+        except socket.gaierror as exc:
+            if ip_version not in FAMILIES:
+                raise
+            # none in the family required: say whether the host has some in the other (143)
+            left = within_seconds - (time.monotonic() - started)
+            try:
+                async with asyncio.timeout(max(left, 0.001)):
+                    code, message = await families.explain(host, ip_version, str(exc))
+            except TimeoutError:
+                raise exc from None
+            if code == ErrorCode.VERSION_NOT_AS_REQUIRED:
+                raise families.WrongFamily(message) from None
+            raise socket.gaierror(exc.errno, message) from None
+
+    async def _resolve(
+        self, host: str, ip_version: str | None, within_seconds: float
+    ) -> tuple[socket.AddressFamily, str]:
         family = FAMILIES.get(ip_version or "", socket.AF_UNSPEC)
         literal = _literal(host, family)
         if literal is not None:

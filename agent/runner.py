@@ -7,6 +7,7 @@ the main process has validated every assignment already.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import gc
 import logging
@@ -263,6 +264,9 @@ def new_uid() -> str:
     return f"{time.time_ns():016x}{random.getrandbits(64):016x}"
 
 
+_utf8 = codecs.getincrementaldecoder("utf-8")  # .decode(final=False): no cut character
+
+
 _observed = operator.attrgetter(*OBSERVED)  # an Outcome's Observation fields, in one C call
 
 
@@ -283,7 +287,9 @@ def make_result(
     of this function."""
     body = None
     if not outcome.ok and outcome.body:
-        body = outcome.body[:failed_body_bytes].decode("utf-8", "replace")
+        # the probes store bodies in UTF-8 (read in the page's own charset): a character cut
+        # in two at the limit is left out, not shown as U+FFFD
+        body = _utf8("replace").decode(outcome.body[:failed_body_bytes])
     result = {
         "v": 1,
         "uid": new_uid(),

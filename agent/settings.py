@@ -50,6 +50,13 @@ class AgentSettings(PicketSettings):
             raise ValueError(f"must be at least twice PICKET_MAX_MESSAGE_BYTES ({message})")
         return value
 
+    @field_validator("ca_file")
+    @classmethod
+    def _readable_ca_file(cls, value: str) -> str:
+        if value and not os.access(value, os.R_OK):  # else every HTTPS check would fail
+            raise ValueError(f"{value} is not a readable file")
+        return value
+
     @field_validator("agent_id")
     @classmethod
     def _agent_id(cls, value: str) -> str:

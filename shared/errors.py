@@ -12,6 +12,7 @@ class ErrorCode(IntEnum):
     OK = 0
     INTERNAL = 1  # the agent could not run the check (a bug on our side, never the target's)
     UNSUPPORTED = 2  # this agent cannot do what the monitor asks (e.g. its libcurl lacks NTLM)
+    AGENT_CONFIGURATION = 3  # the agent's own set-up prevents the check (its CA file unreadable)
     DNS_FAILURE = 100
     CONNECTION_REFUSED = 110
     CONNECTION_FAILED = 111  # unreachable, reset during connect, ...
@@ -43,6 +44,7 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.OK: "OK",
     ErrorCode.INTERNAL: "Internal error while running the check",
     ErrorCode.UNSUPPORTED: "Not supported by this agent",
+    ErrorCode.AGENT_CONFIGURATION: "The agent's configuration prevents the check",
     ErrorCode.DNS_FAILURE: "DNS lookup failed",
     ErrorCode.CONNECTION_REFUSED: "Connection refused",
     ErrorCode.CONNECTION_FAILED: "Connection failed",

@@ -212,6 +212,7 @@ class MultiStepApiProbe(Probe):
             duration_ms=step_ms,
             cumulative_ms=cumulative_ms + step_ms,
             functions=plan.functions,
+            body_bytes=response.body_bytes,
         )
         unextracted = ""  # the first variable the step defines and could not extract
         for definition in step.Variables:

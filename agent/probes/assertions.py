@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
+from agent.probes.content import charset
 from agent.probes.functions import execute
 from shared.msa import PLACEHOLDER, ApiAssertion, ApiVariableDefinition, UserDefinedFunction
 
@@ -56,10 +57,12 @@ class StepResponse:
     duration_ms: float = 0.0
     cumulative_ms: float = 0.0
     functions: dict[str, UserDefinedFunction] = field(default_factory=dict)
+    body_bytes: int = -1  # the whole body's (decoded); `body` keeps the first bytes; -1: all
     _json: Any = field(default=MISSING, repr=False)
 
     def text(self) -> str:
-        return self.body.decode("utf-8", errors="replace")
+        """The body in its declared charset (Content-Type, <meta charset>, BOM; else UTF-8)."""
+        return self.body.decode(charset(self.headers, self.body), errors="replace")
 
     def json(self) -> Any:
         if self._json is MISSING:
@@ -184,7 +187,7 @@ def extract(
         case "ResponseHasException":
             return "false" if response.completed else "true"
         case "ContentLengthCalculated":
-            return str(len(response.body))
+            return str(max(response.body_bytes, len(response.body)))
         case "Duration":
             return str(round(response.duration_ms))
         case "CumulativeDuration":
@@ -288,6 +291,12 @@ class AssertionResult:
         }
 
 
+# comparisons that, true of the kept first bytes of a body, are true of the whole body
+_TRUE_OF_THE_WHOLE = frozenset(
+    {"ContainsText", "IsNotEmpty", "IsNotNull", "Exists", "ShouldBeIgnored"}
+)
+
+
 def check_assertion(
     assertion: ApiAssertion, response: StepResponse, variables: dict[str, str]
 ) -> AssertionResult:
@@ -298,6 +307,18 @@ def check_assertion(
         actual = extract(assertion.Source, assertion.Property, [], response, variables)
         target = substitute(assertion.TargetValue, variables)
         passed = compare(actual, assertion.Comparison, target)
+        if (
+            passed
+            and assertion.Source == "ResponseBodyText"
+            and response.body_bytes > len(response.body)
+            and assertion.Comparison not in _TRUE_OF_THE_WHOLE
+        ):
+            kept = len(response.body)
+            problem = (
+                f"cannot be decided: the body has {response.body_bytes} bytes and only the "
+                f"first {kept} are kept (PICKET_MAX_BODY_BYTES)"
+            )
+            return AssertionResult(description, False, False, "", problem)
     except UndefinedVariable as exc:
         return AssertionResult(
             description, False, False, "", f"variable {{{{{exc.name}}}}} is not defined"

@@ -139,12 +139,12 @@ class Body:
         body_bytes = self.body_bytes
         if _is_regex(cond):
             return (
-                f"ContentMatch {cond.Value!r} cannot be decided: regular expressions are matched "
+                f'ContentMatch "{cond.Value}" cannot be decided: regular expressions are matched '
                 f"on the first {self.kept_bytes} bytes of the body (PICKET_MAX_BODY_BYTES), "
                 f"and it has {body_bytes}"
             )
         looked = self.kept_bytes + self.scanned
         return (
-            f"ContentMatch {cond.Value!r} cannot be decided: the body has {body_bytes} bytes, "
+            f'ContentMatch "{cond.Value}" cannot be decided: the body has {body_bytes} bytes, '
             f"more than the {looked} looked at"
         )

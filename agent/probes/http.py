@@ -6,13 +6,15 @@ own timings (the waterfall). Credentials go only to the origin the monitor names
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno as os_errors
 import functools
 import time
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from agent import curl
+from agent import curl, families
 from agent.probes.base import Outcome, Probe
 from agent.probes.content import Body, charset
 from shared import regex
@@ -46,6 +48,8 @@ def curl_error_code(
         return ErrorCode.CONNECTION_FAILED
     if errno in curl.TIMEOUT_ERRORS:
         return ErrorCode.TIMEOUT
+    if errno in curl.AGENT_ERRORS:
+        return ErrorCode.AGENT_CONFIGURATION
     if errno in curl.CERTIFICATE_ERRORS:
         return ErrorCode.CERTIFICATE_INVALID
     if errno in curl.TLS_ERRORS:
@@ -150,7 +154,7 @@ def evaluate(
         error_when_found = match_type in ("ErrorWhenContains", "ErrorWhenContainsRegex")
         if found == error_when_found:
             verb = "contains" if found else "does not contain"
-            failed.append((cond, ErrorCode.CONTENT_MISMATCH, f"Response {verb} {cond.Value!r}"))
+            failed.append((cond, ErrorCode.CONTENT_MISMATCH, f'Response {verb} "{cond.Value}"'))
     limit1 = by_type.get("LoadTimeLimit1")
     if limit1 is not None and total_ms > limit1.number:
         failed.append(
@@ -262,6 +266,15 @@ class HttpProbe(Probe):
                 outcome.error_message = (
                     response.curl_message or f"libcurl error {response.curl_error}"
                 )
+                left = deadline - time.perf_counter()
+                if outcome.error_code == ErrorCode.DNS_FAILURE and monitor.IpVersion and left > 0:
+                    # outside the check's timings, within its time limit
+                    host = urlsplit(url).hostname or ""
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(left):
+                            outcome.error_code, outcome.error_message = await families.explain(
+                                host, monitor.IpVersion, outcome.error_message
+                            )
                 break
             wrong_version = _version_problem(monitor, response)
             if wrong_version:

@@ -10,6 +10,7 @@ import struct
 import time
 
 from agent.bounds import host_key
+from agent.families import WrongFamily
 from agent.probes.base import Outcome, Probe
 from shared.errors import ErrorCode
 from shared.monitors import MonitorBase, PingMonitor
@@ -87,7 +88,9 @@ class PingProbe(Probe):
                 monitor.NetworkAddress, monitor.IpVersion, monitor.TimeoutSeconds
             )
         except OSError as exc:  # LookupTimedOut too: a DNS failure
-            return Outcome(ErrorCode.DNS_FAILURE, str(exc))
+            wrong = isinstance(exc, WrongFamily)  # an address of the other IP family only
+            code = ErrorCode.VERSION_NOT_AS_REQUIRED if wrong else ErrorCode.DNS_FAILURE
+            return Outcome(code, str(exc))
         outcome.resolved_ip = address
         resolved_ms = (time.perf_counter() - began) * 1000
         try:

@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import Callable
 
+from agent import families
 from agent.bounds import host_key
 from agent.probes.base import Outcome, Probe, span_ms
 from shared.errors import ErrorCode
@@ -73,6 +74,8 @@ def not_found(expected: str, received: bytearray) -> str:
 
 
 def connect_error(exc: OSError) -> ErrorCode:
+    if isinstance(exc, families.WrongFamily):
+        return ErrorCode.VERSION_NOT_AS_REQUIRED
     if isinstance(exc, socket.gaierror):
         return ErrorCode.DNS_FAILURE
     if isinstance(exc, ConnectionRefusedError):

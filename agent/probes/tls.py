@@ -203,13 +203,18 @@ class CertificateProbe(Probe):
         der: bytes | None = None
         writer: asyncio.StreamWriter | None = None
         try:
+            context = await self._context(monitor.CheckCertificateErrors)
+        except OSError as exc:  # the agent's CA file, not the target: an agent-side error
+            problem = exc.strerror or str(exc)
+            message = f"the agent's CA file {self.ctx.ca_file} cannot be used: {problem}"
+            return Outcome(ErrorCode.AGENT_CONFIGURATION, message)
+        try:
             family, address = await self.ctx.lookups.resolve(
                 host, monitor.IpVersion, monitor.TimeoutSeconds
             )
             outcome.resolved_ip = address
             marks["resolved"] = time.perf_counter()
             async with asyncio.timeout_at(deadline):
-                context = await self._context(monitor.CheckCertificateErrors)
                 reader, writer = await asyncio.open_connection(address, port, family=family)
                 der = await self._handshake(reader, writer, context, host)
                 marks["handshake"] = time.perf_counter()

@@ -134,6 +134,10 @@ async def test_basic_and_digest_auth(engine: CurlEngine, target: Target) -> None
         engine, f"{target.base}/digest", AuthenticationType="Digest", Username="bob", Password="b0b"
     )
     assert digest.ok, digest
+    # the waterfall shows the request that carried the answer to the challenge (the trace of
+    # a Digest transfer is kept past its first request)
+    assert digest.details is not None
+    assert "Authorization: ******" in digest.details["Waterfall"][0]["RequestHeaders"]
     wrong = await _check(
         engine, f"{target.base}/digest", AuthenticationType="Digest", Username="bob", Password="x"
     )
