@@ -55,6 +55,17 @@ def test_controller_without_its_database_says_so_and_exits(tmp_path: Path) -> No
     assert last.startswith("controller: cannot reach the database") and "gave up after 2s" in last
 
 
+@pytest.mark.parametrize("port", ["port", "99999999"])
+def test_controller_with_an_invalid_database_url_says_so(port: str, tmp_path: Path) -> None:
+    url = f"postgresql://picket:{SECRET}@127.0.0.1:{port}/picket"
+    env = _env(tmp_path, PICKET_DATABASE_URL=url, PICKET_DATABASE_WAIT_SECONDS="0")
+    result = _run([sys.executable, "-m", "shared.cli", "controller"], env)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert SECRET not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("controller: "), result.stderr
+
+
 def test_controller_with_an_unusable_database_file_exits(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
