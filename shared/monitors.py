@@ -14,10 +14,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SerializerFunctionWrapHandler,
     ValidationInfo,
     field_validator,
-    model_serializer,
     model_validator,
 )
 
@@ -26,6 +24,7 @@ from shared.msa import (
     MsaScript,
     MsaStep,
     PredefinedVariable,
+    SecretFlagWhenSet,
     UserDefinedFunction,
     parse_script,
 )
@@ -40,17 +39,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
 
-class RequestHeader(_Strict):
+class RequestHeader(_Strict, SecretFlagWhenSet):
     Name: Annotated[str, Field(min_length=1, max_length=256)]
     Value: str = ""
-    IsSecret: bool = False  # Picket: write-only like the credential headers (shared.secrets)
-
-    @model_serializer(mode="wrap")
-    def _flag_only_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        shown: dict[str, Any] = handler(self)
-        if not self.IsSecret:
-            shown.pop("IsSecret", None)  # Uptrends' {Name, Value} unless flagged
-        return shown
+    IsSecret: bool = False  # Picket (SecretFlagWhenSet)
 
     @field_validator("Name")
     @classmethod

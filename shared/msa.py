@@ -96,17 +96,22 @@ class ApiAuthenticationInfo(_Lenient):
     PasswordSpecified: bool = False
 
 
-class HeaderValue(_Lenient):
-    Key: Annotated[str, Field(min_length=1)]
-    Value: str = ""
-    IsSecret: bool = False  # Picket: write-only like the credential headers (shared.secrets)
+class SecretFlagWhenSet(BaseModel):
+    """A request header whose Picket field `IsSecret` (write-only like the credential headers,
+    shared.secrets) is shown only when set: Uptrends' own shape otherwise."""
 
     @model_serializer(mode="wrap")
     def _flag_only_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         shown: dict[str, Any] = handler(self)
-        if not self.IsSecret:
-            shown.pop("IsSecret", None)  # Uptrends' {Key, Value} unless flagged
+        if not getattr(self, "IsSecret", False):
+            shown.pop("IsSecret", None)
         return shown
+
+
+class HeaderValue(_Lenient, SecretFlagWhenSet):
+    Key: Annotated[str, Field(min_length=1)]
+    Value: str = ""
+    IsSecret: bool = False  # Picket (SecretFlagWhenSet)
 
 
 class MsaStep(_Lenient):
