@@ -41,6 +41,7 @@ class UpSettings(PicketSettings):
 RESTART_PAUSE_FIRST = 0.5
 RESTART_PAUSE_MAX = 30.0
 LAST_LINES = 5  # of a dead child's own output, in the log
+LINE_LIMIT = 2**16  # asyncio's default for a child's output line
 
 
 class GaveUp(Exception):
@@ -92,6 +93,7 @@ class Child:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            limit=LINE_LIMIT,
             start_new_session=True,  # a terminal's Ctrl-C reaches `picket up` only
             preexec_fn=_die_with_parent,
         )
@@ -99,7 +101,15 @@ class Child:
 
     async def _forward(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
-        async for raw in proc.stdout:
+        while True:
+            try:
+                raw = await proc.stdout.readline()
+            except ValueError:
+                # a line over the stream's limit (64 KiB): asyncio has dropped it; go on, or
+                # the child would block on a full pipe and this supervisor would die with it
+                raw = f"(a line of more than {LINE_LIMIT} bytes left out)".encode()
+            if not raw:
+                return
             line = raw.decode(errors="replace").rstrip()
             self.tail.append(line)
             sys.stderr.write(f"[{self.name}] {line}\n")
