@@ -289,7 +289,9 @@ class Authenticator:
         username, password = credentials
         now = time.monotonic()
         address = address_key(remote)
-        pair = f"{username}\x00{address}"
+        # a user name may be kilobytes long: the throttle keeps a short digest of it, so its
+        # memory is bounded by its entry count alone
+        pair = hashlib.blake2b(username.encode(), digest_size=12).hexdigest() + " " + address
         # before the cache: a throttled client must not learn that a guess was right
         wait = max(self.addresses.wait(address, now), self.pairs.wait(pair, now))
         if wait > 0:

@@ -251,3 +251,15 @@ def test_failures_count_against_an_ipv4_address_or_an_ipv6_64() -> None:
     assert address_key("2001:db8:1:3::1") != address_key("2001:db8:1:2::1")
     assert address_key("fe80::1%eth0") == "fe80::/64"
     assert address_key(None) == "-"
+
+
+async def test_the_throttle_keeps_a_short_key_for_a_long_user_name(
+    make_server: ServerFactory,
+) -> None:
+    """A failed login with a user name of kilobytes costs the throttle a short key: its
+    memory is bounded by its entry limit, not by what clients send."""
+    server = await make_server()
+    status, _, _ = await server.get("u" * 6000, "wrong")
+    assert status == 401
+    keys = list(server.ctl.auth.pairs._buckets)
+    assert len(keys) == 1 and len(keys[0]) < 100, [len(k) for k in keys]
