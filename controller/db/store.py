@@ -89,7 +89,8 @@ class Store:
             path = url.split(":///", 1)[-1]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            engine = create_async_engine(url, connect_args={"timeout": 30})
+            # hide_parameters: an error's text must not quote a definition (its secrets) into a log
+            engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
 
             @event.listens_for(engine.sync_engine, "connect")
             def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -101,7 +102,9 @@ class Store:
                 cur.close()
 
         else:
-            engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+            engine = create_async_engine(
+                url, pool_size=10, max_overflow=10, pool_pre_ping=True, hide_parameters=True
+            )
         await migrate.upgrade(engine)
         return cls(engine)
 

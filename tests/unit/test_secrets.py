@@ -365,3 +365,23 @@ async def test_odd_bodies_get_400_not_500(client: TestClient[Any, Any]) -> None:
             f"/api/v4/Monitor/{http_guid}", json={"RequestHeaders": headers}, headers=ADMIN
         )
         assert resp.status == 400, await resp.text()
+
+
+async def test_a_database_error_does_not_quote_a_definition(database_url: str) -> None:
+    """SQLAlchemy's error text quotes the statement's parameters (a definition with its
+    secrets) unless the engine hides them; that text reaches logs (a 500's traceback, ingest
+    and retention warnings)."""
+    from controller.db.store import MonitorRow
+
+    store = await Store.open(database_url)
+    try:
+        definition = {"Name": "a", "MonitorType": "Http", "Password": "db-error-secret-4711"}
+        row = MonitorRow("g-1", "a", "Http", True, definition, "r1", 1, 1)
+        assert await store.save_monitor(row, create=True)
+        again = MonitorRow("g-1", "b", "Http", True, definition, "r2", 1, 1)  # same key
+        with pytest.raises(Exception) as caught:
+            await store.save_monitor(again, create=True)
+        assert "db-error-secret-4711" not in str(caught.value), str(caught.value)
+        assert "db-error-secret-4711" not in repr(caught.value.__cause__)
+    finally:
+        await store.close()
