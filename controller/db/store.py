@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -89,6 +90,9 @@ class Store:
             path = url.split(":///", 1)[-1]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
+                # it holds monitor secrets: readable by its owner only (SQLite gives its -wal
+                # and -shm files the database file's mode)
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
             # hide_parameters: an error's text must not quote a definition (its secrets) into a log
             engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
 

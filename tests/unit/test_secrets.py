@@ -385,3 +385,19 @@ async def test_a_database_error_does_not_quote_a_definition(database_url: str) -
         assert "db-error-secret-4711" not in repr(caught.value.__cause__)
     finally:
         await store.close()
+
+
+async def test_a_new_sqlite_database_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """The database holds the monitors' secrets: a new file (and its WAL) gets mode 0600,
+    whatever the umask."""
+    from controller.db.store import MonitorRow
+
+    path = tmp_path / "data" / "picket.db"
+    store = await Store.open(f"sqlite+aiosqlite:///{path}")
+    try:
+        row = MonitorRow("g-1", "a", "Http", True, {"Password": "x" * 8}, "r1", 1, 1)
+        assert await store.save_monitor(row, create=True)
+        for file in (path, path.with_name("picket.db-wal")):
+            assert file.stat().st_mode & 0o777 == 0o600, (file, oct(file.stat().st_mode))
+    finally:
+        await store.close()
