@@ -9,11 +9,9 @@ per agent so the check is two dict lookups and a scan of (usually) one interval.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
 import time
-import unicodedata
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,15 +21,19 @@ from pydantic import Field, ValidationError, field_validator
 
 from controller.metrics import ControllerMetrics
 from shared import topics
-from shared.messages import CheckResult, Hello, ResultBatch
+from shared.messages import (
+    MAX_ADDRESSES,
+    CheckResult,
+    Hello,
+    ResultBatch,
+    canonical_addresses,
+    place_name,
+)
 
 log = logging.getLogger(__name__)
 
-MAX_ADDRESSES = 16  # per family, per server
 MAX_PROBE_TYPES = 64
 PROBE_TYPE_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,39}$")
-# punctuation allowed in checkpoint and region names besides letters, digits and spaces
-NAME_PUNCTUATION = frozenset(" .,_-()'/&+")
 MAX_CAPACITY = 100_000
 
 # the agent's clock against the controller's, and the time an assignment or its removal takes
@@ -56,48 +58,13 @@ class HelloRefused(ValueError):
         self.reason = reason
 
 
-def _name(value: str) -> str:
-    if value != value.strip():
-        raise ValueError("must not start or end with white space")
-    bad = [ch for ch in value if not (ch.isalnum() or ch in NAME_PUNCTUATION)]
-    if bad:
-        shown = ", ".join(sorted({repr(ch) for ch in bad})[:5])
-        raise ValueError(
-            f"letters, digits, spaces and {''.join(sorted(NAME_PUNCTUATION))} only (not {shown})"
-        )
-    return unicodedata.normalize("NFC", value)
-
-
-def _addresses(values: list[Any], version: int) -> list[str]:
-    if len(values) > MAX_ADDRESSES:
-        raise ValueError(f"at most {MAX_ADDRESSES} addresses")
-    canonical: list[str] = []
-    for value in values:
-        if not isinstance(value, str) or len(value) > 64:
-            raise ValueError(f"{value!r} is not an IPv{version} address")
-        try:
-            address = ipaddress.ip_address(value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not an IPv{version} address") from None
-        if address.version != version:
-            raise ValueError(f"{value!r} is not an IPv{version} address")
-        if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
-            raise ValueError(f"{value!r} has a scope id (link-local names are not published)")
-        if address.is_unspecified or address.is_multicast:
-            raise ValueError(f"{value!r} is not a unicast address")
-        text = str(address)
-        if text not in canonical:
-            canonical.append(text)
-    return canonical
-
-
 def published_addresses(values: list[Any], version: int) -> list[str]:
     """The valid addresses among stored ones, canonical: a row written before hellos were
     validated must not put junk in the public address lists either."""
     kept: list[str] = []
     for value in values[:MAX_ADDRESSES]:
         try:
-            kept.extend(_addresses([value], version))
+            kept.extend(canonical_addresses([value], version))
         except ValueError:
             continue
     return list(dict.fromkeys(kept))
@@ -123,17 +90,17 @@ class ValidHello(Hello):
     @field_validator("checkpoint", "region")
     @classmethod
     def _names(cls, value: str) -> str:
-        return _name(value)
+        return place_name(value)
 
     @field_validator("ipv4")
     @classmethod
     def _ipv4(cls, values: list[str]) -> list[str]:
-        return _addresses(values, 4)
+        return canonical_addresses(values, 4)
 
     @field_validator("ipv6")
     @classmethod
     def _ipv6(cls, values: list[str]) -> list[str]:
-        return _addresses(values, 6)
+        return canonical_addresses(values, 6)
 
     @field_validator("version")
     @classmethod
