@@ -43,6 +43,9 @@ CLOCK_GRACE_US = 60_000_000
 MAX_PENDING_RUNS = 100_000
 RUN_TTL_SECONDS = 3600.0
 LOG_EVERY_SECONDS = 10.0
+# (agent, reason) pairs whose last refusal line is remembered; the topic's agent id is the
+# broker's to bind, and a broker that lets anyone publish must not grow this without end
+MAX_LOGGED_KEYS = 10_000
 MAX_EPOCH_SECONDS = 2**62 / 1e6  # times are stored as 64-bit microseconds
 REASONS = {
     "bad_time": "its scheduled or start time is not a time",
@@ -284,6 +287,8 @@ class Acceptance:
         if now - last < LOG_EVERY_SECONDS:
             self._logged[key] = (last, suppressed + 1)
             return
+        if key not in self._logged and len(self._logged) >= MAX_LOGGED_KEYS:
+            self._logged.clear()  # at worst one more line per agent and reason
         self._logged[key] = (now, 0)
         log.warning(
             "agent %s: result %s for monitor %s (scheduled %.3f) refused: %s "

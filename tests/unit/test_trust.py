@@ -413,3 +413,20 @@ def test_an_agent_refuses_at_start_what_its_hello_would_be_refused_for(
     monkeypatch.delenv(env)
     settings = AgentSettings(checkpoint=" São Paulo (2) ", agent_ipv6="2001:DB8::1")
     assert settings.checkpoint == "São Paulo (2)" and settings.agent_ipv6 == "2001:db8::1"
+
+
+async def test_refusal_log_memory_is_bounded(ctl: Controller) -> None:
+    """Results refused from ever new agent ids (a broker that lets anyone publish) do not grow
+    the memory of who was logged last without end."""
+    from controller.trust import MAX_LOGGED_KEYS
+
+    acceptance = ctl.assigner.acceptance
+    for index in range(MAX_LOGGED_KEYS + 50):
+        batch = ResultBatch(
+            batch_id=uuid.uuid4().hex,
+            agent=f"stray-{index}",
+            results=[_result(str(uuid.uuid4()), time.time())],
+        )
+        assert acceptance.admit([batch])[0].results == []
+    assert len(acceptance._logged) <= MAX_LOGGED_KEYS
+    assert _refused(ctl, "unknown_monitor") == MAX_LOGGED_KEYS + 50
