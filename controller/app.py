@@ -115,6 +115,10 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         response = await handler(request)
     except ApiError as exc:
         response = exc.response()
+    except TooManyAttempts as exc:  # a login, or a password to hash (Register): pool busy
+        response = ApiError(
+            429, [(None, f"Try again later: {exc.why}")], {"Retry-After": str(exc.retry_after)}
+        ).response()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -134,14 +138,8 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     if request.path in PUBLIC_PATHS or request.path == "/metrics" or request.path == "/":
         return await handler(request)
     ctl = request.app[CONTROLLER]
-    try:
-        principal = await ctl.auth.authenticate(
-            request.headers.get("Authorization"), request.remote
-        )
-    except TooManyAttempts as exc:
-        raise ApiError(
-            429, [(None, f"Try again later: {exc.why}")], {"Retry-After": str(exc.retry_after)}
-        ) from None
+    # TooManyAttempts (429) is answered by errors_and_metrics
+    principal = await ctl.auth.authenticate(request.headers.get("Authorization"), request.remote)
     if principal is None:
         raise ApiError(401, [(None, "Valid Basic credentials are required")])
     request[PRINCIPAL] = principal

@@ -263,3 +263,23 @@ async def test_the_throttle_keeps_a_short_key_for_a_long_user_name(
     assert status == 401
     keys = list(server.ctl.auth.pairs._buckets)
     assert len(keys) == 1 and len(keys[0]) < 100, [len(k) for k in keys]
+
+
+async def test_register_while_every_password_check_is_busy_is_429_not_500(
+    make_server: ServerFactory,
+) -> None:
+    """Register hashes the new account's password in the pool: with every slot taken it is
+    429 with Retry-After, as docs/api.md says, not an internal error."""
+    server = await make_server(max_password_checks=1)
+    assert (await server.get("admin", PASSWORD))[0] == 200  # remembered: no slot needed
+    async with server.ctl.auth.checker.slot():
+        async with server.session().post(
+            server.url("/api/v4/Register"), headers=basic("admin", PASSWORD)
+        ) as resp:
+            body = await resp.json()
+            assert resp.status == 429, body
+            assert int(resp.headers["Retry-After"]) >= 1
+    async with server.session().post(
+        server.url("/api/v4/Register"), headers=basic("admin", PASSWORD)
+    ) as resp:
+        assert resp.status == 201, await resp.text()
