@@ -272,13 +272,15 @@ async def test_register_while_every_password_check_is_busy_is_429_not_500(
     429 with Retry-After, as docs/api.md says, not an internal error."""
     server = await make_server(max_password_checks=1)
     assert (await server.get("admin", PASSWORD))[0] == 200  # remembered: no slot needed
-    async with server.ctl.auth.checker.slot():
-        async with server.session().post(
+    async with (
+        server.ctl.auth.checker.slot(),
+        server.session().post(
             server.url("/api/v4/Register"), headers=basic("admin", PASSWORD)
-        ) as resp:
-            body = await resp.json()
-            assert resp.status == 429, body
-            assert int(resp.headers["Retry-After"]) >= 1
+        ) as resp,
+    ):
+        body = await resp.json()
+        assert resp.status == 429, body
+        assert int(resp.headers["Retry-After"]) >= 1
     async with server.session().post(
         server.url("/api/v4/Register"), headers=basic("admin", PASSWORD)
     ) as resp:
