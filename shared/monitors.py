@@ -44,6 +44,12 @@ class RequestHeader(_Strict, SecretFlagWhenSet):
     Value: str = ""
     IsSecret: bool = False  # Picket (SecretFlagWhenSet)
 
+    @model_validator(mode="after")
+    def _value_not_mask(self) -> RequestHeader:
+        if secrets.is_secret_header(self.Name, self.IsSecret):
+            secrets.not_mask(self.Value)
+        return self
+
     @field_validator("Name")
     @classmethod
     def _token(cls, name: str) -> str:
@@ -179,9 +185,10 @@ class MonitorBase(_Strict):
         return secrets.redact(definition)
 
     @classmethod
-    def keep_secrets(cls, new: dict[str, Any], old: dict[str, Any]) -> None:
-        """Secrets sent back as `******` or left out keep their stored values (shared.secrets)."""
-        secrets.keep(new, old)
+    def keep_secrets(cls, new: dict[str, Any], old: dict[str, Any], patch: bool = False) -> None:
+        """Secrets sent back as `******` or left out keep their stored values while their URL
+        points where it did (shared.secrets); `patch`: fields left out stay as stored."""
+        secrets.keep(new, old, patch)
 
 
 TlsVersionName = Literal[
@@ -219,6 +226,11 @@ class HttpMonitor(MonitorBase):
     ClientCertificateKey: str = ""
     ErrorConditions: list[ErrorCondition] = Field(default_factory=list)
 
+    @field_validator("Password")
+    @classmethod
+    def _password_not_mask(cls, password: str) -> str:
+        return secrets.not_mask(password)
+
     @field_validator("Username")
     @classmethod
     def _user_for_auth(cls, username: str, info: ValidationInfo) -> str:
@@ -255,6 +267,8 @@ class HttpMonitor(MonitorBase):
             raise ValueError(f"must be an absolute {scheme}:// URL")
         if match.group(1).lower() != scheme:
             raise ValueError(f"a {monitor_type} monitor needs a {scheme}:// URL")
+        if secrets.userinfo(url) == secrets.MASK:
+            raise ValueError(f"userinfo {secrets.RESEND}")
         return url
 
 

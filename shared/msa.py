@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from shared import secrets
+
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_.\-]+)\s*\}\}")
 
 SourceName = Literal[
@@ -95,6 +97,11 @@ class ApiAuthenticationInfo(_Lenient):
     Password: str = ""  # write-only (shared.secrets)
     PasswordSpecified: bool = False
 
+    @field_validator("Password")
+    @classmethod
+    def _password_not_mask(cls, password: str) -> str:
+        return secrets.not_mask(password)
+
 
 class SecretFlagWhenSet(BaseModel):
     """A request header whose Picket field `IsSecret` (write-only like the credential headers,
@@ -112,6 +119,12 @@ class HeaderValue(_Lenient, SecretFlagWhenSet):
     Key: Annotated[str, Field(min_length=1)]
     Value: str = ""
     IsSecret: bool = False  # Picket (SecretFlagWhenSet)
+
+    @model_validator(mode="after")
+    def _value_not_mask(self) -> HeaderValue:
+        if secrets.is_secret_header(self.Key, self.IsSecret):
+            secrets.not_mask(self.Value)
+        return self
 
 
 class MsaStep(_Lenient):
@@ -145,6 +158,8 @@ class MsaStep(_Lenient):
             raise ValueError("is required for an HttpRequest step")
         if url and not re.match(r"(?i)(https?://|\{\{)", url):
             raise ValueError("must start with http://, https:// or a {{variable}}")
+        if secrets.userinfo(url) == secrets.MASK:
+            raise ValueError(f"userinfo {secrets.RESEND}")
         return url
 
 

@@ -289,6 +289,61 @@ async def test_multi_step_secrets_are_write_only(
     assert stored["UserDefinedFunctions"][1]["HashKey"] == "tok-hmac"
 
 
+async def _refused(
+    client: TestClient[Any, Any], method: str, guid: str, body: Any
+) -> list[str | None]:
+    resp = await client.request(method, f"/api/v4/Monitor/{guid}", json=body, headers=ADMIN)
+    answer = await resp.json()
+    assert resp.status == 400, answer
+    fields = [m["Field"] for m in answer["Messages"] if "send the secret itself" in m["Message"]]
+    assert fields, answer
+    return fields
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH"])
+async def test_kept_secrets_do_not_follow_the_url_elsewhere(
+    client: TestClient[Any, Any], method: str
+) -> None:
+    """Whoever may edit a monitor must not get its credentials by pointing it at a server of
+    theirs: a stored secret is kept only while the URL keeps its scheme, host and port."""
+    guid, shown = await _create(client, HTTP)
+    original = await _stored(client, guid)
+    elsewhere = {**shown, "Url": "http://******@127.0.0.2:9/path"}
+    fields = await _refused(client, method, guid, elsewhere)
+    assert "Url" in fields and "Password" in fields, fields
+    assert sum(1 for f in fields if f and f.startswith("RequestHeaders")) == 8, fields
+    if method == "PATCH":  # the URL alone: what is left out stays, so it is checked too
+        fields = await _refused(client, method, guid, {"Url": "http://127.0.0.2:9/path"})
+        assert "Password" in fields and any(f and "RequestHeaders" in f for f in fields)
+    assert await _stored(client, guid) == original
+    # sent again, they go: the new host gets what the editor knows, nothing more
+    again = {
+        **shown,
+        "Url": "http://127.0.0.2:9/path",
+        "Password": "new-password",
+        "RequestHeaders": [{"Name": "Authorization", "Value": "Bearer mine"}],
+    }
+    await _send(client, method, guid, again)
+    stored = await _stored(client, guid)
+    assert stored["Password"] == "new-password" and stored["ClientCertificateKey"] == FAKE_KEY
+    # the same host, another path and `******`: kept as before
+    await _send(client, method, guid, {**again, "Url": "http://127.0.0.2:9/other"})
+    assert (await _stored(client, guid))["Password"] == "new-password"
+
+
+async def test_kept_step_secrets_do_not_follow_the_step_url_elsewhere(
+    client: TestClient[Any, Any],
+) -> None:
+    guid, shown = await _create(client, MSA)
+    steps = shown["MsaSteps"]
+    steps[0]["Url"] = "http://127.0.0.2:9/one"
+    fields = await _refused(client, "PATCH", guid, {"MsaSteps": steps})
+    assert len(fields) == 2, fields  # its header and its password; step two is untouched
+    creating = {**HTTP, "Name": "masked on create", "Password": MASK}
+    resp = await client.post("/api/v4/Monitor", json=creating, headers=ADMIN)
+    assert resp.status == 400 and (await resp.json())["Messages"][0]["Field"] == "Password"
+
+
 async def test_secrets_made_from_variables_are_scrubbed(target: Target) -> None:
     """A step's credential built from a variable ({{token}}) is known only while it runs."""
     monitor = MultiStepApiMonitor.model_validate(
