@@ -95,12 +95,14 @@ def not_mask(value: str) -> str:
     return value
 
 
-def keep_url(new: str, old: str) -> str:
+def keep_url(new: str, old: str, moved: bool = False) -> str:
     """A URL sent back with `******` as its userinfo gets the stored URL's userinfo, if it
     still points where the stored one did (else the mask stays and validation refuses it)."""
     match = _USERINFO.match(new)
     stored = userinfo(old)
-    if match is None or match.group(2) != MASK or not stored or origin(new) != origin(old):
+    if match is None or match.group(2) != MASK or not stored:
+        return new
+    if moved or origin(new) != origin(old):
         return new
     return f"{match.group(1)}{stored}@{new[match.end() :]}"
 
@@ -258,14 +260,25 @@ def _step_matches(new: list[dict[str, Any]], old: list[dict[str, Any]]) -> list[
     return matches
 
 
-def _keep_steps(new: Any, old: Any) -> None:
+def _variable_sources(holder: dict[str, Any]) -> str:
+    """What the variables of a script come from: predefined values, and each step's URL (its
+    userinfo masked) and extraction rules."""
+    steps = [(_redact_url(s.get("Url")), s.get("Variables")) for s in _dicts(holder["MsaSteps"])]
+    return json.dumps([holder.get("PredefinedVariables"), steps], sort_keys=True, default=str)
+
+
+def _keep_steps(new: Any, old: Any, sources_changed: bool) -> None:
+    """`sources_changed`: a step whose URL takes its host from a variable (`{{base}}/login`)
+    counts as pointed elsewhere when what its variables come from changed."""
     steps = _dicts(new)
     for step, before in zip(steps, _step_matches(steps, _dicts(old)), strict=True):
         if before is None:
             continue
-        moved = origin(step.get("Url", before.get("Url"))) != origin(before.get("Url"))
+        was = origin(before.get("Url"))
+        moved = origin(step.get("Url", before.get("Url"))) != was
+        moved = moved or ("{{" in was and sources_changed)
         if isinstance(step.get("Url"), str) and isinstance(before.get("Url"), str):
-            step["Url"] = keep_url(step["Url"], before["Url"])
+            step["Url"] = keep_url(step["Url"], before["Url"], moved)
         if "RequestHeaders" in step:
             _keep_headers(step["RequestHeaders"], before.get("RequestHeaders"), moved)
         auth, stored = step.get("Authentication"), before.get("Authentication")
@@ -288,7 +301,9 @@ def _keep_functions(new: Any, old: Any) -> None:
 
 def _keep_msa(new: dict[str, Any], old: dict[str, Any]) -> None:
     if "MsaSteps" in new:
-        _keep_steps(new["MsaSteps"], old.get("MsaSteps"))
+        merged = {**old, **new}  # a PATCH leaves PredefinedVariables as they are
+        changed = _variable_sources(merged) != _variable_sources({"MsaSteps": [], **old})
+        _keep_steps(new["MsaSteps"], old.get("MsaSteps"), changed)
     if "UserDefinedFunctions" in new:
         _keep_functions(new["UserDefinedFunctions"], old.get("UserDefinedFunctions"))
 
@@ -318,6 +333,9 @@ def keep(new: dict[str, Any], old: dict[str, Any], patch: bool = False) -> None:
         new["Url"] = keep_url(new["Url"], old["Url"])
     if "RequestHeaders" in new:
         _keep_headers(new["RequestHeaders"], old.get("RequestHeaders"), moved)
+    if patch and "MsaSteps" not in new and "PredefinedVariables" in new and "MsaSteps" in old:
+        # the stored steps stay, their credentials as if sent back masked: checked too
+        new["MsaSteps"] = _redact_steps(json.loads(json.dumps(old["MsaSteps"])))
     _keep_msa(new, old)
     script = _parsed_script(new.get(SCRIPT_FIELD))
     if script is not None:

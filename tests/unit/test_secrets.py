@@ -339,6 +339,23 @@ async def test_kept_step_secrets_do_not_follow_the_step_url_elsewhere(
     steps[0]["Url"] = "http://127.0.0.2:9/one"
     fields = await _refused(client, "PATCH", guid, {"MsaSteps": steps})
     assert len(fields) == 2, fields  # its header and its password; step two is untouched
+    # a step that takes its host from a variable: changing where variables come from moves it
+    templated = {
+        **MSA,
+        "Name": "templated",
+        "PredefinedVariables": [{"Key": "base", "Value": "http://127.0.0.1:9"}],
+        "MsaSteps": [_step("one", "tok-p1", "tok-h1", "")],
+    }
+    templated["MsaSteps"][0]["Url"] = "{{base}}/login"
+    guid, shown = await _create(client, templated)
+    evil = [{"Key": "base", "Value": "http://127.0.0.2:9"}]
+    fields = await _refused(client, "PATCH", guid, {"PredefinedVariables": evil})
+    assert len(fields) == 2, fields
+    fields = await _refused(client, "PUT", guid, {**shown, "PredefinedVariables": evil})
+    assert len(fields) == 2, fields
+    await _send(client, "PATCH", guid, {"Notes": "unrelated edit"})  # nothing moved: kept
+    stored = await _stored(client, guid)
+    assert stored["MsaSteps"][0]["Authentication"]["Password"] == "tok-p1"
     creating = {**HTTP, "Name": "masked on create", "Password": MASK}
     resp = await client.post("/api/v4/Monitor", json=creating, headers=ADMIN)
     assert resp.status == 400 and (await resp.json())["Messages"][0]["Field"] == "Password"
