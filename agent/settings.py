@@ -54,9 +54,7 @@ class AgentSettings(PicketSettings):
     @field_validator("agent_id")
     @classmethod
     def _agent_id(cls, value: str) -> str:
-        if not topics.AGENT_ID_PATTERN.fullmatch(value):
-            raise ValueError("1-64 characters: letters, digits, '.', '_' and '-'")
-        return value
+        return topics.agent_id(value)
 
     @field_validator("checkpoint", "region")
     @classmethod

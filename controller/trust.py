@@ -86,9 +86,7 @@ class ValidHello(Hello):
     @field_validator("agent")
     @classmethod
     def _agent(cls, value: str) -> str:
-        if not topics.AGENT_ID_PATTERN.fullmatch(value):
-            raise ValueError("1-64 characters: letters, digits, '.', '_' and '-'")
-        return value
+        return topics.agent_id(value)
 
     @field_validator("checkpoint", "region")
     @classmethod
