@@ -80,7 +80,9 @@ def parse_basic(header: str) -> tuple[str, str] | None:
     except (binascii.Error, UnicodeDecodeError):
         return None
     username, sep, password = decoded.partition(":")
-    return (username, password) if sep else None
+    if not sep or "\x00" in decoded:
+        return None  # no name has a NUL (PostgreSQL text cannot hold one: it would be a 500)
+    return username, password
 
 
 class TooManyAttempts(Exception):

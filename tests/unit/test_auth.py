@@ -285,3 +285,14 @@ async def test_register_while_every_password_check_is_busy_is_429_not_500(
         server.url("/api/v4/Register"), headers=basic("admin", PASSWORD)
     ) as resp:
         assert resp.status == 201, await resp.text()
+
+
+async def test_a_name_or_password_with_a_nul_is_401(
+    database_url: str, make_server: ServerFactory
+) -> None:
+    """PostgreSQL text cannot hold NUL: looking such a name up failed, and answered 500."""
+    server = await make_server(database_url=database_url)
+    for user, password in (("ad\x00min", "x"), ("admin", "pass\x00word")):
+        status, body, _ = await server.get(user, password)
+        assert status == 401, body
+    assert (await server.get("admin", PASSWORD))[0] == 200
