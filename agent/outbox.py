@@ -181,7 +181,10 @@ class Outbox:
             for count, joined in encode_chunks(results, room, len(results)):
                 self.add(joined, count)
         except OSError as exc:
-            log.error("outbox file %s not rewritten (retried): %s", batch.path, exc)
+            log.error("outbox file %s not rewritten (retried later): %s", batch.path, exc)
+            # due again only after the ack timeout, like a send: else the send loop would
+            # retry it at once, forever, while the disk refuses
+            self.mark_sent(batch, time.monotonic())
             return
         self._forget(batch.batch_id)
 

@@ -4,6 +4,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from agent.outbox import Outbox, PendingBatch, encode_results
 from shared.messages import CheckResult, ResultBatch
 
@@ -194,3 +196,30 @@ def test_a_long_body_alone_is_trimmed_not_removed() -> None:
     cut = CheckResult.model_validate_json(fit_result(big, 16_384))
     assert cut.response_body and 1000 < len(cut.response_body) < 16_384
     assert "response body cut to" in cut.warnings[-1]
+
+
+def test_a_batch_that_cannot_be_rewritten_waits_before_the_next_try(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An oversized batch from before must be rewritten; while the disk refuses, it is due
+    again only after the resend time (else the send loop spun on it, logging each turn)."""
+    import errno
+
+    import agent.outbox
+
+    box = Outbox(tmp_path, "a1")
+    _add(box, *(_sized(n, 3000) for n in range(20)))
+    reopened = Outbox(tmp_path, "a1", max_message_bytes=16_384)
+    (old,) = reopened.due(time.monotonic(), resend_after=10, limit=10)
+
+    def disk_full(path: Path, data: bytes) -> None:  # reads work, writes do not
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(agent.outbox, "_write_atomically", disk_full)
+        assert reopened.payload(old) is None
+    assert reopened.due(time.monotonic(), resend_after=10, limit=10) == []
+    assert reopened.results == 20  # nothing lost
+    (again,) = reopened.due(time.monotonic() + 11, resend_after=10, limit=10)
+    assert reopened.payload(again) is None  # rewritten now: its results are in new batches
+    assert len(reopened.due(time.monotonic() + 11, resend_after=10, limit=100)) > 1
