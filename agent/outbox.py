@@ -156,12 +156,23 @@ class Outbox:
         it has been logged, moved aside and forgotten."""
         try:
             data = batch.path.read_bytes()
+        except FileNotFoundError as exc:  # removed behind our back: nothing left to send
+            log.error("outbox file %s is gone: %s", batch.path, exc)
+            self._forget(batch.batch_id, unlink=False)
+            return None
+        except OSError as exc:
+            # a read that fails now (no file descriptor left under load, an I/O error) says
+            # nothing about the file: keep it and try again after the ack timeout
+            log.error("outbox file %s not readable now (retried later): %s", batch.path, exc)
+            self.mark_sent(batch, time.monotonic())
+            return None
+        try:
             if batch.checked:
                 return data
             parsed = ResultBatch.model_validate_json(data)
             if parsed.batch_id != batch.batch_id or len(parsed.results) != batch.count:
                 raise ValueError("its name does not match its content")
-        except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        except ValueError as exc:  # pydantic's ValidationError is one: the file is bad
             self._set_aside(batch.path, exc)
             self._forget(batch.batch_id, unlink=False)
             return None

@@ -223,3 +223,20 @@ def test_a_batch_that_cannot_be_rewritten_waits_before_the_next_try(
     (again,) = reopened.due(time.monotonic() + 11, resend_after=10, limit=10)
     assert reopened.payload(again) is None  # rewritten now: its results are in new batches
     assert len(reopened.due(time.monotonic() + 11, resend_after=10, limit=100)) > 1
+
+
+def test_a_batch_unreadable_for_a_while_is_kept_not_set_aside(tmp_path: Path) -> None:
+    """A read that fails (no file descriptor left, an I/O error) does not make a good batch
+    bad: it stays in the outbox, is tried again later, and is sent then."""
+    box = Outbox(tmp_path, "a1")
+    batch = _add(box, _sized(1, 100))
+    data = batch.path.read_bytes()
+    batch.path.unlink()
+    batch.path.mkdir()  # reading it fails for now (IsADirectoryError)
+    assert box.payload(batch) is None
+    assert box.results == 1 and not list(tmp_path.glob("*.bad"))
+    assert box.due(time.monotonic(), resend_after=10, limit=10) == []  # not at once
+    batch.path.rmdir()
+    batch.path.write_bytes(data)
+    (again,) = box.due(time.monotonic() + 11, resend_after=10, limit=10)
+    assert box.payload(again) == data
