@@ -52,7 +52,7 @@ class Agent:
             settings.data_dir / "outbox" / self.id,
             self.id,
             settings.outbox_max_bytes,
-            lambda results, batches: self._dropped("outbox_full", results, batches),
+            self._dropped,
             settings.max_message_bytes,
         )
         self.runnable = frozenset(probes.probe_types())
@@ -208,16 +208,16 @@ class Agent:
         now = time.monotonic()
         if now - self._dropped_logged >= DROP_LOG_EVERY:
             self._dropped_logged = now
-            where = (
-                f"the outbox is full ({self.settings.outbox_max_bytes} bytes, "
-                "PICKET_OUTBOX_MAX_BYTES)"
-                if reason == "outbox_full"
-                else "the disk refuses writes and memory for them is full "
+            where = {
+                "outbox_full": f"the outbox is full ({self.settings.outbox_max_bytes} bytes, "
+                "PICKET_OUTBOX_MAX_BYTES)",
+                "disk_refused": "the disk refuses writes and memory for them is full "
                 f"({self.settings.outbox_memory_max_bytes} bytes, "
-                "PICKET_OUTBOX_MEMORY_MAX_BYTES)"
-            )
+                "PICKET_OUTBOX_MEMORY_MAX_BYTES)",
+                "unreadable": "an outbox file could not be used (set aside as .bad)",
+            }[reason]
             log.error(
-                "agent %s: %s: dropped the oldest %d results (%d batches); "
+                "agent %s: %s: dropped %d results (%d batches); "
                 "see picket_agent_outbox_dropped_results_total",
                 self.id,
                 where,

@@ -93,7 +93,12 @@ def _sized(n: int, body_bytes: int) -> dict[str, object]:
 
 def test_the_outbox_is_bounded_on_disk_and_drops_the_oldest(tmp_path: Path) -> None:
     drops: list[tuple[int, int]] = []
-    box = Outbox(tmp_path, "a1", max_bytes=5 * 4096, on_drop=lambda r, b: drops.append((r, b)))
+
+    def on_drop(reason: str, results: int, batches: int) -> None:
+        assert reason == "outbox_full"
+        drops.append((results, batches))
+
+    box = Outbox(tmp_path, "a1", max_bytes=5 * 4096, on_drop=on_drop)
     batches = [box.add(encode_results([_sized(n, 5000)] * 2), 2) for n in range(4)]
     # each batch takes 3 blocks (≈ 10 KB): two fit, the third and fourth push the oldest out
     assert box.bytes <= box.max_bytes and len(box) == 1
@@ -103,7 +108,7 @@ def test_the_outbox_is_bounded_on_disk_and_drops_the_oldest(tmp_path: Path) -> N
     assert [p.name for p in on_disk] == [batches[-1].path.name]
     assert sum(p.stat().st_size for p in on_disk) <= box.max_bytes
     # a lower bound after a restart applies at once
-    Outbox(tmp_path, "a1", max_bytes=4096, on_drop=lambda r, b: drops.append((r, b)))
+    Outbox(tmp_path, "a1", max_bytes=4096, on_drop=on_drop)
     assert drops[-1] == (2, 1) and not list(tmp_path.glob("*.json"))
 
 
@@ -240,3 +245,14 @@ def test_a_batch_unreadable_for_a_while_is_kept_not_set_aside(tmp_path: Path) ->
     batch.path.write_bytes(data)
     (again,) = box.due(time.monotonic() + 11, resend_after=10, limit=10)
     assert box.payload(again) == data
+
+
+def test_a_corrupt_batch_set_aside_is_counted_as_dropped(tmp_path: Path) -> None:
+    dropped: list[tuple[str, int, int]] = []
+    box = Outbox(tmp_path, "a1")
+    batch = _add(box, _result(1), _result(2))
+    reopened = Outbox(tmp_path, "a1", on_drop=lambda *d: dropped.append(d))
+    batch.path.write_bytes(b'{"not": "a batch"}')  # its name still says 2 results
+    (loaded,) = reopened.due(time.monotonic(), resend_after=10, limit=10)
+    assert reopened.payload(loaded) is None
+    assert dropped == [("unreadable", 2, 1)] and reopened.results == 0
