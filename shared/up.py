@@ -203,7 +203,11 @@ def find_mosquitto() -> str | None:
 
 async def supervise(settings: UpSettings) -> int:
     data_dir = settings.data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.error("cannot use the data directory %s: %s; exiting", data_dir, exc)
+        return 1
     host, port = parse_listen(settings.embedded_broker_listen, 18830)
     kind = settings.embedded_broker
     mosquitto = find_mosquitto()
@@ -230,7 +234,11 @@ async def supervise(settings: UpSettings) -> int:
     env.setdefault("PICKET_REGION", "Local")
     if kind == "mosquitto":
         assert mosquitto is not None
-        config = mosquitto_config(data_dir / "broker", host, port)
+        try:
+            config = mosquitto_config(data_dir / "broker", host, port)
+        except OSError as exc:
+            log.error("cannot write the broker's files in %s: %s; exiting", data_dir, exc)
+            return 1
         broker = Child("broker", [mosquitto, "-c", str(config)], env)
     else:
         argv = [sys.executable, "-m", "controller.embedded_broker", settings.embedded_broker_listen]
