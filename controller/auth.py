@@ -398,12 +398,20 @@ async def ensure_admin(
     if existing is None:
         generated = not password
         secret = password or secrets.token_urlsafe(18)
+        path = data_dir / "initial-admin-password"
+        if generated:
+            # written before the operator exists: a password nobody can read locks everyone out
+            try:
+                _write_secret(path, secret)
+            except OSError as exc:
+                raise SystemExit(
+                    f"controller: cannot write the initial admin password to {path}: {exc}; "
+                    "fix the data directory or set PICKET_ADMIN_PASSWORD; exiting"
+                ) from None
         await store.create_operator(
             str(uuid.uuid4()), ADMIN_USERNAME, "Administrator", hash_password(secret), True
         )
         if generated:
-            path = data_dir / "initial-admin-password"
-            _write_secret(path, secret)
             log.info("operator %r created; its password is in %s", ADMIN_USERNAME, path)
         else:
             log.info("operator %r created with PICKET_ADMIN_PASSWORD", ADMIN_USERNAME)
