@@ -14,6 +14,8 @@ import logging
 import math
 import time
 
+from pydantic import ValidationError
+
 from controller.bus import ControllerBus
 from controller.db.store import MonitorRow, ServerRow, Store
 from controller.metrics import ControllerMetrics
@@ -107,7 +109,12 @@ class Assigner:
 
     def assignment(self, monitor: MonitorRow) -> Assignment:
         model = monitors.model_for(monitor.monitor_type)
-        interval = model.model_validate(monitor.definition).interval_seconds if model else 300
+        try:
+            interval = model.model_validate(monitor.definition).interval_seconds if model else 300
+        except ValidationError:
+            # stored before a rule was tightened: placed all the same (its agent refuses it,
+            # counted), rather than stopping every placement behind it
+            interval = _stored_interval(monitor.definition)
         return Assignment(
             monitor_guid=monitor.guid,
             revision=monitor.revision,
@@ -217,3 +224,13 @@ class Assigner:
         log.info("agent %s is %s", agent_id, "online" if online else "offline")
         self._update_online_metric()
         await self.sync_all()
+
+
+def _stored_interval(definition: dict[str, object]) -> int:
+    """A stored definition's check interval in seconds, read without validating it."""
+    seconds, minutes = definition.get("CheckIntervalSeconds"), definition.get("CheckInterval")
+    if isinstance(seconds, int) and seconds > 0:
+        return seconds
+    if isinstance(minutes, int) and minutes > 0:
+        return minutes * 60
+    return monitors.DEFAULT_CHECK_INTERVAL_MINUTES * 60

@@ -473,3 +473,24 @@ async def test_a_new_sqlite_database_is_readable_by_its_owner_only(tmp_path: Pat
             assert file.stat().st_mode & 0o777 == 0o600, (file, oct(file.stat().st_mode))
     finally:
         await store.close()
+
+
+async def test_a_definition_stored_before_the_mask_was_refused_is_still_placed(
+    tmp_path: Path,
+) -> None:
+    """A monitor stored with a literal `******` secret (accepted before) fails today's
+    validation; placing it must not raise (that stopped every placement behind it)."""
+    from controller.db.store import MonitorRow
+
+    settings = ControllerSettings(
+        data_dir=tmp_path, admin_password=PASSWORD, broker_url=f"mqtt://127.0.0.1:{free_port()}"
+    )
+    store = await Store.open(settings.resolved_database_url())
+    try:
+        definition = {**HTTP, "Password": MASK, "CheckIntervalSeconds": 30}
+        definition.pop("CheckInterval")
+        row = MonitorRow("g-old", "old", "Http", True, definition, "r1", 1, 1)
+        assignment = Controller(settings, store).assigner.assignment(row)
+        assert assignment.schedule.interval_seconds == 30
+    finally:
+        await store.close()
