@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +25,7 @@ from controller.settings import ControllerSettings
 from shared.messages import Hello, ResultBatch
 from shared.settings import parse_broker_url, parse_listen
 from shared.signals import stop_event
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -171,12 +171,7 @@ def _background(ctl: Controller) -> Callable[[web.Application], AsyncIterator[No
         for task in tasks:
             task.add_done_callback(ctl.background_ended)
         yield
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            # a task that died was logged by background_ended
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(tasks)  # a task that died was logged by background_ended
 
     return ctx
 
