@@ -196,6 +196,25 @@ async def _wait_for_port(host: str, port: int, child: Child | None, deadline: fl
     return False
 
 
+async def _api_answers(host: str, port: int, deadline: float) -> bool:
+    """True once the controller's own index answers on its API port (another program
+    listening there is not Picket); False at the deadline."""
+    while time.monotonic() < deadline:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2)
+            try:
+                writer.write(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+                answer = await asyncio.wait_for(reader.read(4096), 2)
+            finally:
+                writer.close()
+            if b'"Name": "Picket"' in answer:
+                return True
+        except (OSError, TimeoutError):
+            pass
+        await asyncio.sleep(0.2)
+    return False
+
+
 def find_mosquitto() -> str | None:
     # Debian installs it in /usr/sbin, which is not on every user's PATH
     return shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
@@ -275,7 +294,7 @@ async def supervise(settings: UpSettings) -> int:
     # the controller answers on its API port once migrated and its admin exists: only then is
     # Picket up (a newcomer's next step reads the password file)
     stopper = asyncio.create_task(_until(stop))  # a Ctrl-C meanwhile is not kept waiting
-    answering = asyncio.create_task(_wait_for_port(api_host, api_port, None, time.monotonic() + 60))
+    answering = asyncio.create_task(_api_answers(api_host, api_port, time.monotonic() + 60))
     await asyncio.wait([stopper, answering, *keepers], return_when=asyncio.FIRST_COMPLETED)
     answering.cancel()
     with contextlib.suppress(asyncio.CancelledError):

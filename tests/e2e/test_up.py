@@ -104,6 +104,7 @@ async def test_picket_up_gives_up_on_a_child_that_keeps_failing(tmp_path: Path) 
     # its own words: the controller's line about the port, not another process's
     assert f"  [controller] controller: cannot listen on 127.0.0.1:{api_port}" in err, err
     assert "it failed 3 times within 60s; stopping the rest" in err, err
+    assert "Picket is up" not in err, err  # another program on the API port is not Picket
     assert "Traceback" not in err, err
 
 
