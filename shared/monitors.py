@@ -44,12 +44,6 @@ class RequestHeader(_Strict, SecretFlagWhenSet):
     Value: str = ""
     IsSecret: bool = False  # Picket (SecretFlagWhenSet)
 
-    @model_validator(mode="after")
-    def _value_not_mask(self) -> RequestHeader:
-        if secrets.is_secret_header(self.Name, self.IsSecret):
-            secrets.not_mask(self.Value)
-        return self
-
     @field_validator("Name")
     @classmethod
     def _token(cls, name: str) -> str:

@@ -105,7 +105,15 @@ class ApiAuthenticationInfo(_Lenient):
 
 class SecretFlagWhenSet(BaseModel):
     """A request header whose Picket field `IsSecret` (write-only like the credential headers,
-    shared.secrets) is shown only when set: Uptrends' own shape otherwise."""
+    shared.secrets) is shown only when set: Uptrends' own shape otherwise. A credential's
+    value may not be `******` (what a kept secret is sent as; kept only where it went)."""
+
+    @model_validator(mode="after")
+    def _value_not_mask(self) -> Any:
+        name = str(getattr(self, "Name", None) or getattr(self, "Key", ""))
+        if secrets.is_secret_header(name, getattr(self, "IsSecret", False)):
+            secrets.not_mask(getattr(self, "Value", ""))
+        return self
 
     @model_serializer(mode="wrap")
     def _flag_only_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -119,12 +127,6 @@ class HeaderValue(_Lenient, SecretFlagWhenSet):
     Key: Annotated[str, Field(min_length=1)]
     Value: str = ""
     IsSecret: bool = False  # Picket (SecretFlagWhenSet)
-
-    @model_validator(mode="after")
-    def _value_not_mask(self) -> HeaderValue:
-        if secrets.is_secret_header(self.Key, self.IsSecret):
-            secrets.not_mask(self.Value)
-        return self
 
 
 class MsaStep(_Lenient):
