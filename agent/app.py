@@ -24,6 +24,7 @@ from agent.settings import AgentSettings
 from shared.messages import Ack, Assignment, Hello, RunRequest, Sync
 from shared.settings import parse_broker_url, parse_listen
 from shared.signals import stop_event
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class Agent:
             settings.data_dir / "outbox" / self.id,
             self.id,
             settings.outbox_max_bytes,
-            lambda results, batches: self._dropped("outbox_full", results, batches),
+            self._dropped,
             settings.max_message_bytes,
         )
         self.runnable = frozenset(probes.probe_types())
@@ -208,16 +209,16 @@ class Agent:
         now = time.monotonic()
         if now - self._dropped_logged >= DROP_LOG_EVERY:
             self._dropped_logged = now
-            where = (
-                f"the outbox is full ({self.settings.outbox_max_bytes} bytes, "
-                "PICKET_OUTBOX_MAX_BYTES)"
-                if reason == "outbox_full"
-                else "the disk refuses writes and memory for them is full "
+            where = {
+                "outbox_full": f"the outbox is full ({self.settings.outbox_max_bytes} bytes, "
+                "PICKET_OUTBOX_MAX_BYTES)",
+                "disk_refused": "the disk refuses writes and memory for them is full "
                 f"({self.settings.outbox_memory_max_bytes} bytes, "
-                "PICKET_OUTBOX_MEMORY_MAX_BYTES)"
-            )
+                "PICKET_OUTBOX_MEMORY_MAX_BYTES)",
+                "unreadable": "an outbox file could not be used (set aside as .bad)",
+            }[reason]
             log.error(
-                "agent %s: %s: dropped the oldest %d results (%d batches); "
+                "agent %s: %s: dropped %d results (%d batches); "
                 "see picket_agent_outbox_dropped_results_total",
                 self.id,
                 where,
@@ -369,13 +370,13 @@ class Agent:
                 # the flush loop keeps writing them to disk
                 await self.pool.stop()
             finally:
-                await _cancel(background[1:])  # no more flushes or sends
+                await cancel_and_wait(background[1:])  # no more flushes or sends
                 self._flush()  # every finished result is on disk now
                 self._save_assignments()
             if self.link.session.connected.is_set():
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.link.say_offline(), 2)
-            await _cancel(background[:1])
+            await cancel_and_wait(background[:1])
             server.shutdown()
             server.server_close()
             thread.join(timeout=2)
@@ -384,14 +385,6 @@ class Agent:
             )
         if failure:
             raise SystemExit(f"agent {self.id}: stopped because {failure} (see above)")
-
-
-async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
 
 
 async def serve(settings: AgentSettings) -> None:

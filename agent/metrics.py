@@ -122,7 +122,8 @@ class AgentMetrics:
         self.outbox_dropped = Counter(
             "picket_agent_outbox_dropped_results_total",
             "Results dropped, oldest first: the outbox on disk was full (outbox_full) or the "
-            "disk refused writes and memory was full (disk_refused)",
+            "disk refused writes and memory was full (disk_refused); or a batch file whose "
+            "content was bad, set aside as .bad (unreadable)",
             ["reason"],
             registry=r,
         )

@@ -34,7 +34,9 @@ BLOCK = 4096
 # name (<ns>-<batch id>.json) are read and counted when loaded
 _NAME = re.compile(r"^\d+-(?P<batch>[0-9A-Za-z._]+)-(?P<count>\d+)\.json$")
 
-OnDrop = Callable[[int, int], None]  # (results, batches) dropped to stay within the bound
+# (reason, results, batches): outbox_full (dropped to stay within the bound), unreadable
+# (a file whose content is bad, set aside as .bad)
+OnDrop = Callable[[str, int, int], None]
 
 
 @dataclass(slots=True)
@@ -86,7 +88,7 @@ class Outbox:
                     continue
                 batch = ResultBatch.model_validate_json(path.read_bytes())
             except (OSError, ValidationError) as exc:
-                self._set_aside(path, exc)
+                self._set_aside(path, exc, int(match["count"]) if match else 0)
                 continue
             self._index(PendingBatch(batch.batch_id, path, len(batch.results), size, False))
         if self._pending:
@@ -113,8 +115,12 @@ class Outbox:
                 batch.path.unlink(missing_ok=True)
         return batch
 
-    def _set_aside(self, path: Path, exc: Exception) -> None:
+    def _set_aside(self, path: Path, exc: Exception, count: int = 0) -> None:
+        """A file that cannot be used: renamed to .bad and its `count` results counted as
+        dropped (the file stays for a person to look at)."""
         log.error("outbox file %s unreadable, moved aside: %s", path, str(exc).splitlines()[0])
+        if count and self._on_drop is not None:
+            self._on_drop("unreadable", count, 1)
         try:
             path.rename(path.with_suffix(".bad"))
         except OSError as err:
@@ -132,7 +138,7 @@ class Outbox:
             results += oldest.count
             batches += 1
         if batches and self._on_drop is not None:
-            self._on_drop(results, batches)
+            self._on_drop("outbox_full", results, batches)
 
     def add(self, items: bytes, count: int) -> PendingBatch:
         """A new batch of `count` results, given as their JSON objects joined by commas
@@ -156,13 +162,24 @@ class Outbox:
         it has been logged, moved aside and forgotten."""
         try:
             data = batch.path.read_bytes()
+        except FileNotFoundError as exc:  # removed behind our back: nothing left to send
+            log.error("outbox file %s is gone: %s", batch.path, exc)
+            self._forget(batch.batch_id, unlink=False)
+            return None
+        except OSError as exc:
+            # a read that fails now (no file descriptor left under load, an I/O error) says
+            # nothing about the file: keep it and try again after the ack timeout
+            log.error("outbox file %s not readable now (retried later): %s", batch.path, exc)
+            self.mark_sent(batch, time.monotonic())
+            return None
+        try:
             if batch.checked:
                 return data
             parsed = ResultBatch.model_validate_json(data)
             if parsed.batch_id != batch.batch_id or len(parsed.results) != batch.count:
                 raise ValueError("its name does not match its content")
-        except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
-            self._set_aside(batch.path, exc)
+        except ValueError as exc:  # pydantic's ValidationError is one: the file is bad
+            self._set_aside(batch.path, exc, batch.count)
             self._forget(batch.batch_id, unlink=False)
             return None
         if parsed.agent != self._agent or len(data) > self.max_message_bytes:
@@ -181,7 +198,10 @@ class Outbox:
             for count, joined in encode_chunks(results, room, len(results)):
                 self.add(joined, count)
         except OSError as exc:
-            log.error("outbox file %s not rewritten (retried): %s", batch.path, exc)
+            log.error("outbox file %s not rewritten (retried later): %s", batch.path, exc)
+            # due again only after the ack timeout, like a send: else the send loop would
+            # retry it at once, forever, while the disk refuses
+            self.mark_sent(batch, time.monotonic())
             return
         self._forget(batch.batch_id)
 

@@ -6,6 +6,7 @@ import socket
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from shared import topics
+from shared.messages import canonical_addresses, place_name
 from shared.settings import BrokerUrl, ListenAddress, PicketSettings, parse_broker_url
 
 
@@ -60,16 +61,24 @@ class AgentSettings(PicketSettings):
     @field_validator("agent_id")
     @classmethod
     def _agent_id(cls, value: str) -> str:
-        if not topics.AGENT_ID_PATTERN.fullmatch(value):
-            raise ValueError("1-64 characters: letters, digits, '.', '_' and '-'")
-        return value
+        return topics.agent_id(value)
 
     @field_validator("checkpoint", "region")
     @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be blank")
-        return value.strip()
+    def _place_name(cls, value: str) -> str:
+        """As the controller checks every hello: a name it would refuse is said here, at
+        start, instead of an agent that never comes online."""
+        value = value.strip()
+        if not value or len(value) > 100:
+            raise ValueError("1-100 characters")
+        return place_name(value)
+
+    @field_validator("agent_ipv4", "agent_ipv6")
+    @classmethod
+    def _addresses(cls, value: str, info: ValidationInfo) -> str:
+        version = 4 if info.field_name == "agent_ipv4" else 6
+        listed = [item.strip() for item in value.split(",") if item.strip()]
+        return ",".join(canonical_addresses(listed, version))
 
     @model_validator(mode="after")
     def _enrolled_identity(self) -> AgentSettings:

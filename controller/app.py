@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,6 +26,7 @@ from controller.settings import ControllerSettings
 from shared.messages import Hello, ResultBatch
 from shared.settings import parse_broker_url, parse_listen
 from shared.signals import stop_event
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,10 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         response = await handler(request)
     except ApiError as exc:
         response = exc.response()
+    except TooManyAttempts as exc:  # a login, or a password to hash (Register): pool busy
+        response = ApiError(
+            429, [(None, f"Try again later: {exc.why}")], {"Retry-After": str(exc.retry_after)}
+        ).response()
     except StoreUnavailable:
         # the store logs the outage once; each request is not worth a traceback
         response = ApiError(
@@ -180,14 +184,8 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     if request.path in PUBLIC_PATHS or request.path == "/metrics" or request.path == "/":
         return await handler(request)
     ctl = request.app[CONTROLLER]
-    try:
-        principal = await ctl.auth.authenticate(
-            request.headers.get("Authorization"), request.remote
-        )
-    except TooManyAttempts as exc:
-        raise ApiError(
-            429, [(None, f"Try again later: {exc.why}")], {"Retry-After": str(exc.retry_after)}
-        ) from None
+    # TooManyAttempts (429) is answered by errors_and_metrics
+    principal = await ctl.auth.authenticate(request.headers.get("Authorization"), request.remote)
     if principal is None:
         raise ApiError(401, [(None, "Valid Basic credentials are required")])
     request[PRINCIPAL] = principal
@@ -220,12 +218,7 @@ def _background(ctl: Controller) -> Callable[[web.Application], AsyncIterator[No
         for task in tasks:
             task.add_done_callback(ctl.background_ended)
         yield
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            # a task that died was logged by background_ended
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(tasks)  # a task that died was logged by background_ended
 
     return ctx
 

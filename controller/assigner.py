@@ -15,6 +15,8 @@ import logging
 import math
 import time
 
+from pydantic import ValidationError
+
 from controller.bus import ControllerBus
 from controller.db.store import MonitorRow, ServerRow, Store, StoreUnavailable
 from controller.metrics import ControllerMetrics
@@ -138,7 +140,12 @@ class Assigner:
 
     def assignment(self, monitor: MonitorRow) -> Assignment:
         model = monitors.model_for(monitor.monitor_type)
-        interval = model.model_validate(monitor.definition).interval_seconds if model else 300
+        try:
+            interval = model.model_validate(monitor.definition).interval_seconds if model else 300
+        except ValidationError:
+            # stored before a rule was tightened: placed all the same (its agent refuses it,
+            # counted), rather than stopping every placement behind it
+            interval = _stored_interval(monitor.definition)
         return Assignment(
             monitor_guid=monitor.guid,
             revision=monitor.revision,
@@ -324,3 +331,13 @@ def _state_note(srv: ServerRow) -> str:
     if srv.state == "pending":
         return "pending: waits for an operator's approval (POST /Checkpoint/Server/{id}/Approve)"
     return srv.state
+
+
+def _stored_interval(definition: dict[str, object]) -> int:
+    """A stored definition's check interval in seconds, read without validating it."""
+    seconds, minutes = definition.get("CheckIntervalSeconds"), definition.get("CheckInterval")
+    if isinstance(seconds, int) and seconds > 0:
+        return seconds
+    if isinstance(minutes, int) and minutes > 0:
+        return minutes * 60
+    return monitors.DEFAULT_CHECK_INTERVAL_MINUTES * 60

@@ -80,9 +80,9 @@ def parse_basic(header: str) -> tuple[str, str] | None:
     except (binascii.Error, UnicodeDecodeError):
         return None
     username, sep, password = decoded.partition(":")
-    if "\x00" in decoded:  # no stored name holds one, and PostgreSQL cannot compare it
-        return None
-    return (username, password) if sep else None
+    if not sep or "\x00" in decoded:
+        return None  # no name has a NUL (PostgreSQL text cannot hold one: it would be a 500)
+    return username, password
 
 
 class TooManyAttempts(Exception):
@@ -291,7 +291,9 @@ class Authenticator:
         username, password = credentials
         now = time.monotonic()
         address = address_key(remote)
-        pair = f"{username}\x00{address}"
+        # a user name may be kilobytes long: the throttle keeps a short digest of it, so its
+        # memory is bounded by its entry count alone
+        pair = hashlib.blake2b(username.encode(), digest_size=12).hexdigest() + " " + address
         # before the cache: a throttled client must not learn that a guess was right
         wait = max(self.addresses.wait(address, now), self.pairs.wait(pair, now))
         if wait > 0:
@@ -396,12 +398,20 @@ async def ensure_admin(
     if existing is None:
         generated = not password
         secret = password or secrets.token_urlsafe(18)
+        path = data_dir / "initial-admin-password"
+        if generated:
+            # written before the operator exists: a password nobody can read locks everyone out
+            try:
+                _write_secret(path, secret)
+            except OSError as exc:
+                raise SystemExit(
+                    f"controller: cannot write the initial admin password to {path}: {exc}; "
+                    "fix the data directory or set PICKET_ADMIN_PASSWORD; exiting"
+                ) from None
         await store.create_operator(
             str(uuid.uuid4()), ADMIN_USERNAME, "Administrator", hash_password(secret), True
         )
         if generated:
-            path = data_dir / "initial-admin-password"
-            _write_secret(path, secret)
             log.info("operator %r created; its password is in %s", ADMIN_USERNAME, path)
         else:
             log.info("operator %r created with PICKET_ADMIN_PASSWORD", ADMIN_USERNAME)

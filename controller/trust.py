@@ -9,11 +9,9 @@ per agent so the check is two dict lookups and a scan of (usually) one interval.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
 import time
-import unicodedata
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,15 +21,19 @@ from pydantic import Field, ValidationError, field_validator
 
 from controller.metrics import ControllerMetrics
 from shared import topics
-from shared.messages import CheckResult, Hello, ResultBatch
+from shared.messages import (
+    MAX_ADDRESSES,
+    CheckResult,
+    Hello,
+    ResultBatch,
+    canonical_addresses,
+    place_name,
+)
 
 log = logging.getLogger(__name__)
 
-MAX_ADDRESSES = 16  # per family, per server
 MAX_PROBE_TYPES = 64
 PROBE_TYPE_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,39}$")
-# punctuation allowed in checkpoint and region names besides letters, digits and spaces
-NAME_PUNCTUATION = frozenset(" .,_-()'/&+")
 MAX_CAPACITY = 100_000
 
 # the agent's clock against the controller's, and the time an assignment or its removal takes
@@ -41,6 +43,9 @@ CLOCK_GRACE_US = 60_000_000
 MAX_PENDING_RUNS = 100_000
 RUN_TTL_SECONDS = 3600.0
 LOG_EVERY_SECONDS = 10.0
+# (agent, reason) pairs whose last refusal line is remembered; the topic's agent id is the
+# broker's to bind, and a broker that lets anyone publish must not grow this without end
+MAX_LOGGED_KEYS = 10_000
 MAX_EPOCH_SECONDS = 2**62 / 1e6  # times are stored as 64-bit microseconds
 REASONS = {
     "bad_time": "its scheduled or start time is not a time",
@@ -56,48 +61,13 @@ class HelloRefused(ValueError):
         self.reason = reason
 
 
-def _name(value: str) -> str:
-    if value != value.strip():
-        raise ValueError("must not start or end with white space")
-    bad = [ch for ch in value if not (ch.isalnum() or ch in NAME_PUNCTUATION)]
-    if bad:
-        shown = ", ".join(sorted({repr(ch) for ch in bad})[:5])
-        raise ValueError(
-            f"letters, digits, spaces and {''.join(sorted(NAME_PUNCTUATION))} only (not {shown})"
-        )
-    return unicodedata.normalize("NFC", value)
-
-
-def _addresses(values: list[Any], version: int) -> list[str]:
-    if len(values) > MAX_ADDRESSES:
-        raise ValueError(f"at most {MAX_ADDRESSES} addresses")
-    canonical: list[str] = []
-    for value in values:
-        if not isinstance(value, str) or len(value) > 64:
-            raise ValueError(f"{value!r} is not an IPv{version} address")
-        try:
-            address = ipaddress.ip_address(value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not an IPv{version} address") from None
-        if address.version != version:
-            raise ValueError(f"{value!r} is not an IPv{version} address")
-        if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
-            raise ValueError(f"{value!r} has a scope id (link-local names are not published)")
-        if address.is_unspecified or address.is_multicast:
-            raise ValueError(f"{value!r} is not a unicast address")
-        text = str(address)
-        if text not in canonical:
-            canonical.append(text)
-    return canonical
-
-
 def published_addresses(values: list[Any], version: int) -> list[str]:
     """The valid addresses among stored ones, canonical: a row written before hellos were
     validated must not put junk in the public address lists either."""
     kept: list[str] = []
     for value in values[:MAX_ADDRESSES]:
         try:
-            kept.extend(_addresses([value], version))
+            kept.extend(canonical_addresses([value], version))
         except ValueError:
             continue
     return list(dict.fromkeys(kept))
@@ -116,24 +86,22 @@ class ValidHello(Hello):
     @field_validator("agent")
     @classmethod
     def _agent(cls, value: str) -> str:
-        if not topics.AGENT_ID_PATTERN.fullmatch(value):
-            raise ValueError("1-64 characters: letters, digits, '.', '_' and '-'")
-        return value
+        return topics.agent_id(value)
 
     @field_validator("checkpoint", "region")
     @classmethod
     def _names(cls, value: str) -> str:
-        return _name(value)
+        return place_name(value)
 
     @field_validator("ipv4")
     @classmethod
     def _ipv4(cls, values: list[str]) -> list[str]:
-        return _addresses(values, 4)
+        return canonical_addresses(values, 4)
 
     @field_validator("ipv6")
     @classmethod
     def _ipv6(cls, values: list[str]) -> list[str]:
-        return _addresses(values, 6)
+        return canonical_addresses(values, 6)
 
     @field_validator("version")
     @classmethod
@@ -317,6 +285,8 @@ class Acceptance:
         if now - last < LOG_EVERY_SECONDS:
             self._logged[key] = (last, suppressed + 1)
             return
+        if key not in self._logged and len(self._logged) >= MAX_LOGGED_KEYS:
+            self._logged.clear()  # at worst one more line per agent and reason
         self._logged[key] = (now, 0)
         log.warning(
             "agent %s: result %s for monitor %s (scheduled %.3f) refused: %s "

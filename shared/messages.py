@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import unicodedata
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
@@ -15,6 +17,50 @@ VERSION = 1
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
     v: Literal[1] = 1
+
+
+MAX_ADDRESSES = 16  # per family, per agent
+# punctuation allowed in checkpoint and region names besides letters, digits and spaces
+NAME_PUNCTUATION = frozenset(" .,_-()'/&+")
+
+
+def place_name(value: str) -> str:
+    """A checkpoint or region name as a hello may carry it (the agent checks its own at start,
+    the controller every hello): ValueError says what is wrong."""
+    if value != value.strip():
+        raise ValueError("must not start or end with white space")
+    bad = [ch for ch in value if not (ch.isalnum() or ch in NAME_PUNCTUATION)]
+    if bad:
+        shown = ", ".join(sorted({repr(ch) for ch in bad})[:5])
+        raise ValueError(
+            f"letters, digits, spaces and {''.join(sorted(NAME_PUNCTUATION))} only (not {shown})"
+        )
+    return unicodedata.normalize("NFC", value)
+
+
+def canonical_addresses(values: list[Any], version: int) -> list[str]:
+    """Addresses of one IP version as published: unicast, no scope id, at most MAX_ADDRESSES,
+    in canonical form; ValueError names the first that is not."""
+    if len(values) > MAX_ADDRESSES:
+        raise ValueError(f"at most {MAX_ADDRESSES} addresses")
+    canonical: list[str] = []
+    for value in values:
+        if not isinstance(value, str) or len(value) > 64:
+            raise ValueError(f"{value!r} is not an IPv{version} address")
+        try:
+            address = ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv{version} address") from None
+        if address.version != version:
+            raise ValueError(f"{value!r} is not an IPv{version} address")
+        if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+            raise ValueError(f"{value!r} has a scope id (link-local names are not published)")
+        if address.is_unspecified or address.is_multicast:
+            raise ValueError(f"{value!r} is not a unicast address")
+        text = str(address)
+        if text not in canonical:
+            canonical.append(text)
+    return canonical
 
 
 class Hello(Message):

@@ -14,10 +14,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SerializerFunctionWrapHandler,
     ValidationInfo,
     field_validator,
-    model_serializer,
     model_validator,
 )
 
@@ -26,6 +24,7 @@ from shared.msa import (
     MsaScript,
     MsaStep,
     PredefinedVariable,
+    SecretFlagWhenSet,
     UserDefinedFunction,
     parse_script,
 )
@@ -40,17 +39,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
 
-class RequestHeader(_Strict):
+class RequestHeader(_Strict, SecretFlagWhenSet):
     Name: Annotated[str, Field(min_length=1, max_length=256)]
     Value: str = ""
-    IsSecret: bool = False  # Picket: write-only like the credential headers (shared.secrets)
-
-    @model_serializer(mode="wrap")
-    def _flag_only_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        shown: dict[str, Any] = handler(self)
-        if not self.IsSecret:
-            shown.pop("IsSecret", None)  # Uptrends' {Name, Value} unless flagged
-        return shown
+    IsSecret: bool = False  # Picket (SecretFlagWhenSet)
 
     @field_validator("Name")
     @classmethod
@@ -210,9 +202,10 @@ class MonitorBase(_Strict):
         return secrets.redact(definition)
 
     @classmethod
-    def keep_secrets(cls, new: dict[str, Any], old: dict[str, Any]) -> None:
-        """Secrets sent back as `******` or left out keep their stored values (shared.secrets)."""
-        secrets.keep(new, old)
+    def keep_secrets(cls, new: dict[str, Any], old: dict[str, Any], patch: bool = False) -> None:
+        """Secrets sent back as `******` or left out keep their stored values while their URL
+        points where it did (shared.secrets); `patch`: fields left out stay as stored."""
+        secrets.keep(new, old, patch)
 
 
 TlsVersionName = Literal[
@@ -250,6 +243,11 @@ class HttpMonitor(MonitorBase):
     ClientCertificateKey: str = ""
     ErrorConditions: list[ErrorCondition] = Field(default_factory=list)
 
+    @field_validator("Password")
+    @classmethod
+    def _password_not_mask(cls, password: str) -> str:
+        return secrets.not_mask(password)
+
     @field_validator("Username")
     @classmethod
     def _user_for_auth(cls, username: str, info: ValidationInfo) -> str:
@@ -286,6 +284,8 @@ class HttpMonitor(MonitorBase):
             raise ValueError(f"must be an absolute {scheme}:// URL")
         if match.group(1).lower() != scheme:
             raise ValueError(f"a {monitor_type} monitor needs a {scheme}:// URL")
+        if secrets.userinfo(url) == secrets.MASK:
+            raise ValueError(f"userinfo {secrets.RESEND}")
         return url
 
 

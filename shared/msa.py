@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from shared import jsonin, regex
+from shared import jsonin, regex, secrets
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_.\-]+)\s*\}\}")
 
@@ -96,18 +96,36 @@ class ApiAuthenticationInfo(_Lenient):
     Password: str = ""  # write-only (shared.secrets)
     PasswordSpecified: bool = False
 
+    @field_validator("Password")
+    @classmethod
+    def _password_not_mask(cls, password: str) -> str:
+        return secrets.not_mask(password)
 
-class HeaderValue(_Lenient):
-    Key: Annotated[str, Field(min_length=1)]
-    Value: str = ""
-    IsSecret: bool = False  # Picket: write-only like the credential headers (shared.secrets)
+
+class SecretFlagWhenSet(BaseModel):
+    """A request header whose Picket field `IsSecret` (write-only like the credential headers,
+    shared.secrets) is shown only when set: Uptrends' own shape otherwise. A credential's
+    value may not be `******` (what a kept secret is sent as; kept only where it went)."""
+
+    @model_validator(mode="after")
+    def _value_not_mask(self) -> Any:
+        name = str(getattr(self, "Name", None) or getattr(self, "Key", ""))
+        if secrets.is_secret_header(name, getattr(self, "IsSecret", False)):
+            secrets.not_mask(getattr(self, "Value", ""))
+        return self
 
     @model_serializer(mode="wrap")
     def _flag_only_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         shown: dict[str, Any] = handler(self)
-        if not self.IsSecret:
-            shown.pop("IsSecret", None)  # Uptrends' {Key, Value} unless flagged
+        if not getattr(self, "IsSecret", False):
+            shown.pop("IsSecret", None)
         return shown
+
+
+class HeaderValue(_Lenient, SecretFlagWhenSet):
+    Key: Annotated[str, Field(min_length=1)]
+    Value: str = ""
+    IsSecret: bool = False  # Picket (SecretFlagWhenSet)
 
 
 class MsaStep(_Lenient):
@@ -141,6 +159,8 @@ class MsaStep(_Lenient):
             raise ValueError("is required for an HttpRequest step")
         if url and not re.match(r"(?i)(https?://|\{\{)", url):
             raise ValueError("must start with http://, https:// or a {{variable}}")
+        if secrets.userinfo(url) == secrets.MASK:
+            raise ValueError(f"userinfo {secrets.RESEND}")
         return url
 
 

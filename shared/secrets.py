@@ -70,11 +70,41 @@ def mask_url(url: str) -> str:
     return f"{match.group(1)}{MASK}@{url[match.end() :]}"
 
 
-def keep_url(new: str, old: str) -> str:
-    """A URL sent back with `******` as its userinfo gets the stored URL's userinfo."""
+def origin(url: Any) -> str:
+    """Where a URL sends its credentials: scheme and authority without userinfo, lower case,
+    as written (`{{base}}` for a URL made from a variable); "" for no URL."""
+    if not isinstance(url, str):
+        return ""
+    scheme, sep, rest = url.strip().partition("://")
+    if not sep:
+        scheme, rest = "", url.strip()
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0].rpartition("@")[2]
+    return f"{scheme.lower()}://{authority.lower()}"
+
+
+# a stored secret is kept only for the scheme, host and port it was set for: otherwise anyone
+# allowed to edit a monitor could point it at a server of theirs and receive its credentials
+RESEND = (
+    "is ******, which only keeps a stored secret while the URL keeps its scheme, host and "
+    "port: send the secret itself"
+)
+
+
+def not_mask(value: str) -> str:
+    """A secret field's value, refused if it is the mask (nothing stored was kept for it)."""
+    if value == MASK:
+        raise ValueError(RESEND)
+    return value
+
+
+def keep_url(new: str, old: str, moved: bool = False) -> str:
+    """A URL sent back with `******` as its userinfo gets the stored URL's userinfo, if it
+    still points where the stored one did (else the mask stays and validation refuses it)."""
     match = _USERINFO.match(new)
     stored = userinfo(old)
     if match is None or match.group(2) != MASK or not stored:
+        return new
+    if moved or origin(new) != origin(old):
         return new
     return f"{match.group(1)}{stored}@{new[match.end() :]}"
 
@@ -183,8 +213,9 @@ def _kept(holder: dict[str, Any], key: str) -> bool:
     return key not in holder or holder[key] == MASK
 
 
-def _keep_headers(new: Any, old: Any) -> None:
-    """Headers are matched by name (any case), the n-th of a name with the n-th stored."""
+def _keep_headers(new: Any, old: Any, moved: bool) -> None:
+    """Headers are matched by name (any case), the n-th of a name with the n-th stored; when
+    the URL `moved` elsewhere a kept secret becomes the mask (refused by validation)."""
     stored: dict[str, list[dict[str, Any]]] = {}
     for header in _dicts(old):
         stored.setdefault(_header_name(header).lower(), []).append(header)
@@ -198,7 +229,7 @@ def _keep_headers(new: Any, old: Any) -> None:
             continue
         before = candidates[index]
         if _header_is_secret(before) and before.get("Value"):
-            header["Value"] = before["Value"]
+            header["Value"] = MASK if moved else before["Value"]
             if before.get("IsSecret") is True:
                 header["IsSecret"] = True  # a kept secret stays one
 
@@ -231,20 +262,32 @@ def _step_matches(new: list[dict[str, Any]], old: list[dict[str, Any]]) -> list[
     return matches
 
 
-def _keep_steps(new: Any, old: Any) -> None:
+def _variable_sources(holder: dict[str, Any]) -> str:
+    """What the variables of a script come from: predefined values, and each step's URL (its
+    userinfo masked) and extraction rules."""
+    steps = [(_redact_url(s.get("Url")), s.get("Variables")) for s in _dicts(holder["MsaSteps"])]
+    return json.dumps([holder.get("PredefinedVariables"), steps], sort_keys=True, default=str)
+
+
+def _keep_steps(new: Any, old: Any, sources_changed: bool) -> None:
+    """`sources_changed`: a step whose URL takes its host from a variable (`{{base}}/login`)
+    counts as pointed elsewhere when what its variables come from changed."""
     steps = _dicts(new)
     for step, before in zip(steps, _step_matches(steps, _dicts(old)), strict=True):
         if before is None:
             continue
+        was = origin(before.get("Url"))
+        moved = origin(step.get("Url", before.get("Url"))) != was
+        moved = moved or ("{{" in was and sources_changed)
         if isinstance(step.get("Url"), str) and isinstance(before.get("Url"), str):
-            step["Url"] = keep_url(step["Url"], before["Url"])
+            step["Url"] = keep_url(step["Url"], before["Url"], moved)
         if "RequestHeaders" in step:
-            _keep_headers(step["RequestHeaders"], before.get("RequestHeaders"))
+            _keep_headers(step["RequestHeaders"], before.get("RequestHeaders"), moved)
         auth, stored = step.get("Authentication"), before.get("Authentication")
         if not (isinstance(auth, dict) and isinstance(stored, dict)):
             continue
         if stored.get("Password") and _kept(auth, "Password"):
-            auth["Password"] = stored["Password"]
+            auth["Password"] = MASK if moved else stored["Password"]
 
 
 def _keep_functions(new: Any, old: Any) -> None:
@@ -260,21 +303,41 @@ def _keep_functions(new: Any, old: Any) -> None:
 
 def _keep_msa(new: dict[str, Any], old: dict[str, Any]) -> None:
     if "MsaSteps" in new:
-        _keep_steps(new["MsaSteps"], old.get("MsaSteps"))
+        merged = {**old, **new}  # a PATCH leaves PredefinedVariables as they are
+        changed = _variable_sources(merged) != _variable_sources({"MsaSteps": [], **old})
+        _keep_steps(new["MsaSteps"], old.get("MsaSteps"), changed)
     if "UserDefinedFunctions" in new:
         _keep_functions(new["UserDefinedFunctions"], old.get("UserDefinedFunctions"))
 
 
-def keep(new: dict[str, Any], old: dict[str, Any]) -> None:
+def keep(new: dict[str, Any], old: dict[str, Any], patch: bool = False) -> None:
     """Fill the secrets of a PUT or PATCH body (`new`) that were sent as `******` or left out
-    from the stored definition (`old`); `""` clears. Changes `new` in place."""
+    from the stored definition (`old`); `""` clears. A credential is kept only while the URL
+    it goes to keeps its scheme, host and port; otherwise it is set to `******`, which
+    validation refuses (`not_mask`): it must be sent again. `patch`: what `new` leaves out
+    stays as stored, so stored credential headers are checked too. Changes `new` in place."""
+    moved = origin(new.get("Url", old.get("Url"))) != origin(old.get("Url"))
+    stored_headers = old.get("RequestHeaders")
+    if patch and moved and "RequestHeaders" not in new and isinstance(stored_headers, list):
+        # the stored headers stay: their credentials count as left out (kept, so checked)
+        new["RequestHeaders"] = [
+            {k: v for k, v in h.items() if not (k == "Value" and _header_is_secret(h))}
+            if isinstance(h, dict)
+            else h
+            for h in stored_headers
+        ]
     for name in SECRET_FIELDS:
         if _kept(new, name) and name in old:
-            new[name] = old[name]
+            # a client key is never sent to the server (TLS proves it by a signature)
+            sent = name == "Password"
+            new[name] = MASK if moved and sent and old[name] else old[name]
     if isinstance(new.get("Url"), str) and isinstance(old.get("Url"), str):
         new["Url"] = keep_url(new["Url"], old["Url"])
     if "RequestHeaders" in new:
-        _keep_headers(new["RequestHeaders"], old.get("RequestHeaders"))
+        _keep_headers(new["RequestHeaders"], old.get("RequestHeaders"), moved)
+    if patch and "MsaSteps" not in new and "PredefinedVariables" in new and "MsaSteps" in old:
+        # the stored steps stay, their credentials as if sent back masked: checked too
+        new["MsaSteps"] = _redact_steps(json.loads(json.dumps(old["MsaSteps"])))
     _keep_msa(new, old)
     script = _parsed_script(new.get(SCRIPT_FIELD))
     if script is not None:

@@ -44,8 +44,8 @@ S = TypeVar("S", bound=PicketSettings)
 # One line per setting for `--help` (a field's own `description` wins). A setting without
 # one is caught by tests/unit/test_cli.py.
 DESCRIPTIONS: dict[str, str] = {
-    "data_dir": "directory for the SQLite database, the agent's outbox, broker files and the "
-    "initial admin password",
+    "data_dir": "directory for the SQLite database, the agent's outbox and saved assignments, "
+    "broker files and the initial admin password",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "broker_url": "MQTT broker: mqtt://[user:password@]host[:port], mqtts:// for TLS",
     "database_url": "SQLAlchemy URL of the database; empty: SQLite in the data directory",

@@ -8,6 +8,13 @@ PREFIX = "picket/v1"
 AGENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
+def agent_id(value: str) -> str:
+    """An agent id fit to be a topic level (the agent's setting, a hello's field)."""
+    if not AGENT_ID_PATTERN.fullmatch(value):
+        raise ValueError("1-64 characters: letters, digits, '.', '_' and '-'")
+    return value
+
+
 def hello(agent: str) -> str:
     return f"{PREFIX}/agents/{agent}/hello"
 

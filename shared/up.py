@@ -41,6 +41,7 @@ class UpSettings(PicketSettings):
 RESTART_PAUSE_FIRST = 0.5
 RESTART_PAUSE_MAX = 30.0
 LAST_LINES = 5  # of a dead child's own output, in the log
+LINE_LIMIT = 2**16  # asyncio's default for a child's output line
 
 
 class GaveUp(Exception):
@@ -92,6 +93,7 @@ class Child:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            limit=LINE_LIMIT,
             start_new_session=True,  # a terminal's Ctrl-C reaches `picket up` only
             preexec_fn=_die_with_parent,
         )
@@ -99,7 +101,15 @@ class Child:
 
     async def _forward(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
-        async for raw in proc.stdout:
+        while True:
+            try:
+                raw = await proc.stdout.readline()
+            except ValueError:
+                # a line over the stream's limit (64 KiB): asyncio has dropped it; go on, or
+                # the child would block on a full pipe and this supervisor would die with it
+                raw = f"(a line of more than {LINE_LIMIT} bytes left out)".encode()
+            if not raw:
+                return
             line = raw.decode(errors="replace").rstrip()
             self.tail.append(line)
             sys.stderr.write(f"[{self.name}] {line}\n")
@@ -186,6 +196,25 @@ async def _wait_for_port(host: str, port: int, child: Child | None, deadline: fl
     return False
 
 
+async def _api_answers(host: str, port: int, deadline: float) -> bool:
+    """True once the controller's own index answers on its API port (another program
+    listening there is not Picket); False at the deadline."""
+    while time.monotonic() < deadline:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2)
+            try:
+                writer.write(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+                answer = await asyncio.wait_for(reader.read(4096), 2)
+            finally:
+                writer.close()
+            if b'"Name": "Picket"' in answer:
+                return True
+        except (OSError, TimeoutError):
+            pass
+        await asyncio.sleep(0.2)
+    return False
+
+
 def find_mosquitto() -> str | None:
     # Debian installs it in /usr/sbin, which is not on every user's PATH
     return shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
@@ -193,7 +222,11 @@ def find_mosquitto() -> str | None:
 
 async def supervise(settings: UpSettings) -> int:
     data_dir = settings.data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.error("cannot use the data directory %s: %s; exiting", data_dir, exc)
+        return 1
     host, port = parse_listen(settings.embedded_broker_listen, 18830)
     kind = settings.embedded_broker
     mosquitto = find_mosquitto()
@@ -223,7 +256,11 @@ async def supervise(settings: UpSettings) -> int:
     env.setdefault("PICKET_REGION", "Local")
     if kind == "mosquitto":
         assert mosquitto is not None
-        config = mosquitto_config(data_dir / "broker", host, port)
+        try:
+            config = mosquitto_config(data_dir / "broker", host, port)
+        except OSError as exc:
+            log.error("cannot write the broker's files in %s: %s; exiting", data_dir, exc)
+            return 1
         broker = Child("broker", [mosquitto, "-c", str(config)], env)
     else:
         argv = [sys.executable, "-m", "controller.embedded_broker", settings.embedded_broker_listen]
@@ -260,7 +297,7 @@ async def supervise(settings: UpSettings) -> int:
     # the controller answers on its API port once migrated and its admin exists: only then is
     # Picket up (a newcomer's next step reads the password file)
     stopper = asyncio.create_task(_until(stop))  # a Ctrl-C meanwhile is not kept waiting
-    answering = asyncio.create_task(_wait_for_port(api_host, api_port, None, time.monotonic() + 60))
+    answering = asyncio.create_task(_api_answers(api_host, api_port, time.monotonic() + 60))
     await asyncio.wait([stopper, answering, *keepers], return_when=asyncio.FIRST_COMPLETED)
     answering.cancel()
     with contextlib.suppress(asyncio.CancelledError):

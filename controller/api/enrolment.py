@@ -27,7 +27,7 @@ from controller.api.common import (
     principal,
 )
 from controller.dynsec import BrokerAdminError
-from controller.trust import _name
+from shared.messages import place_name
 from shared.timefmt import iso
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ ENROL_PATH = PREFIX + "/Enrolment"
 PUBLIC_PATHS = frozenset({ENROL_PATH})
 MAX_MINUTES = 30 * 24 * 60
 
-Name = Annotated[str, Field(min_length=1, max_length=100), AfterValidator(_name)]
+Name = Annotated[str, Field(min_length=1, max_length=100), AfterValidator(place_name)]
 
 
 class TokenRequest(BaseModel):

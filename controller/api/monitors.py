@@ -210,7 +210,7 @@ async def update_monitor(request: web.Request) -> web.Response:
         _check_body_guid(body, current.guid)
         if body.get("MonitorType", current.monitor_type) != current.monitor_type:
             fail(400, "MonitorType: cannot be changed", "MonitorType")
-        _model(current.monitor_type).keep_secrets(body, current.definition)
+        _model(current.monitor_type).keep_secrets(body, current.definition, patch=True)
         merged = {**current.definition, **body}
         # switching between minutes and seconds: the field sent wins
         if "CheckInterval" in body and "CheckIntervalSeconds" not in body:

@@ -24,7 +24,7 @@ def masked(url: str) -> str:
     """The URL for logs: its password replaced by ***."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
+    except (sa.exc.ArgumentError, ValueError):  # ValueError: a port that is not a number
         return "<unparsable database URL>"
 
 
@@ -39,8 +39,9 @@ async def open_store(url: str, wait_seconds: float) -> Store:
     shown = masked(url)
     try:
         make_url(url)
-    except sa.exc.ArgumentError as exc:
-        raise DatabaseUnusable(f"the database URL is not valid: {exc}") from None
+    except (sa.exc.ArgumentError, ValueError) as exc:
+        # SQLAlchemy's words never quote the URL (its password); a bad port is a ValueError
+        raise DatabaseUnusable(f"the database URL {shown} is not valid: {exc}") from None
     deadline = time.monotonic() + wait_seconds
     delay = 0.5
     last = ""

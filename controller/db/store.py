@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -264,7 +265,11 @@ class Store:
             path = url.split(":///", 1)[-1]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            engine = create_async_engine(url, connect_args={"timeout": 30})
+                # it holds monitor secrets: readable by its owner only (SQLite gives its -wal
+                # and -shm files the database file's mode)
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+            # hide_parameters: an error's text must not quote a definition (its secrets) into a log
+            engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
 
             @event.listens_for(engine.sync_engine, "connect")
             def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -281,6 +286,7 @@ class Store:
                 pool_size=10,
                 max_overflow=10,
                 pool_pre_ping=True,
+                hide_parameters=True,
                 connect_args={"timeout": 10},  # a server that does not answer is "unavailable"
             )
         store = cls(engine)

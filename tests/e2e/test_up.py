@@ -24,32 +24,14 @@ pytestmark = pytest.mark.e2e
 async def test_picket_up(
     broker: str, tmp_path: Path, target: Target, http: aiohttp.ClientSession
 ) -> None:
-    if broker == "mosquitto" and not (
-        shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()
-    ):
+    if broker == "mosquitto" and not _has_mosquitto():
         pytest.fail("mosquitto is not installed (.ci/run installs it)")
     data_dir = tmp_path / "data"
-    api_port, metrics_port, broker_port = free_port(), free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PICKET_")}
-    env.update(
-        {
-            "PICKET_DATA_DIR": str(data_dir),
-            "PICKET_EMBEDDED_BROKER": broker,
-            "PICKET_EMBEDDED_BROKER_LISTEN": f"127.0.0.1:{broker_port}",
-            "PICKET_API_LISTEN": f"127.0.0.1:{api_port}",
-            "PICKET_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
+    api_port, metrics_port = free_port(), free_port()
+    env = _up_env(tmp_path, broker, api_port=api_port, metrics_port=metrics_port)
+    del env["PICKET_ADMIN_PASSWORD"]  # the generated one, as a newcomer gets it
     log_path = tmp_path / "up.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "up"],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    proc = _start_up(env, log_path)
     try:
         password_file = data_dir / "initial-admin-password"
 
@@ -122,10 +104,13 @@ async def test_picket_up_gives_up_on_a_child_that_keeps_failing(tmp_path: Path) 
     # its own words: the controller's line about the port, not another process's
     assert f"  [controller] controller: cannot listen on 127.0.0.1:{api_port}" in err, err
     assert "it failed 3 times within 60s; stopping the rest" in err, err
+    assert "Picket is up" not in err, err  # another program on the API port is not Picket
     assert "Traceback" not in err, err
 
 
-def _up_env(tmp_path: Path, broker: str, api_port: int | None = None) -> dict[str, str]:
+def _up_env(
+    tmp_path: Path, broker: str, api_port: int | None = None, metrics_port: int | None = None
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PICKET_")}
     env.update(
         {
@@ -133,12 +118,24 @@ def _up_env(tmp_path: Path, broker: str, api_port: int | None = None) -> dict[st
             "PICKET_EMBEDDED_BROKER": broker,
             "PICKET_EMBEDDED_BROKER_LISTEN": f"127.0.0.1:{free_port()}",
             "PICKET_API_LISTEN": f"127.0.0.1:{api_port or free_port()}",
-            "PICKET_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
+            "PICKET_METRICS_LISTEN": f"127.0.0.1:{metrics_port or free_port()}",
             "PICKET_ADMIN_PASSWORD": "up-test-password",
             "PYTHONUNBUFFERED": "1",
         }
     )
     return env
+
+
+def _start_up(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """`picket up` from the repository, its output (all children's too) in `log_path`."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", "up"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _child_pid(parent: int, marker: str) -> int | None:
@@ -167,14 +164,7 @@ async def test_picket_up_restarts_a_killed_child(
     env = _up_env(tmp_path, "mosquitto" if _has_mosquitto() else "amqtt")
     api = Api(http, f"http://{env['PICKET_API_LISTEN']}", "admin", "up-test-password")
     log_path = tmp_path / "up.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "up"],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    proc = _start_up(env, log_path)
     try:
 
         async def registered() -> bool:

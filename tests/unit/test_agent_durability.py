@@ -82,7 +82,7 @@ async def test_a_full_outbox_drops_the_oldest_counts_and_says_so(
     kept = agent.outbox.results
     dropped = _sample(agent, "picket_agent_outbox_dropped_results_total", reason="outbox_full")
     assert kept + dropped == 20 and dropped >= 12
-    assert "the outbox is full" in caplog.text and "dropped the oldest" in caplog.text
+    assert "the outbox is full" in caplog.text and "dropped" in caplog.text
     remaining = [
         r.uid
         for path in _outbox_files(agent)

@@ -251,3 +251,48 @@ def test_failures_count_against_an_ipv4_address_or_an_ipv6_64() -> None:
     assert address_key("2001:db8:1:3::1") != address_key("2001:db8:1:2::1")
     assert address_key("fe80::1%eth0") == "fe80::/64"
     assert address_key(None) == "-"
+
+
+async def test_the_throttle_keeps_a_short_key_for_a_long_user_name(
+    make_server: ServerFactory,
+) -> None:
+    """A failed login with a user name of kilobytes costs the throttle a short key: its
+    memory is bounded by its entry limit, not by what clients send."""
+    server = await make_server()
+    status, _, _ = await server.get("u" * 6000, "wrong")
+    assert status == 401
+    keys = list(server.ctl.auth.pairs._buckets)
+    assert len(keys) == 1 and len(keys[0]) < 100, [len(k) for k in keys]
+
+
+async def test_register_while_every_password_check_is_busy_is_429_not_500(
+    make_server: ServerFactory,
+) -> None:
+    """Register hashes the new account's password in the pool: with every slot taken it is
+    429 with Retry-After, as docs/api.md says, not an internal error."""
+    server = await make_server(max_password_checks=1)
+    assert (await server.get("admin", PASSWORD))[0] == 200  # remembered: no slot needed
+    async with (
+        server.ctl.auth.checker.slot(),
+        server.session().post(
+            server.url("/api/v4/Register"), headers=basic("admin", PASSWORD)
+        ) as resp,
+    ):
+        body = await resp.json()
+        assert resp.status == 429, body
+        assert int(resp.headers["Retry-After"]) >= 1
+    async with server.session().post(
+        server.url("/api/v4/Register"), headers=basic("admin", PASSWORD)
+    ) as resp:
+        assert resp.status == 201, await resp.text()
+
+
+async def test_a_name_or_password_with_a_nul_is_401(
+    database_url: str, make_server: ServerFactory
+) -> None:
+    """PostgreSQL text cannot hold NUL: looking such a name up failed, and answered 500."""
+    server = await make_server(database_url=database_url)
+    for user, password in (("ad\x00min", "x"), ("admin", "pass\x00word")):
+        status, body, _ = await server.get(user, password)
+        assert status == 401, body
+    assert (await server.get("admin", PASSWORD))[0] == 200

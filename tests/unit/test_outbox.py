@@ -4,6 +4,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from agent.outbox import Outbox, PendingBatch, encode_results
 from shared.messages import CheckResult, ResultBatch
 
@@ -91,7 +93,12 @@ def _sized(n: int, body_bytes: int) -> dict[str, object]:
 
 def test_the_outbox_is_bounded_on_disk_and_drops_the_oldest(tmp_path: Path) -> None:
     drops: list[tuple[int, int]] = []
-    box = Outbox(tmp_path, "a1", max_bytes=5 * 4096, on_drop=lambda r, b: drops.append((r, b)))
+
+    def on_drop(reason: str, results: int, batches: int) -> None:
+        assert reason == "outbox_full"
+        drops.append((results, batches))
+
+    box = Outbox(tmp_path, "a1", max_bytes=5 * 4096, on_drop=on_drop)
     batches = [box.add(encode_results([_sized(n, 5000)] * 2), 2) for n in range(4)]
     # each batch takes 3 blocks (≈ 10 KB): two fit, the third and fourth push the oldest out
     assert box.bytes <= box.max_bytes and len(box) == 1
@@ -101,7 +108,7 @@ def test_the_outbox_is_bounded_on_disk_and_drops_the_oldest(tmp_path: Path) -> N
     assert [p.name for p in on_disk] == [batches[-1].path.name]
     assert sum(p.stat().st_size for p in on_disk) <= box.max_bytes
     # a lower bound after a restart applies at once
-    Outbox(tmp_path, "a1", max_bytes=4096, on_drop=lambda r, b: drops.append((r, b)))
+    Outbox(tmp_path, "a1", max_bytes=4096, on_drop=on_drop)
     assert drops[-1] == (2, 1) and not list(tmp_path.glob("*.json"))
 
 
@@ -194,3 +201,58 @@ def test_a_long_body_alone_is_trimmed_not_removed() -> None:
     cut = CheckResult.model_validate_json(fit_result(big, 16_384))
     assert cut.response_body and 1000 < len(cut.response_body) < 16_384
     assert "response body cut to" in cut.warnings[-1]
+
+
+def test_a_batch_that_cannot_be_rewritten_waits_before_the_next_try(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An oversized batch from before must be rewritten; while the disk refuses, it is due
+    again only after the resend time (else the send loop spun on it, logging each turn)."""
+    import errno
+
+    import agent.outbox
+
+    box = Outbox(tmp_path, "a1")
+    _add(box, *(_sized(n, 3000) for n in range(20)))
+    reopened = Outbox(tmp_path, "a1", max_message_bytes=16_384)
+    (old,) = reopened.due(time.monotonic(), resend_after=10, limit=10)
+
+    def disk_full(path: Path, data: bytes) -> None:  # reads work, writes do not
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(agent.outbox, "_write_atomically", disk_full)
+        assert reopened.payload(old) is None
+    assert reopened.due(time.monotonic(), resend_after=10, limit=10) == []
+    assert reopened.results == 20  # nothing lost
+    (again,) = reopened.due(time.monotonic() + 11, resend_after=10, limit=10)
+    assert reopened.payload(again) is None  # rewritten now: its results are in new batches
+    assert len(reopened.due(time.monotonic() + 11, resend_after=10, limit=100)) > 1
+
+
+def test_a_batch_unreadable_for_a_while_is_kept_not_set_aside(tmp_path: Path) -> None:
+    """A read that fails (no file descriptor left, an I/O error) does not make a good batch
+    bad: it stays in the outbox, is tried again later, and is sent then."""
+    box = Outbox(tmp_path, "a1")
+    batch = _add(box, _sized(1, 100))
+    data = batch.path.read_bytes()
+    batch.path.unlink()
+    batch.path.mkdir()  # reading it fails for now (IsADirectoryError)
+    assert box.payload(batch) is None
+    assert box.results == 1 and not list(tmp_path.glob("*.bad"))
+    assert box.due(time.monotonic(), resend_after=10, limit=10) == []  # not at once
+    batch.path.rmdir()
+    batch.path.write_bytes(data)
+    (again,) = box.due(time.monotonic() + 11, resend_after=10, limit=10)
+    assert box.payload(again) == data
+
+
+def test_a_corrupt_batch_set_aside_is_counted_as_dropped(tmp_path: Path) -> None:
+    dropped: list[tuple[str, int, int]] = []
+    box = Outbox(tmp_path, "a1")
+    batch = _add(box, _result(1), _result(2))
+    reopened = Outbox(tmp_path, "a1", on_drop=lambda *d: dropped.append(d))
+    batch.path.write_bytes(b'{"not": "a batch"}')  # its name still says 2 results
+    (loaded,) = reopened.due(time.monotonic(), resend_after=10, limit=10)
+    assert reopened.payload(loaded) is None
+    assert dropped == [("unreadable", 2, 1)] and reopened.results == 0

@@ -111,8 +111,12 @@ async def test_ingest_is_not_held_up_by_a_retention_pass(ctl: Controller) -> Non
     ctl.retention.batch_rows = 1000
     task = asyncio.create_task(ctl.retention.run_once())
     try:
-        while await _count(ctl.store, guid) == 3000:
-            await asyncio.sleep(0.05)  # the first batch is gone: the pass is pausing
+
+        async def first_batch_deleted() -> bool:
+            return await _count(ctl.store, guid) < 3000
+
+        # the first batch is gone: the pass is pausing
+        await wait_for(first_batch_deleted, "the first delete transaction", interval=0.05)
         now = time.time()
         result = CheckResult(
             uid=uuid.uuid4().hex,

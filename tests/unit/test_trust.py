@@ -385,3 +385,48 @@ async def test_a_result_with_an_impossible_time_is_refused_not_retried(ctl: Cont
     ]
     assert await _store(ctl.ingest, "agent-a", good, *bad) == {good.uid}
     assert _refused(ctl, "bad_time") == 4
+
+
+@pytest.mark.parametrize(
+    ("env", "value"),
+    [
+        ("PICKET_CHECKPOINT", "Amsterdam #1"),
+        ("PICKET_REGION", "x" * 101),
+        ("PICKET_AGENT_IPV4", "garbage"),
+        ("PICKET_AGENT_IPV6", "fe80::1%eth0"),
+        ("PICKET_AGENT_IPV4", ",".join(f"10.0.0.{i}" for i in range(17))),
+    ],
+)
+def test_an_agent_refuses_at_start_what_its_hello_would_be_refused_for(
+    env: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The controller's hello rules hold for the agent's own settings: a name or address it
+    would refuse is a settings error at start, not an agent that never comes online."""
+    from pydantic import ValidationError
+
+    from agent.settings import AgentSettings
+
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ValidationError) as caught:
+        AgentSettings()
+    assert caught.value.errors()[0]["loc"] == (env.removeprefix("PICKET_").lower(),)
+    monkeypatch.delenv(env)
+    settings = AgentSettings(checkpoint=" São Paulo (2) ", agent_ipv6="2001:DB8::1")
+    assert settings.checkpoint == "São Paulo (2)" and settings.agent_ipv6 == "2001:db8::1"
+
+
+async def test_refusal_log_memory_is_bounded(ctl: Controller) -> None:
+    """Results refused from ever new agent ids (a broker that lets anyone publish) do not grow
+    the memory of who was logged last without end."""
+    from controller.trust import MAX_LOGGED_KEYS
+
+    acceptance = ctl.assigner.acceptance
+    for index in range(MAX_LOGGED_KEYS + 50):
+        batch = ResultBatch(
+            batch_id=uuid.uuid4().hex,
+            agent=f"stray-{index}",
+            results=[_result(str(uuid.uuid4()), time.time())],
+        )
+        assert acceptance.admit([batch])[0].results == []
+    assert len(acceptance._logged) <= MAX_LOGGED_KEYS
+    assert _refused(ctl, "unknown_monitor") == MAX_LOGGED_KEYS + 50
