@@ -181,6 +181,7 @@ def _background(ctl: Controller) -> Callable[[web.Application], AsyncIterator[No
         tasks = [
             asyncio.create_task(ctl.bus.run(), name="bus"),
             asyncio.create_task(ctl.ingest.run(), name="ingest"),
+            asyncio.create_task(ctl.ingest.decide_concurrent_forever(), name="concurrent"),
             asyncio.create_task(ctl.assigner.reconcile_forever(), name="reconcile"),
             asyncio.create_task(ctl.retention.run(), name="retention"),
         ]

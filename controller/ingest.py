@@ -1,9 +1,12 @@
 """Result batches in, rows committed, acks out; the controller decides each check's ErrorLevel.
 
 A batch is acknowledged only after its transaction commits; a replayed batch stores nothing
-twice (unique result uid). With one checkpoint a failed check is re-run at once by the same
-agent: the first failure is Unconfirmed, a failing re-check Confirmed. While a monitor is in a
-confirmed error, further failures are Confirmed without another re-check.
+twice (unique result uid). A failed check is re-run at once from another live checkpoint of
+the monitor's selection (the next in its rotation), or by the same agent when there is none:
+the first failure is Unconfirmed, a failing re-check Confirmed. While a monitor is in a
+confirmed error, further failures are Confirmed without another re-check. With concurrent
+monitoring each result is a partial check and the slot's concurrent check decides the level
+(controller/concurrent.py).
 
 The queue is bounded in bytes (as received). When it is full a new batch is refused: not
 queued, not acknowledged, counted; the agent keeps it and sends it again after its ack
@@ -28,9 +31,10 @@ from typing import Any, TypeVar
 
 import orjson
 
+from controller import concurrent, rotation
 from controller.assigner import Assigner
 from controller.bus import ControllerBus
-from controller.db.store import Store, StoreRejected, StoreUnavailable, now_us
+from controller.db.store import CHECK, PARTIAL, Store, StoreRejected, StoreUnavailable, now_us
 from controller.metrics import ControllerMetrics
 from shared.messages import CheckResult, ResultBatch, RunRequest
 from shared.results import storage_plan
@@ -59,6 +63,7 @@ def error_level(result: CheckResult, current: int) -> int:
 # a confirmation asked for and not answered within this long (the agent restarted, its result
 # was lost) no longer holds back the next one: more than the longest check (120 s) and its trip
 CONFIRMATION_WAIT_SECONDS = 300.0
+MAX_CONFIRMATIONS_REMEMBERED = 100_000  # failed checks awaiting their confirmation's outcome
 
 
 @dataclass(eq=False)
@@ -81,6 +86,7 @@ class Ingest:
         batch_max: int,
         queue_max_bytes: int = 32 * 1024 * 1024,
         attempts: int = 3,
+        concurrent_wait_seconds: float = concurrent.DEFAULT_WAIT_SECONDS,
     ) -> None:
         self.store = store
         self.bus = bus
@@ -95,6 +101,12 @@ class Ingest:
         self.latest: dict[str, float] = {}  # start time of each monitor's newest result
         # monitors with a confirmation asked for and no result of it yet: when it was asked
         self.confirming: dict[str, float] = {}
+        # failed check uid -> the agent that saw it, until its confirmation comes (bounded)
+        self._failed_at: dict[str, str] = {}
+        self.gatherer = concurrent.Gatherer(concurrent_wait_seconds)
+        self._decided: deque[concurrent.Slot] = deque()  # concurrent checks not yet stored
+        self._concurrent_lock = asyncio.Lock()
+        metrics.concurrent_slots_waiting.set_function(lambda: float(len(self.gatherer)))
         self._queue: deque[Queued] = deque()
         self._pending: dict[tuple[str, str], Queued] = {}  # queued or being stored
         self._bytes = 0
@@ -304,8 +316,16 @@ class Ingest:
         ordered = sorted(
             ((b, r) for b in batches for r in b.results), key=lambda pair: pair[1].started_at
         )
+        partials: set[str] = set()
         for batch, result in ordered:
             if result.uid in results or result.uid in known:
+                continue
+            if self._is_partial(result):
+                # its own level, which is not the monitor's: the concurrent check decides that
+                level = NO_ERROR if result.error_code == 0 else UNCONFIRMED
+                partials.add(result.uid)
+                results[result.uid] = (batch, result, level)
+                rows.append(self._row(batch.agent, result, level, PARTIAL))
                 continue
             level = error_level(result, levels.get(result.monitor_guid, NO_ERROR))
             # a result older than the newest one seen (an outbox replay after an outage) gets
@@ -320,6 +340,10 @@ class Ingest:
         by_level: Counter[int] = Counter()
         for uid in sorted(inserted, key=lambda u: results[u][1].started_at):
             batch, result, level = results[uid]
+            if uid in partials:
+                self._gather(batch.agent, result)
+                by_level[level] += 1
+                continue
             if result.started_at >= self.latest.get(result.monitor_guid, 0.0):
                 self.latest[result.monitor_guid] = result.started_at
                 self.levels[result.monitor_guid] = level
@@ -333,8 +357,11 @@ class Ingest:
         confirmations: list[tuple[str, RunRequest]] = []
         for uid in sorted(inserted, key=lambda u: results[u][1].started_at):
             batch, result, level = results[uid]
+            if uid in partials:
+                continue
             if result.is_confirmation:
                 self.confirming.pop(result.monitor_guid, None)
+                self._count_confirmation(batch.agent, result)
             elif level == UNCONFIRMED and uid not in stale:
                 # at most one confirmation of a monitor in flight: the failures that come in
                 # meanwhile (a short interval, a long time limit) wait for its verdict
@@ -342,9 +369,116 @@ class Ingest:
                 if asked is not None and now - asked < CONFIRMATION_WAIT_SECONDS:
                     continue
                 self.confirming[result.monitor_guid] = now
+                # from another live checkpoint of the selection if there is one
+                target = self.assigner.confirmer(result.monitor_guid, batch.agent)
+                self._failed_at[uid] = batch.agent
+                while len(self._failed_at) > MAX_CONFIRMATIONS_REMEMBERED:
+                    del self._failed_at[next(iter(self._failed_at))]
                 request = RunRequest(monitor_guid=result.monitor_guid, confirms=uid)
-                confirmations.append((batch.agent, request))
+                confirmations.append((target, request))
+        await self._store_concurrent()
         return confirmations
+
+    def _count_confirmation(self, agent: str, result: CheckResult) -> None:
+        """picket_confirmations_total: the outcome, and whether it ran at another checkpoint."""
+        failed_agent = self._failed_at.pop(result.confirms or "", None)
+        where = "unknown"
+        if failed_agent is not None:
+            failed, srv = self.assigner.server(failed_agent), self.assigner.server(agent)
+            if failed is not None and srv is not None:
+                same = failed.checkpoint_id == srv.checkpoint_id
+                where = "same_checkpoint" if same else "other_checkpoint"
+        outcome = "confirmed" if result.error_code != 0 else "cleared"
+        self.metrics.confirmation_outcomes.labels(outcome, where).inc()
+
+    # --- concurrent monitoring (controller/concurrent.py) ---------------------------------------
+
+    def _is_partial(self, result: CheckResult) -> bool:
+        monitor = self.assigner.monitors.get(result.monitor_guid)
+        return monitor is not None and rotation.concurrent(monitor.definition)
+
+    def _gather(self, agent: str, result: CheckResult) -> None:
+        guid = result.monitor_guid
+        scheduled_us = int(result.scheduled_at * 1_000_000)
+
+        def new_slot() -> concurrent.Slot:
+            monitor = self.assigner.monitors[guid]
+            definition = monitor.definition
+            timeout = float(definition.get("TimeoutSeconds") or 30)
+            return concurrent.Slot(
+                monitor_guid=guid,
+                scheduled_us=scheduled_us,
+                expected=max(1, len(self.assigner.placement(monitor))),
+                unconfirmed_threshold=int(
+                    definition.get("ConcurrentUnconfirmedErrorThreshold") or 50
+                ),
+                confirmed_threshold=int(definition.get("ConcurrentConfirmedErrorThreshold") or 75),
+                deadline=result.scheduled_at + timeout + self.gatherer.wait_seconds,
+                monitor_type=monitor.monitor_type,
+                staging=definition.get("MonitorMode") == "Staging",
+            )
+
+        partial = concurrent.Partial(
+            agent=agent,
+            uid=result.uid,
+            error_code=result.error_code,
+            error_description=result.error_description,
+            total_time_ms=result.timings_ms.get("TotalTime"),
+        )
+        slot = self.gatherer.add((guid, scheduled_us), partial, new_slot)
+        if slot is not None:
+            self._decided.append(slot)
+
+    async def _store_concurrent(self) -> None:
+        """Store the concurrent checks of the slots decided so far (kept until stored)."""
+        async with self._concurrent_lock:  # the ingest loop and the sweeper, one at a time
+            await self._store_decided()
+
+    async def _store_decided(self) -> None:
+        while self._decided:
+            slot = self._decided[0]
+            row, level = concurrent.row_of(slot)
+            row["attributes"] = orjson.dumps(row["attributes"]).decode()
+            inserted = await self.store.insert_checks([row])
+            self._decided.popleft()
+            missing = max(0, slot.expected - len(slot.partials))
+            if missing:
+                self.metrics.partials_missing.inc(missing)
+            if not inserted:
+                continue  # stored before (a replay after a restart)
+            self.metrics.concurrent_checks.labels(LEVEL_NAMES[level]).inc()
+            self.metrics.results.labels(LEVEL_NAMES[level]).inc()
+            at = slot.scheduled_us / 1_000_000
+            if at >= self.latest.get(slot.monitor_guid, 0.0):
+                self.latest[slot.monitor_guid] = at
+                self.levels[slot.monitor_guid] = level
+            log.info(
+                "monitor %s: concurrent check of slot %.3f: %s (%d of %d partial checks in)",
+                slot.monitor_guid,
+                at,
+                LEVEL_NAMES[level],
+                len(slot.partials),
+                slot.expected,
+            )
+
+    async def decide_concurrent_forever(self, every: float = 1.0) -> None:
+        """Slots whose partial checks did not all come within their bound are decided here,
+        the missing ones counted as missing."""
+        while True:
+            await asyncio.sleep(every)
+            self._decided.extend(self.gatherer.due())
+            if not self._decided:
+                continue
+            try:
+                await self._when_available(self._store_concurrent)
+            except REFUSED:
+                slot = self._decided.popleft()
+                log.exception(
+                    "monitor %s: the concurrent check of slot %d was refused by the database; "
+                    "its partial checks are stored, it is not",
+                    slot.monitor_guid,
+                    slot.scheduled_us,
+                )
 
     async def _acknowledge(self, batches: list[ResultBatch]) -> None:
         by_agent: dict[str, list[str]] = {}
@@ -379,7 +513,9 @@ class Ingest:
             return None
         return result.details
 
-    def _row(self, agent_id: str, result: CheckResult, level: int) -> dict[str, Any]:
+    def _row(
+        self, agent_id: str, result: CheckResult, level: int, kind: int = CHECK
+    ) -> dict[str, Any]:
         """The check's row: each result field where its declaration says (shared/results.py),
         plus what the controller adds (level, server, agent, staging)."""
         srv = self.assigner.server(agent_id)
@@ -394,6 +530,8 @@ class Ingest:
                 attributes[attribute.name] = value
         attributes["StagingMode"] = staging
         attributes["AgentId"] = agent_id
+        if kind == PARTIAL:
+            attributes["IsPartialCheck"] = True
         row: dict[str, Any] = {}
         for name, column in STORED.columns:
             value = getattr(result, name)
@@ -410,6 +548,7 @@ class Ingest:
             attributes=orjson.dumps(attributes).decode(),
             response_body=body,
             details=self._details(agent_id, result),
+            check_kind=kind,
         )
         return row
 

@@ -86,6 +86,10 @@ class CheckRow:
     attributes: dict[str, Any]
     response_body: str | None
     details: dict[str, Any] | None
+    kind: int = 0  # CHECK, PARTIAL or CONCURRENT
+
+
+CHECK, PARTIAL, CONCURRENT = 0, 1, 2  # monitor_check.check_kind
 
 
 class StoreError(Exception):
@@ -628,6 +632,7 @@ class Store:
             attributes=json.loads(row.attributes),
             response_body=row.response_body,
             details=json.loads(row.details) if row.details else None,
+            kind=row.check_kind,
         )
 
     async def check(self, check_id: int) -> CheckRow | None:
@@ -648,7 +653,11 @@ class Store:
         limit: int,
     ) -> list[CheckRow]:
         c = monitor_check.c
-        query = sa.select(monitor_check).where(c.monitor_guid == monitor_guid)
+        # a concurrent slot is listed as its concurrent check; its partials are
+        # partial_checks' (GET /MonitorCheck/{id}/Concurrent)
+        query = sa.select(monitor_check).where(
+            c.monitor_guid == monitor_guid, c.check_kind != PARTIAL
+        )
         if start_us is not None:
             query = query.where(c.ts_us >= start_us)
         if end_us is not None:
@@ -667,11 +676,29 @@ class Store:
             rows = await conn.execute(query.order_by(*order).limit(limit))
             return [self._check(r) for r in rows]
 
+    async def partial_checks(self, concurrent: CheckRow, within_us: int) -> list[CheckRow]:
+        """The partial checks of a concurrent check's slot (started within `within_us` of
+        it: the (monitor, time) index finds them)."""
+        c = monitor_check.c
+        query = sa.select(monitor_check).where(
+            c.monitor_guid == concurrent.monitor_guid,
+            c.ts_us >= concurrent.scheduled_us - within_us,
+            c.ts_us <= concurrent.scheduled_us + within_us,
+            c.scheduled_us == concurrent.scheduled_us,
+            c.check_kind == PARTIAL,
+        )
+        async with self._connect() as conn:
+            rows = await conn.execute(query.order_by(c.ts_us, c.id))
+            return [self._check(r) for r in rows]
+
     async def last_levels(self) -> dict[str, int]:
-        """Each monitor's most recent error level (alert state survives a controller restart)."""
+        """Each monitor's most recent error level (alert state survives a controller restart);
+        a partial check's level is not the monitor's."""
         c = monitor_check.c
         latest = (
-            sa.select(c.monitor_guid, sa.func.max(c.id).label("id")).group_by(c.monitor_guid)
+            sa.select(c.monitor_guid, sa.func.max(c.id).label("id"))
+            .where(c.check_kind != PARTIAL)
+            .group_by(c.monitor_guid)
         ).subquery()
         async with self._connect() as conn:
             rows = await conn.execute(
