@@ -123,11 +123,8 @@ class Assigner:
     def confirmer(self, guid: str, failed_agent: str) -> str:
         """The agent to re-check an error `failed_agent` saw: a live one at another selected
         checkpoint, the next in the rotation; only if there is none, the same agent."""
-        placed = {
-            agent: self._turns.get((g, agent), rotation.EVERY_SLOT)
-            for (g, agent) in self._published
-            if g == guid
-        }
+        monitor = self.monitors.get(guid)
+        placed = self.turns(monitor) if monitor is not None else {}
         return rotation.confirmer(failed_agent, placed, self.servers)
 
     def assignment(

@@ -317,6 +317,10 @@ class Ingest:
             ((b, r) for b in batches for r in b.results), key=lambda pair: pair[1].started_at
         )
         partials: set[str] = set()
+        # a confirmation names the check it confirms by the API's id too
+        confirmed_ids = await self.store.check_ids(
+            sorted({r.confirms for _, r in ordered if r.is_confirmation and r.confirms})
+        )
         for batch, result in ordered:
             if result.uid in results or result.uid in known:
                 continue
@@ -333,7 +337,8 @@ class Ingest:
             if result.started_at >= self.latest.get(result.monitor_guid, 0.0):
                 levels[result.monitor_guid] = level
             results[result.uid] = (batch, result, level)
-            rows.append(self._row(batch.agent, result, level))
+            confirms_id = confirmed_ids.get(result.confirms or "")
+            rows.append(self._row(batch.agent, result, level, confirms_id=confirms_id))
         inserted = await self.store.insert_checks(rows)
         now = time.time()
         stale: set[str] = set()
@@ -514,7 +519,12 @@ class Ingest:
         return result.details
 
     def _row(
-        self, agent_id: str, result: CheckResult, level: int, kind: int = CHECK
+        self,
+        agent_id: str,
+        result: CheckResult,
+        level: int,
+        kind: int = CHECK,
+        confirms_id: int | None = None,
     ) -> dict[str, Any]:
         """The check's row: each result field where its declaration says (shared/results.py),
         plus what the controller adds (level, server, agent, staging)."""
@@ -532,6 +542,8 @@ class Ingest:
         attributes["AgentId"] = agent_id
         if kind == PARTIAL:
             attributes["IsPartialCheck"] = True
+        if confirms_id is not None:
+            attributes["ConfirmsCheckId"] = confirms_id
         row: dict[str, Any] = {}
         for name, column in STORED.columns:
             value = getattr(result, name)

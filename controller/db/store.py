@@ -591,6 +591,20 @@ class Store:
                 found.update(r.uid for r in rows)
         return found
 
+    async def check_ids(self, uids: list[str]) -> dict[str, int]:
+        """The ids of the stored checks among these result uids."""
+        if not uids:
+            return {}
+        found: dict[str, int] = {}
+        c = monitor_check.c
+        async with self._connect() as conn:
+            for start in range(0, len(uids), 500):
+                rows = await conn.execute(
+                    sa.select(c.uid, c.id).where(c.uid.in_(uids[start : start + 500]))
+                )
+                found.update({r.uid: r.id for r in rows})
+        return found
+
     async def insert_checks(self, rows: Sequence[dict[str, Any]]) -> set[str]:
         """Insert what is new; a uid already stored is skipped. Returns the uids inserted."""
         if not rows:

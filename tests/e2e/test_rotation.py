@@ -89,6 +89,11 @@ async def test_rotation_visits_every_checkpoint_in_turn_and_confirms_elsewhere(
 
     confirmed = await wait_for(confirmation, "a confirmation of the failing monitor", within=120)
     assert confirmed["ErrorLevel"] == "Confirmed"
+    status, body = await api.call("GET", f"/api/v4/MonitorCheck/{confirmed['ConfirmsCheckId']}")
+    assert status == 200, body
+    original = body["Data"]["Attributes"]
+    assert original["ErrorLevel"] == "Unconfirmed"
+    assert original["CheckpointId"] != confirmed["CheckpointId"]
     metrics = await scrape(http, f"{stack.api}/metrics")
     key = 'picket_confirmations_total{outcome="confirmed",where="other_checkpoint"}'
     assert metrics.get(key, 0) >= 1, {k: v for k, v in metrics.items() if "confirm" in k}
