@@ -63,7 +63,10 @@ def error_level(result: CheckResult, current: int) -> int:
 # a confirmation asked for and not answered within this long (the agent restarted, its result
 # was lost) no longer holds back the next one: more than the longest check (120 s) and its trip
 CONFIRMATION_WAIT_SECONDS = 300.0
-MAX_CONFIRMATIONS_REMEMBERED = 100_000  # failed checks awaiting their confirmation's outcome
+MAX_CONFIRMATIONS_REMEMBERED = 100_000
+# partial checks this recent are gathered again after a start: the longest time limit (120 s)
+# and the slot's bound beyond it
+RECOVER_SECONDS = 300.0  # failed checks awaiting their confirmation's outcome
 
 
 @dataclass(eq=False)
@@ -119,6 +122,41 @@ class Ingest:
 
     async def load(self) -> None:
         self.levels = await self.store.last_levels()
+        await self._recover_concurrent()
+
+    async def _recover_concurrent(self) -> None:
+        """Slots a previous run was gathering: their partials are stored, their concurrent
+        check may not be. Gathered again from the recent partials of concurrent monitors
+        (after the assigner has loaded); those already decided are skipped by uid."""
+        since_us = now_us() - int((RECOVER_SECONDS + self.gatherer.wait_seconds) * 1e6)
+        recovered = 0
+        for guid, monitor in self.assigner.monitors.items():
+            if not rotation.concurrent(monitor.definition):
+                continue
+            rows = await self.store.recent_partials(guid, since_us)
+            slots = {row.scheduled_us for row in rows}
+            decided = await self.store.known_uids(
+                [concurrent.concurrent_uid(guid, at) for at in slots]
+            )
+            for row in rows:
+                if concurrent.concurrent_uid(guid, row.scheduled_us) in decided:
+                    continue
+                partial = concurrent.Partial(
+                    agent=str(row.attributes.get("AgentId", row.server_id)),
+                    uid=row.uid,
+                    error_code=row.error_code,
+                    error_description=str(row.attributes.get("ErrorDescription", "")),
+                    total_time_ms=row.attributes.get("TotalTime"),
+                )
+                self._gather_partial(guid, row.scheduled_us, partial)
+                recovered += 1
+        if recovered:
+            log.info(
+                "concurrent monitoring: %d partial checks of %d undecided slots gathered again "
+                "after the start",
+                recovered,
+                len(self.gatherer) + len(self._decided),
+            )
 
     # --- the queue ------------------------------------------------------------------------------
 
@@ -403,8 +441,18 @@ class Ingest:
         return monitor is not None and rotation.concurrent(monitor.definition)
 
     def _gather(self, agent: str, result: CheckResult) -> None:
-        guid = result.monitor_guid
-        scheduled_us = int(result.scheduled_at * 1_000_000)
+        partial = concurrent.Partial(
+            agent=agent,
+            uid=result.uid,
+            error_code=result.error_code,
+            error_description=result.error_description,
+            total_time_ms=result.timings_ms.get("TotalTime"),
+        )
+        self._gather_partial(result.monitor_guid, int(result.scheduled_at * 1_000_000), partial)
+
+    def _gather_partial(self, guid: str, scheduled_us: int, partial: concurrent.Partial) -> None:
+        if guid not in self.assigner.monitors:
+            return  # deleted meanwhile
 
         def new_slot() -> concurrent.Slot:
             monitor = self.assigner.monitors[guid]
@@ -418,18 +466,11 @@ class Ingest:
                     definition.get("ConcurrentUnconfirmedErrorThreshold") or 50
                 ),
                 confirmed_threshold=int(definition.get("ConcurrentConfirmedErrorThreshold") or 75),
-                deadline=result.scheduled_at + timeout + self.gatherer.wait_seconds,
+                deadline=scheduled_us / 1_000_000 + timeout + self.gatherer.wait_seconds,
                 monitor_type=monitor.monitor_type,
                 staging=definition.get("MonitorMode") == "Staging",
             )
 
-        partial = concurrent.Partial(
-            agent=agent,
-            uid=result.uid,
-            error_code=result.error_code,
-            error_description=result.error_description,
-            total_time_ms=result.timings_ms.get("TotalTime"),
-        )
         slot = self.gatherer.add((guid, scheduled_us), partial, new_slot)
         if slot is not None:
             self._decided.append(slot)

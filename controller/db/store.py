@@ -705,6 +705,16 @@ class Store:
             rows = await conn.execute(query.order_by(c.ts_us, c.id))
             return [self._check(r) for r in rows]
 
+    async def recent_partials(self, monitor_guid: str, since_us: int) -> list[CheckRow]:
+        """A monitor's partial checks started since `since_us` (the (monitor, time) index)."""
+        c = monitor_check.c
+        query = sa.select(monitor_check).where(
+            c.monitor_guid == monitor_guid, c.ts_us >= since_us, c.check_kind == PARTIAL
+        )
+        async with self._connect() as conn:
+            rows = await conn.execute(query.order_by(c.ts_us, c.id))
+            return [self._check(r) for r in rows]
+
     async def last_levels(self) -> dict[str, int]:
         """Each monitor's most recent error level (alert state survives a controller restart);
         a partial check's level is not the monitor's."""

@@ -18,8 +18,10 @@ import sqlalchemy as sa
 from agent.scheduler import next_slot, rotation_slots
 from controller import concurrent, rotation
 from controller.app import Controller
+from controller.assigner import Assigner
 from controller.db.schema import monitor_check
 from controller.db.store import MonitorRow, ServerRow, Store
+from controller.ingest import Ingest
 from controller.settings import ControllerSettings
 from shared import monitors
 from shared.messages import CheckResult, Hello, ResultBatch, RunRequest, Schedule
@@ -282,3 +284,37 @@ async def test_concurrent_partials_make_one_concurrent_check(ctl: Controller) ->
     assert [r.kind for r in concurrent_row] == [2]
     found = await ctl.store.partial_checks(concurrent_row[0], 600_000_000)
     assert sorted(p.uid for p in found) == sorted(p.uid for p in partials)
+
+
+async def test_a_slot_being_gathered_survives_a_controller_restart(ctl: Controller) -> None:
+    names = await _fleet(ctl, 3)
+    row = await _monitor(ctl, UseConcurrentMonitoring=True)
+    slot = float(int(time.time()))
+    partials = [_result(row.guid, slot, code=5) for _ in names]
+    for name, partial in list(zip(names, partials, strict=True))[:2]:
+        await ctl.ingest.process(
+            [ResultBatch(batch_id=uuid.uuid4().hex, agent=name, results=[partial])]
+        )
+    assert len(ctl.ingest.gatherer) == 1
+    # a new controller process: its ingest gathers the stored partials of the open slot again
+    restarted = Ingest(ctl.store, ctl.bus, ctl.assigner, ctl.metrics, 65_536, 10)
+    await restarted.load()
+    assert len(restarted.gatherer) == 1
+    await restarted.process(
+        [ResultBatch(batch_id=uuid.uuid4().hex, agent=names[2], results=[partials[2]])]
+    )
+    (check,) = await ctl.store.checks_page(row.guid, None, None, 0, True, None, 10)
+    assert (check.kind, check.error_level, check.attributes["PartialChecks"]) == (2, 2, 3)
+    # and a third start finds the slot decided
+    again = Ingest(ctl.store, ctl.bus, ctl.assigner, ctl.metrics, 65_536, 10)
+    await again.load()
+    assert len(again.gatherer) == 0
+
+
+async def test_turns_are_the_same_after_a_controller_restart(ctl: Controller) -> None:
+    await _fleet(ctl, 3)
+    row = await _monitor(ctl)
+    before = ctl.assigner.turns(row)
+    fresh = Assigner(ctl.store, ctl.bus, ctl.metrics)
+    await fresh.load()
+    assert fresh.turns(fresh.monitors[row.guid]) == before
