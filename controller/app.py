@@ -67,6 +67,7 @@ class Controller:
             settings.ingest_batch_max,
             settings.ingest_queue_max_bytes,
             settings.ingest_attempts,
+            settings.concurrent_wait_seconds,
         )
         self.retention = Retention(
             store,

@@ -37,6 +37,14 @@ class ControllerSettings(PicketSettings):
         "go to the dead-letter table (and the batch is acknowledged)",
     )
 
+    concurrent_wait_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="how long after a concurrent slot's time limit its partial checks are "
+        "waited for; one not in by then is counted as missing",
+    )
+
     def password_check_limit(self) -> int:
         return self.max_password_checks or max(1, len(os.sched_getaffinity(0)) // 2)
 
