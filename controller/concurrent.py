@@ -54,11 +54,15 @@ class Slot:
     deadline: float  # time.time() after which missing partials are counted as missing
     monitor_type: str = ""
     staging: bool = False
+    # how many partials can come (servers live when the slot opened): once they are in, the
+    # rest are missing at once (a checkpoint without a live server is not waited for)
+    awaited: int | None = None
     partials: dict[str, Partial] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
-        return len(self.partials) >= self.expected
+        awaited = self.expected if self.awaited is None else min(self.awaited, self.expected)
+        return len(self.partials) >= max(1, awaited)
 
 
 def concurrent_uid(monitor_guid: str, scheduled_us: int) -> str:

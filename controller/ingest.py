@@ -458,10 +458,12 @@ class Ingest:
             monitor = self.assigner.monitors[guid]
             definition = monitor.definition
             timeout = float(definition.get("TimeoutSeconds") or 30)
+            placed = [self.assigner.server(agent) for agent in self.assigner.placement(monitor)]
             return concurrent.Slot(
                 monitor_guid=guid,
                 scheduled_us=scheduled_us,
-                expected=max(1, len(self.assigner.placement(monitor))),
+                expected=max(1, len(placed)),
+                awaited=sum(1 for srv in placed if srv is not None and rotation.live(srv)),
                 unconfirmed_threshold=int(
                     definition.get("ConcurrentUnconfirmedErrorThreshold") or 50
                 ),

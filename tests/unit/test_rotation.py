@@ -144,6 +144,17 @@ def test_a_missing_partial_is_counted_after_the_bound_not_waited_for() -> None:
     assert gatherer.add(("m", 1_000_000), partial("c", 5), slot) is None
     assert len(gatherer) == 0
 
+    # a checkpoint without a live server is not waited for, but stays in the denominator
+    def half_live() -> concurrent.Slot:
+        return concurrent.Slot("m", 2_000_000, 3, 50, 75, deadline=200.0, awaited=2)
+
+    assert gatherer.add(("m", 2_000_000), partial("a", 5), half_live) is None
+    decided = gatherer.add(("m", 2_000_000), partial("b", 5), half_live)
+    assert decided is not None
+    row, level = concurrent.row_of(decided)
+    assert level == concurrent.UNCONFIRMED  # 2 of 3: 67 %, below 75 %
+    assert row["attributes"]["MissingPartialChecks"] == 1
+
 
 # --- the controller's parts -----------------------------------------------------------------
 
