@@ -329,3 +329,22 @@ async def test_turns_are_the_same_after_a_controller_restart(ctl: Controller) ->
     fresh = Assigner(ctl.store, ctl.bus, ctl.metrics)
     await fresh.load()
     assert fresh.turns(fresh.monitors[row.guid]) == before
+
+
+def test_concurrent_thresholds_are_percentages_in_order() -> None:
+    model = monitors.model_for("Http")
+    assert model is not None
+    base = http_monitor("m", "http://127.0.0.1:9/", UseConcurrentMonitoring=True)
+    for fields in (
+        {"ConcurrentUnconfirmedErrorThreshold": 0},
+        {"ConcurrentConfirmedErrorThreshold": 101},
+        {"ConcurrentUnconfirmedErrorThreshold": 60, "ConcurrentConfirmedErrorThreshold": 50},
+    ):
+        with pytest.raises(ValueError) as caught:
+            model.model_validate(base | fields)
+        assert "Threshold" in str(caught.value)
+    ok = model.model_validate(base | {"ConcurrentConfirmedErrorThreshold": 50}).definition()
+    assert (ok["ConcurrentUnconfirmedErrorThreshold"], ok["UsePrimaryCheckpointsOnly"]) == (
+        50,
+        False,
+    )
