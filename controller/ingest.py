@@ -63,10 +63,10 @@ def error_level(result: CheckResult, current: int) -> int:
 # a confirmation asked for and not answered within this long (the agent restarted, its result
 # was lost) no longer holds back the next one: more than the longest check (120 s) and its trip
 CONFIRMATION_WAIT_SECONDS = 300.0
-MAX_CONFIRMATIONS_REMEMBERED = 100_000
+MAX_CONFIRMATIONS_REMEMBERED = 100_000  # failed checks awaiting their confirmation's outcome
 # partial checks this recent are gathered again after a start: the longest time limit (120 s)
 # and the slot's bound beyond it
-RECOVER_SECONDS = 300.0  # failed checks awaiting their confirmation's outcome
+RECOVER_SECONDS = 300.0
 
 
 @dataclass(eq=False)
@@ -486,8 +486,20 @@ class Ingest:
         while self._decided:
             slot = self._decided[0]
             row, level = concurrent.row_of(slot)
-            row["attributes"] = orjson.dumps(row["attributes"]).decode()
-            inserted = await self.store.insert_checks([row])
+            try:
+                row["attributes"] = orjson.dumps(row["attributes"]).decode()
+                inserted = await self.store.insert_checks([row])
+            except REFUSED:
+                # never again for the same row: dropped, so it holds back nothing (an outage,
+                # StoreUnavailable, goes up: the caller waits and tries again)
+                self._decided.popleft()
+                log.exception(
+                    "monitor %s: the concurrent check of slot %d was refused by the database; "
+                    "its partial checks are stored, it is not",
+                    slot.monitor_guid,
+                    slot.scheduled_us,
+                )
+                continue
             self._decided.popleft()
             missing = max(0, slot.expected - len(slot.partials))
             if missing:
@@ -515,18 +527,8 @@ class Ingest:
         while True:
             await asyncio.sleep(every)
             self._decided.extend(self.gatherer.due())
-            if not self._decided:
-                continue
-            try:
+            if self._decided:
                 await self._when_available(self._store_concurrent)
-            except REFUSED:
-                slot = self._decided.popleft()
-                log.exception(
-                    "monitor %s: the concurrent check of slot %d was refused by the database; "
-                    "its partial checks are stored, it is not",
-                    slot.monitor_guid,
-                    slot.scheduled_us,
-                )
 
     async def _acknowledge(self, batches: list[ResultBatch]) -> None:
         by_agent: dict[str, list[str]] = {}
