@@ -348,3 +348,21 @@ def test_concurrent_thresholds_are_percentages_in_order() -> None:
         50,
         False,
     )
+
+
+async def test_a_peer_in_the_same_checkpoint_takes_over_the_turn(ctl: Controller) -> None:
+    """Failover within a checkpoint keeps the turn: the peer runs the slots the lost server
+    would have run, and no other checkpoint's slots move."""
+    for name, city in (("a-0", "City A"), ("a-1", "City A"), ("b-0", "City B")):
+        await ctl.assigner.on_hello(
+            Hello(agent=name, checkpoint=city, region="Loopland", probe_types=["Http"])
+        )
+    row = await _monitor(ctl)
+    before = ctl.assigner.turns(row)
+    (lost,) = [agent for agent in before if agent.startswith("a-")]
+    peer = "a-1" if lost == "a-0" else "a-0"
+    await ctl.assigner.on_state(lost, False)
+    after = ctl.assigner.turns(row)
+    assert after == {peer: before[lost], "b-0": before["b-0"]}
+    schedule = ctl.assigner.assignment(row, after[peer]).schedule
+    assert (schedule.rotation_position, schedule.rotation_count) == (before[lost].position, 2)
