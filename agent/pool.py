@@ -73,8 +73,8 @@ class WorkerPool:
         metrics.registry.register(self.worker_metrics)
         self._on_results = on_results
         self._workers = [_Worker(index) for index in range(self.count)]
-        # guid -> ((revision, interval, offset), the Assignment's JSON)
-        self._assignments: dict[str, tuple[tuple[str, int, float], bytes]] = {}
+        # guid -> ((revision, interval, offset, rotation position, count), the Assignment's JSON)
+        self._assignments: dict[str, tuple[tuple[str, int, float, int, int], bytes]] = {}
         # the settings, but not the broker's URL and credentials: workers never talk to it
         self._env = {k: v for k, v in os.environ.items() if not k.startswith("PICKET_")}
         self._env[SETTINGS_ENV] = settings.model_dump_json(exclude={"broker_url"})
@@ -99,10 +99,16 @@ class WorkerPool:
 
     def assign(self, assignment: Assignment) -> bool:
         """Hand the monitor to its worker. False, and nothing sent, if the worker has this very
-        assignment already: the same revision, interval and offset (a resend after a
-        reconnect); a new phase alone is news."""
+        assignment already: the same revision, interval, offset and rotation (a resend after a
+        reconnect); a new phase or turn in the rotation alone is news."""
         guid, schedule = assignment.monitor_guid, assignment.schedule
-        version = (assignment.revision, schedule.interval_seconds, schedule.offset_seconds)
+        version = (
+            assignment.revision,
+            schedule.interval_seconds,
+            schedule.offset_seconds,
+            schedule.rotation_position,
+            schedule.rotation_count,
+        )
         known = self._assignments.get(guid)
         if known is not None and known[0] == version:
             return False

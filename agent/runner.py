@@ -26,7 +26,7 @@ from agent.curl import CurlEngine
 from agent.lookup import NameLookups
 from agent.metrics import CheckMetrics
 from agent.probes.base import Outcome, Probe, ProbeContext
-from agent.scheduler import Scheduled, Scheduler
+from agent.scheduler import Scheduled, Scheduler, rotation_slots
 from agent.scrub import scrub_outcome
 from agent.settings import AgentSettings
 from shared import monitors
@@ -106,8 +106,14 @@ class Runner:
         except Unrunnable as exc:  # the main process checked it: only a version skew gets here
             log.error("%s: monitor %s not runnable: %s", self.name, guid, exc)
             return
-        interval = float(assignment.schedule.interval_seconds)
-        offset = assignment.schedule.offset_seconds % interval
+        schedule = assignment.schedule
+        # in rotation the agent's own slots are every rotation_count-th of the monitor's
+        interval, offset = rotation_slots(
+            float(schedule.interval_seconds),
+            schedule.offset_seconds,
+            schedule.rotation_position,
+            schedule.rotation_count,
+        )
         # the monitor's secret values, scrubbed from its results and logs: found once here
         scrubber = Scrubber.of(assignment.monitor)
         self.scheduler.put(

@@ -33,6 +33,18 @@ def next_slot(now: float, interval: float, offset: float) -> float:
     return offset + k * interval
 
 
+def rotation_slots(
+    interval: float, offset: float, position: int = 0, count: int = 1
+) -> tuple[float, float]:
+    """(period, phase) of the slots this agent runs: slot k is at k*interval + offset and is
+    this agent's when k mod count == position (the controller's rotation, controller/rotation.py),
+    i.e. every count*interval seconds from offset + position*interval. Slot numbers count from
+    the epoch, so every agent (a peer after a failover, this one after a restart) agrees which
+    slot is whose without talking to the others."""
+    period = interval * count
+    return period, (offset % interval + position * interval) % period
+
+
 StartCheck = Callable[[Scheduled, float], None]
 
 

@@ -82,6 +82,7 @@ class Controller:
             settings.ingest_batch_max,
             settings.ingest_queue_max_bytes,
             settings.ingest_attempts,
+            settings.concurrent_wait_seconds,
         )
         self.retention = Retention(
             store,
@@ -211,6 +212,7 @@ def _background(ctl: Controller) -> Callable[[web.Application], AsyncIterator[No
         tasks = [
             asyncio.create_task(ctl.bus.run(), name="bus"),
             asyncio.create_task(ctl.ingest.run(), name="ingest"),
+            asyncio.create_task(ctl.ingest.decide_concurrent_forever(), name="concurrent"),
             asyncio.create_task(ctl.assigner.reconcile_forever(), name="reconcile"),
             asyncio.create_task(ctl.assigner.activate_forever(), name="activate"),
             asyncio.create_task(ctl.retention.run(), name="retention"),

@@ -2,14 +2,16 @@
 
 One live server per selected checkpoint, chosen by rendezvous (highest-random-weight) hashing
 weighted by capacity: when a server leaves only its monitors move, and when it returns little
-else moves. Desired state is published as retained messages; what was published is recorded
-in the database so a restarted controller removes what it no longer wants.
+else moves. Which slots each of them runs (rotation or concurrent) is controller/rotation.py's.
+Desired state is published as retained messages; what was published is recorded in the
+database so a restarted controller removes what it no longer wants.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import math
@@ -17,6 +19,7 @@ import time
 
 from pydantic import ValidationError
 
+from controller import rotation
 from controller.bus import ControllerBus
 from controller.db.store import MonitorRow, ServerRow, Store, StoreUnavailable
 from controller.metrics import ControllerMetrics
@@ -72,6 +75,9 @@ class Assigner:
         self.servers: dict[str, ServerRow] = {}
         self.monitors: dict[str, MonitorRow] = {}
         self._published: dict[tuple[str, str], str] = {}
+        # the turn last published per (monitor, agent); empty after a start, so the first
+        # pass publishes every turn once (the agents ignore a resend of what they have)
+        self._turns: dict[tuple[str, str], rotation.Turn] = {}
         self._lock = asyncio.Lock()
         self._presence: dict[str, bool] = {}  # from the agents' state topics
         self.history = AssignmentHistory()
@@ -114,31 +120,49 @@ class Assigner:
 
     # --- placement ----------------------------------------------------------------------------
 
-    def placement(self, monitor: MonitorRow) -> set[str]:
+    def turns(self, monitor: MonitorRow) -> dict[str, rotation.Turn]:
+        """Agent id -> which of the monitor's slots it runs (controller/rotation.py): one
+        server per selected checkpoint, chosen by rendezvous among its live servers."""
         if not monitor.is_active:
-            return set()
-        selected = monitor.definition.get("SelectedCheckpoints") or {}
+            return {}
+        definition = monitor.definition
+        selected = definition.get("SelectedCheckpoints") or {}
         wanted_checkpoints = set(selected.get("Checkpoints") or [])
         wanted_regions = set(selected.get("Regions") or [])
         excluded = set(selected.get("ExcludeLocations") or [])
+        primary_only = bool(definition.get("UsePrimaryCheckpointsOnly"))
         by_checkpoint: dict[int, list[ServerRow]] = {}
         now = time.time_ns() // 1000
         for srv in self.servers.values():
             if not srv.can_take_checks(now) or monitor.monitor_type not in srv.probe_types:
+                continue
+            if primary_only and not rotation.is_primary(srv):
                 continue
             chosen = (not wanted_checkpoints and not wanted_regions) or (
                 srv.checkpoint_id in wanted_checkpoints or srv.region_id in wanted_regions
             )
             if chosen and srv.checkpoint_id not in excluded:
                 by_checkpoint.setdefault(srv.checkpoint_id, []).append(srv)
-        agents = set()
-        for candidates in by_checkpoint.values():
+        chosen_servers: dict[int, ServerRow] = {}
+        for checkpoint_id, candidates in by_checkpoint.items():
             # prefer live servers; with none live the assignment waits, retained, for one to return
-            live = [s for s in candidates if s.online] or candidates
-            agents.add(rendezvous(monitor.guid, live).agent_id)
-        return agents
+            live = [s for s in candidates if rotation.live(s)] or candidates
+            chosen_servers[checkpoint_id] = rendezvous(monitor.guid, live)
+        return rotation.turns(chosen_servers, definition)
 
-    def assignment(self, monitor: MonitorRow) -> Assignment:
+    def placement(self, monitor: MonitorRow) -> set[str]:
+        return set(self.turns(monitor))
+
+    def confirmer(self, guid: str, failed_agent: str) -> str:
+        """The agent to re-check an error `failed_agent` saw: a live one at another selected
+        checkpoint, the next in the rotation; only if there is none, the same agent."""
+        monitor = self.monitors.get(guid)
+        placed = self.turns(monitor) if monitor is not None else {}
+        return rotation.confirmer(failed_agent, placed, self.servers)
+
+    def assignment(
+        self, monitor: MonitorRow, turn: rotation.Turn = rotation.EVERY_SLOT
+    ) -> Assignment:
         model = monitors.model_for(monitor.monitor_type)
         try:
             interval = model.model_validate(monitor.definition).interval_seconds if model else 300
@@ -151,7 +175,10 @@ class Assigner:
             revision=monitor.revision,
             monitor=monitor.definition,
             schedule=Schedule(
-                interval_seconds=interval, offset_seconds=phase_offset(monitor.guid, interval)
+                interval_seconds=interval,
+                offset_seconds=phase_offset(monitor.guid, interval),
+                rotation_position=turn.position,
+                rotation_count=turn.count,
             ),
         )
 
@@ -159,25 +186,36 @@ class Assigner:
 
     async def _apply(self, guid: str, force_agent: str | None = None) -> None:
         monitor = self.monitors.get(guid)
-        desired = self.placement(monitor) if monitor is not None else set()
+        desired = self.turns(monitor) if monitor is not None else {}
         current = {agent for (g, agent) in self._published if g == guid}
-        for agent in desired:
+        for agent, turn in desired.items():
             assert monitor is not None
-            unchanged = self._published.get((guid, agent)) == monitor.revision
+            stored = self._published.get((guid, agent)) == monitor.revision
+            # a new turn in the rotation (a checkpoint came or went) is published again too
+            unchanged = stored and self._turns.get((guid, agent)) == turn
             if unchanged and agent != force_agent:
                 continue
             stamp = time.time_ns() // 1000  # before the agent can have it
-            if await self.bus.assign(agent, guid, self.assignment(monitor)) and not unchanged:
+            if not await self.bus.assign(agent, guid, self.assignment(monitor, turn)):
+                continue
+            self._turns[(guid, agent)] = turn
+            if not stored:
                 self._published[(guid, agent)] = monitor.revision
                 await self.store.set_assignment(guid, agent, monitor.revision, stamp)
                 self.history.opened(guid, agent, stamp)
                 log.info(
-                    "monitor %s (revision %s) assigned to agent %s", guid, monitor.revision, agent
+                    "monitor %s (revision %s) assigned to agent %s, slot %d of every %d",
+                    guid,
+                    monitor.revision,
+                    agent,
+                    turn.position,
+                    turn.count,
                 )
-        for agent in current - desired:
+        for agent in current - set(desired):
             if await self.bus.assign(agent, guid, None):
                 stamp = time.time_ns() // 1000  # after the agent can have run it
                 self._published.pop((guid, agent), None)
+                self._turns.pop((guid, agent), None)
                 await self.store.set_assignment(guid, agent, None, stamp)
                 self.history.closed(guid, agent, stamp)
                 log.info("monitor %s removed from agent %s", guid, agent)
@@ -209,6 +247,14 @@ class Assigner:
             guids = set(self.monitors) | {g for (g, _agent) in self._published}
             for guid in sorted(guids):
                 await self._apply(guid, force_agent)
+
+    async def checkpoint_primary(self, checkpoint_id: int, is_primary: bool) -> None:
+        """A checkpoint became primary or stopped being one: its servers' monitors that use
+        primary checkpoints only are placed again."""
+        for agent_id, srv in list(self.servers.items()):
+            if srv.checkpoint_id == checkpoint_id:
+                self.servers[agent_id] = dataclasses.replace(srv, is_primary_checkpoint=is_primary)
+        await self.sync_all()
 
     async def reconcile_forever(self, every: float = 30.0) -> None:
         """Publishes that failed (a broker hiccup) are retried here, not only on reconnect."""

@@ -1,9 +1,12 @@
 """Result batches in, rows committed, acks out; the controller decides each check's ErrorLevel.
 
 A batch is acknowledged only after its transaction commits; a replayed batch stores nothing
-twice (unique result uid). With one checkpoint a failed check is re-run at once by the same
-agent: the first failure is Unconfirmed, a failing re-check Confirmed. While a monitor is in a
-confirmed error, further failures are Confirmed without another re-check.
+twice (unique result uid). A failed check is re-run at once from another live checkpoint of
+the monitor's selection (the next in its rotation), or by the same agent when there is none:
+the first failure is Unconfirmed, a failing re-check Confirmed. While a monitor is in a
+confirmed error, further failures are Confirmed without another re-check. With concurrent
+monitoring each result is a partial check and the slot's concurrent check decides the level
+(controller/concurrent.py).
 
 The queue is bounded in bytes (as received). When it is full a new batch is refused: not
 queued, not acknowledged, counted; the agent keeps it and sends it again after its ack
@@ -28,9 +31,10 @@ from typing import Any, TypeVar
 
 import orjson
 
+from controller import concurrent, rotation
 from controller.assigner import Assigner
 from controller.bus import ControllerBus
-from controller.db.store import Store, StoreRejected, StoreUnavailable, now_us
+from controller.db.store import CHECK, PARTIAL, Store, StoreRejected, StoreUnavailable, now_us
 from controller.metrics import ControllerMetrics
 from shared.messages import CheckResult, ResultBatch, RunRequest
 from shared.results import storage_plan
@@ -59,6 +63,10 @@ def error_level(result: CheckResult, current: int) -> int:
 # a confirmation asked for and not answered within this long (the agent restarted, its result
 # was lost) no longer holds back the next one: more than the longest check (120 s) and its trip
 CONFIRMATION_WAIT_SECONDS = 300.0
+MAX_CONFIRMATIONS_REMEMBERED = 100_000  # failed checks awaiting their confirmation's outcome
+# partial checks this recent are gathered again after a start: the longest time limit (120 s)
+# and the slot's bound beyond it
+RECOVER_SECONDS = 300.0
 
 
 @dataclass(eq=False)
@@ -81,6 +89,7 @@ class Ingest:
         batch_max: int,
         queue_max_bytes: int = 32 * 1024 * 1024,
         attempts: int = 3,
+        concurrent_wait_seconds: float = concurrent.DEFAULT_WAIT_SECONDS,
     ) -> None:
         self.store = store
         self.bus = bus
@@ -95,6 +104,12 @@ class Ingest:
         self.latest: dict[str, float] = {}  # start time of each monitor's newest result
         # monitors with a confirmation asked for and no result of it yet: when it was asked
         self.confirming: dict[str, float] = {}
+        # failed check uid -> the agent that saw it, until its confirmation comes (bounded)
+        self._failed_at: dict[str, str] = {}
+        self.gatherer = concurrent.Gatherer(concurrent_wait_seconds)
+        self._decided: deque[concurrent.Slot] = deque()  # concurrent checks not yet stored
+        self._concurrent_lock = asyncio.Lock()
+        metrics.concurrent_slots_waiting.set_function(lambda: float(len(self.gatherer)))
         self._queue: deque[Queued] = deque()
         self._pending: dict[tuple[str, str], Queued] = {}  # queued or being stored
         self._bytes = 0
@@ -107,6 +122,41 @@ class Ingest:
 
     async def load(self) -> None:
         self.levels = await self.store.last_levels()
+        await self._recover_concurrent()
+
+    async def _recover_concurrent(self) -> None:
+        """Slots a previous run was gathering: their partials are stored, their concurrent
+        check may not be. Gathered again from the recent partials of concurrent monitors
+        (after the assigner has loaded); those already decided are skipped by uid."""
+        since_us = now_us() - int((RECOVER_SECONDS + self.gatherer.wait_seconds) * 1e6)
+        recovered = 0
+        for guid, monitor in self.assigner.monitors.items():
+            if not rotation.concurrent(monitor.definition):
+                continue
+            rows = await self.store.recent_partials(guid, since_us)
+            slots = {row.scheduled_us for row in rows}
+            decided = await self.store.known_uids(
+                [concurrent.concurrent_uid(guid, at) for at in slots]
+            )
+            for row in rows:
+                if concurrent.concurrent_uid(guid, row.scheduled_us) in decided:
+                    continue
+                partial = concurrent.Partial(
+                    agent=str(row.attributes.get("AgentId", row.server_id)),
+                    uid=row.uid,
+                    error_code=row.error_code,
+                    error_description=str(row.attributes.get("ErrorDescription", "")),
+                    total_time_ms=row.attributes.get("TotalTime"),
+                )
+                self._gather_partial(guid, row.scheduled_us, partial)
+                recovered += 1
+        if recovered:
+            log.info(
+                "concurrent monitoring: %d partial checks of %d undecided slots gathered again "
+                "after the start",
+                recovered,
+                len(self.gatherer) + len(self._decided),
+            )
 
     # --- the queue ------------------------------------------------------------------------------
 
@@ -304,8 +354,20 @@ class Ingest:
         ordered = sorted(
             ((b, r) for b in batches for r in b.results), key=lambda pair: pair[1].started_at
         )
+        partials: set[str] = set()
+        # a confirmation names the check it confirms by the API's id too
+        confirmed_ids = await self.store.check_ids(
+            sorted({r.confirms for _, r in ordered if r.is_confirmation and r.confirms})
+        )
         for batch, result in ordered:
             if result.uid in results or result.uid in known:
+                continue
+            if self._is_partial(result):
+                # its own level, which is not the monitor's: the concurrent check decides that
+                level = NO_ERROR if result.error_code == 0 else UNCONFIRMED
+                partials.add(result.uid)
+                results[result.uid] = (batch, result, level)
+                rows.append(self._row(batch.agent, result, level, PARTIAL))
                 continue
             level = error_level(result, levels.get(result.monitor_guid, NO_ERROR))
             # a result older than the newest one seen (an outbox replay after an outage) gets
@@ -313,13 +375,18 @@ class Ingest:
             if result.started_at >= self.latest.get(result.monitor_guid, 0.0):
                 levels[result.monitor_guid] = level
             results[result.uid] = (batch, result, level)
-            rows.append(self._row(batch.agent, result, level))
+            confirms_id = confirmed_ids.get(result.confirms or "")
+            rows.append(self._row(batch.agent, result, level, confirms_id=confirms_id))
         inserted = await self.store.insert_checks(rows)
         now = time.time()
         stale: set[str] = set()
         by_level: Counter[int] = Counter()
         for uid in sorted(inserted, key=lambda u: results[u][1].started_at):
             batch, result, level = results[uid]
+            if uid in partials:
+                self._gather(batch.agent, result)
+                by_level[level] += 1
+                continue
             if result.started_at >= self.latest.get(result.monitor_guid, 0.0):
                 self.latest[result.monitor_guid] = result.started_at
                 self.levels[result.monitor_guid] = level
@@ -333,8 +400,11 @@ class Ingest:
         confirmations: list[tuple[str, RunRequest]] = []
         for uid in sorted(inserted, key=lambda u: results[u][1].started_at):
             batch, result, level = results[uid]
+            if uid in partials:
+                continue
             if result.is_confirmation:
                 self.confirming.pop(result.monitor_guid, None)
+                self._count_confirmation(batch.agent, result)
             elif level == UNCONFIRMED and uid not in stale:
                 # at most one confirmation of a monitor in flight: the failures that come in
                 # meanwhile (a short interval, a long time limit) wait for its verdict
@@ -342,9 +412,123 @@ class Ingest:
                 if asked is not None and now - asked < CONFIRMATION_WAIT_SECONDS:
                     continue
                 self.confirming[result.monitor_guid] = now
+                # from another live checkpoint of the selection if there is one
+                target = self.assigner.confirmer(result.monitor_guid, batch.agent)
+                self._failed_at[uid] = batch.agent
+                while len(self._failed_at) > MAX_CONFIRMATIONS_REMEMBERED:
+                    del self._failed_at[next(iter(self._failed_at))]
                 request = RunRequest(monitor_guid=result.monitor_guid, confirms=uid)
-                confirmations.append((batch.agent, request))
+                confirmations.append((target, request))
+        await self._store_concurrent()
         return confirmations
+
+    def _count_confirmation(self, agent: str, result: CheckResult) -> None:
+        """picket_confirmations_total: the outcome, and whether it ran at another checkpoint."""
+        failed_agent = self._failed_at.pop(result.confirms or "", None)
+        where = "unknown"
+        if failed_agent is not None:
+            failed, srv = self.assigner.server(failed_agent), self.assigner.server(agent)
+            if failed is not None and srv is not None:
+                same = failed.checkpoint_id == srv.checkpoint_id
+                where = "same_checkpoint" if same else "other_checkpoint"
+        outcome = "confirmed" if result.error_code != 0 else "cleared"
+        self.metrics.confirmation_outcomes.labels(outcome, where).inc()
+
+    # --- concurrent monitoring (controller/concurrent.py) ---------------------------------------
+
+    def _is_partial(self, result: CheckResult) -> bool:
+        monitor = self.assigner.monitors.get(result.monitor_guid)
+        return monitor is not None and rotation.concurrent(monitor.definition)
+
+    def _gather(self, agent: str, result: CheckResult) -> None:
+        partial = concurrent.Partial(
+            agent=agent,
+            uid=result.uid,
+            error_code=result.error_code,
+            error_description=result.error_description,
+            total_time_ms=result.timings_ms.get("TotalTime"),
+        )
+        self._gather_partial(result.monitor_guid, int(result.scheduled_at * 1_000_000), partial)
+
+    def _gather_partial(self, guid: str, scheduled_us: int, partial: concurrent.Partial) -> None:
+        if guid not in self.assigner.monitors:
+            return  # deleted meanwhile
+
+        def new_slot() -> concurrent.Slot:
+            monitor = self.assigner.monitors[guid]
+            definition = monitor.definition
+            timeout = float(definition.get("TimeoutSeconds") or 30)
+            placed = [self.assigner.server(agent) for agent in self.assigner.placement(monitor)]
+            return concurrent.Slot(
+                monitor_guid=guid,
+                scheduled_us=scheduled_us,
+                expected=max(1, len(placed)),
+                awaited=sum(1 for srv in placed if srv is not None and rotation.live(srv)),
+                unconfirmed_threshold=int(
+                    definition.get("ConcurrentUnconfirmedErrorThreshold") or 50
+                ),
+                confirmed_threshold=int(definition.get("ConcurrentConfirmedErrorThreshold") or 75),
+                deadline=scheduled_us / 1_000_000 + timeout + self.gatherer.wait_seconds,
+                monitor_type=monitor.monitor_type,
+                staging=definition.get("MonitorMode") == "Staging",
+            )
+
+        slot = self.gatherer.add((guid, scheduled_us), partial, new_slot)
+        if slot is not None:
+            self._decided.append(slot)
+
+    async def _store_concurrent(self) -> None:
+        """Store the concurrent checks of the slots decided so far (kept until stored)."""
+        async with self._concurrent_lock:  # the ingest loop and the sweeper, one at a time
+            await self._store_decided()
+
+    async def _store_decided(self) -> None:
+        while self._decided:
+            slot = self._decided[0]
+            row, level = concurrent.row_of(slot)
+            try:
+                row["attributes"] = orjson.dumps(row["attributes"]).decode()
+                inserted = await self.store.insert_checks([row])
+            except REFUSED:
+                # never again for the same row: dropped, so it holds back nothing (an outage,
+                # StoreUnavailable, goes up: the caller waits and tries again)
+                self._decided.popleft()
+                log.exception(
+                    "monitor %s: the concurrent check of slot %d was refused by the database; "
+                    "its partial checks are stored, it is not",
+                    slot.monitor_guid,
+                    slot.scheduled_us,
+                )
+                continue
+            self._decided.popleft()
+            missing = max(0, slot.expected - len(slot.partials))
+            if missing:
+                self.metrics.partials_missing.inc(missing)
+            if not inserted:
+                continue  # stored before (a replay after a restart)
+            self.metrics.concurrent_checks.labels(LEVEL_NAMES[level]).inc()
+            self.metrics.results.labels(LEVEL_NAMES[level]).inc()
+            at = slot.scheduled_us / 1_000_000
+            if at >= self.latest.get(slot.monitor_guid, 0.0):
+                self.latest[slot.monitor_guid] = at
+                self.levels[slot.monitor_guid] = level
+            log.info(
+                "monitor %s: concurrent check of slot %.3f: %s (%d of %d partial checks in)",
+                slot.monitor_guid,
+                at,
+                LEVEL_NAMES[level],
+                len(slot.partials),
+                slot.expected,
+            )
+
+    async def decide_concurrent_forever(self, every: float = 1.0) -> None:
+        """Slots whose partial checks did not all come within their bound are decided here,
+        the missing ones counted as missing."""
+        while True:
+            await asyncio.sleep(every)
+            self._decided.extend(self.gatherer.due())
+            if self._decided:
+                await self._when_available(self._store_concurrent)
 
     async def _acknowledge(self, batches: list[ResultBatch]) -> None:
         by_agent: dict[str, list[str]] = {}
@@ -379,7 +563,14 @@ class Ingest:
             return None
         return result.details
 
-    def _row(self, agent_id: str, result: CheckResult, level: int) -> dict[str, Any]:
+    def _row(
+        self,
+        agent_id: str,
+        result: CheckResult,
+        level: int,
+        kind: int = CHECK,
+        confirms_id: int | None = None,
+    ) -> dict[str, Any]:
         """The check's row: each result field where its declaration says (shared/results.py),
         plus what the controller adds (level, server, agent, staging)."""
         srv = self.assigner.server(agent_id)
@@ -394,6 +585,10 @@ class Ingest:
                 attributes[attribute.name] = value
         attributes["StagingMode"] = staging
         attributes["AgentId"] = agent_id
+        if kind == PARTIAL:
+            attributes["IsPartialCheck"] = True
+        if confirms_id is not None:
+            attributes["ConfirmsCheckId"] = confirms_id
         row: dict[str, Any] = {}
         for name, column in STORED.columns:
             value = getattr(result, name)
@@ -410,6 +605,7 @@ class Ingest:
             attributes=orjson.dumps(attributes).decode(),
             response_body=body,
             details=self._details(agent_id, result),
+            check_kind=kind,
         )
         return row
 

@@ -87,6 +87,29 @@ class ControllerMetrics:
             "Re-checks requested to confirm an error",
             registry=r,
         )
+        self.confirmation_outcomes = Counter(
+            "picket_confirmations_total",
+            "Confirmation re-checks answered, by outcome (confirmed: it failed too; cleared: it "
+            "passed) and by where they ran (other_checkpoint, same_checkpoint)",
+            ["outcome", "where"],
+            registry=r,
+        )
+        self.concurrent_checks = Counter(
+            "picket_concurrent_checks_total",
+            "Concurrent checks decided from their partial checks, by error level",
+            ["error_level"],
+            registry=r,
+        )
+        self.partials_missing = Counter(
+            "picket_partial_checks_missing_total",
+            "Partial checks of concurrent slots that had not come when their slot was decided",
+            registry=r,
+        )
+        self.concurrent_slots_waiting = Gauge(
+            "picket_concurrent_slots_waiting",
+            "Concurrent slots waiting for their partial checks",
+            registry=r,
+        )
         self.results_refused = Counter(
             "picket_results_refused_total",
             "Results dropped: for a monitor that does not exist, or not assigned to the sender",

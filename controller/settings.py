@@ -62,6 +62,14 @@ class ControllerSettings(PicketSettings):
         "controller's own PICKET_BROKER_URL without its credentials",
     )
 
+    concurrent_wait_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="how long after a concurrent slot's time limit its partial checks are "
+        "waited for; one not in by then is counted as missing",
+    )
+
     @field_validator("broker_admin_url", "agent_broker_url")
     @classmethod
     def _broker_or_empty(cls, value: str) -> str:

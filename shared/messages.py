@@ -6,7 +6,7 @@ import ipaddress
 import unicodedata
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 from pydantic_core import to_json
 
 from shared.results import Attribute, Column, Observation, observation_fields
@@ -79,8 +79,21 @@ class AgentState(Message):
 
 
 class Schedule(Message):
+    """Slot k of a monitor is at k*interval + offset (epoch seconds). In rotation (Uptrends'
+    default) the selected checkpoints take the slots in turn: this agent runs slot k only when
+    k mod rotation_count == rotation_position (controller/rotation.py). Agents before rotation
+    ignore the two fields and run every slot."""
+
     interval_seconds: Annotated[int, Field(gt=0)]
     offset_seconds: Annotated[float, Field(ge=0)]
+    rotation_position: Annotated[int, Field(ge=0)] = 0
+    rotation_count: Annotated[int, Field(ge=1, le=10_000)] = 1
+
+    @model_validator(mode="after")
+    def _position_in_rotation(self) -> Schedule:
+        if self.rotation_position >= self.rotation_count:
+            raise ValueError("rotation_position must be below rotation_count")
+        return self
 
 
 class Assignment(Message):

@@ -160,6 +160,13 @@ class MonitorBase(_Strict):
     CheckIntervalSeconds: Annotated[int, Field(ge=1, le=14_400)] | None = None
     TimeoutSeconds: Annotated[int, Field(ge=1, le=120)] = 30
     SelectedCheckpoints: CheckpointSelection = Field(default_factory=CheckpointSelection)
+    # only the selected checkpoints marked primary (controller/rotation.py)
+    UsePrimaryCheckpointsOnly: bool = False
+    # every selected checkpoint runs every slot; the thresholds (percent of the selected
+    # checkpoints whose partial check failed) decide the concurrent check's ErrorLevel
+    UseConcurrentMonitoring: bool = False
+    ConcurrentUnconfirmedErrorThreshold: Annotated[int, Field(ge=1, le=100)] = 50
+    ConcurrentConfirmedErrorThreshold: Annotated[int, Field(ge=1, le=100)] = 75
     Notes: str = ""
     CustomFields: list[CustomField] = Field(default_factory=list)
     Hash: str | None = None
@@ -179,6 +186,14 @@ class MonitorBase(_Strict):
         if seconds is not None and info.data.get("CheckInterval") is not None:
             raise ValueError("give CheckInterval (minutes) or CheckIntervalSeconds, not both")
         return seconds
+
+    @field_validator("ConcurrentConfirmedErrorThreshold")
+    @classmethod
+    def _thresholds_in_order(cls, confirmed: int, info: ValidationInfo) -> int:
+        unconfirmed = info.data.get("ConcurrentUnconfirmedErrorThreshold")
+        if unconfirmed is not None and confirmed < unconfirmed:
+            raise ValueError("must not be below ConcurrentUnconfirmedErrorThreshold")
+        return confirmed
 
     @model_validator(mode="after")
     def _default_interval(self) -> MonitorBase:

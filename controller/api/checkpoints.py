@@ -151,6 +151,8 @@ async def patch_checkpoint(request: web.Request) -> web.Response:
     ctl = controller(request)
     if not await ctl.store.update_checkpoint(wanted, patch.Code, patch.IsPrimaryCheckpoint):
         fail(404, f"Checkpoint {wanted} not found", "checkpointId")
+    if patch.IsPrimaryCheckpoint is not None:  # UsePrimaryCheckpointsOnly monitors may move
+        await ctl.assigner.checkpoint_primary(wanted, patch.IsPrimaryCheckpoint)
     return web.Response(status=204)
 
 

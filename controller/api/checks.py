@@ -13,7 +13,7 @@ from aiohttp import web
 
 from controller.api.common import PREFIX, controller, fail, ok
 from controller.assigner import Assigner
-from controller.db.store import CheckRow
+from controller.db.store import CONCURRENT, PARTIAL, CheckRow
 from controller.ingest import LEVEL_NAMES, LEVELS_BY_NAME
 from shared import jsonin
 from shared.timefmt import iso, parse
@@ -42,8 +42,8 @@ def represent(row: CheckRow, assigner: Assigner) -> dict[str, Any]:
             "ErrorLevel": LEVEL_NAMES.get(row.error_level, "NoError"),
             "ServerId": row.server_id,
             "CheckpointId": srv.checkpoint_id if srv else None,
-            "IsPartialCheck": False,
-            "IsConcurrentCheck": False,
+            "IsPartialCheck": row.kind == PARTIAL,
+            "IsConcurrentCheck": row.kind == CONCURRENT,
         }
     )
     self_link = f"{PREFIX}/MonitorCheck/{row.id}"
@@ -52,6 +52,8 @@ def represent(row: CheckRow, assigner: Assigner) -> dict[str, Any]:
         kinds = ("Http", "Waterfall")
     elif row.details and "StepResults" in row.details:
         kinds = ("MultiStepAPI",)
+    if row.kind == CONCURRENT:
+        kinds = ("Concurrent",)
     relationships = [
         {"Id": row.id, "Type": kind, "Links": {"Self": f"{self_link}/{kind}"}} for kind in kinds
     ]
@@ -253,4 +255,26 @@ async def multi_step_details(request: web.Request) -> web.Response:
     links = {"Self": f"{PREFIX}/MonitorCheck/{row.id}/MultiStepAPI"}
     return ok(
         {"Data": {"Id": row.id, "Type": "MultiStepAPI", "Attributes": attributes, "Links": links}}
+    )
+
+
+# partial checks of a slot started this close to it (the longest time limit, 120 s, and clock
+# differences between agents): the bound of the index scan that finds them
+PARTIALS_WITHIN_US = 600_000_000
+
+
+@routes.get(PREFIX + "/MonitorCheck/{monitorCheckId}/Concurrent")
+async def concurrent_partials(request: web.Request) -> web.Response:
+    """A concurrent check's partial checks, one per checkpoint that reported."""
+    row = await _check_for_detail(request)
+    if row.kind != CONCURRENT:
+        fail(404, f"MonitorCheck {row.id} is not a concurrent check", "monitorCheckId")
+    ctl = controller(request)
+    partials = await ctl.store.partial_checks(row, PARTIALS_WITHIN_US)
+    return ok(
+        {
+            "Data": [represent(p, ctl.assigner) for p in partials],
+            "Links": {"Self": f"{PREFIX}/MonitorCheck/{row.id}/Concurrent"},
+            "Meta": {"Count": len(partials)},
+        }
     )

@@ -109,6 +109,8 @@ monitor_check = sa.Table(
     sa.Column("attributes", sa.Text, nullable=False),  # JSON: timings and the rest
     sa.Column("response_body", sa.Text, nullable=True),  # failed checks only, truncated
     sa.Column("details", sa.Text, nullable=True),  # JSON per type: headers, waterfall (0002)
+    # 0 a check, 1 a partial check of a concurrent slot, 2 the slot's concurrent check (0006)
+    sa.Column("check_kind", sa.SmallInteger, nullable=False, server_default="0"),
     sa.Index("ix_monitor_check_monitor_ts", "monitor_guid", "ts_us", "id"),
 )
 

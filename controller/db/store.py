@@ -66,6 +66,7 @@ class ServerRow:
     version: str = ""
     first_seen_us: int = 0
     last_seen_us: int = 0
+    is_primary_checkpoint: bool = True  # its checkpoint's IsPrimaryCheckpoint
 
     def can_take_checks(self, now_us: int) -> bool:
         """Whether placement may give this server checks (its presence aside): an active
@@ -121,6 +122,10 @@ class CheckRow:
     attributes: dict[str, Any]
     response_body: str | None
     details: dict[str, Any] | None
+    kind: int = 0  # CHECK, PARTIAL or CONCURRENT
+
+
+CHECK, PARTIAL, CONCURRENT = 0, 1, 2  # monitor_check.check_kind
 
 
 class StoreError(Exception):
@@ -380,6 +385,7 @@ class Store:
             server.c.version,
             server.c.first_seen_us,
             server.c.last_seen_us,
+            checkpoint.c.is_primary.label("is_primary_checkpoint"),
         ).join(checkpoint, checkpoint.c.id == server.c.checkpoint_id)
 
     @staticmethod
@@ -400,6 +406,7 @@ class Store:
             version=row.version,
             first_seen_us=row.first_seen_us,
             last_seen_us=row.last_seen_us,
+            is_primary_checkpoint=bool(row.is_primary_checkpoint),
         )
 
     async def servers(self) -> list[ServerRow]:
@@ -760,6 +767,20 @@ class Store:
                 found.update(r.uid for r in rows)
         return found
 
+    async def check_ids(self, uids: list[str]) -> dict[str, int]:
+        """The ids of the stored checks among these result uids."""
+        if not uids:
+            return {}
+        found: dict[str, int] = {}
+        c = monitor_check.c
+        async with self._connect() as conn:
+            for start in range(0, len(uids), 500):
+                rows = await conn.execute(
+                    sa.select(c.uid, c.id).where(c.uid.in_(uids[start : start + 500]))
+                )
+                found.update({r.uid: r.id for r in rows})
+        return found
+
     async def insert_checks(self, rows: Sequence[dict[str, Any]]) -> set[str]:
         """Insert what is new; a uid already stored is skipped. Returns the uids inserted."""
         if not rows:
@@ -801,6 +822,7 @@ class Store:
             attributes=json.loads(row.attributes),
             response_body=row.response_body,
             details=json.loads(row.details) if row.details else None,
+            kind=row.check_kind,
         )
 
     async def check(self, check_id: int) -> CheckRow | None:
@@ -821,7 +843,11 @@ class Store:
         limit: int,
     ) -> list[CheckRow]:
         c = monitor_check.c
-        query = sa.select(monitor_check).where(c.monitor_guid == monitor_guid)
+        # a concurrent slot is listed as its concurrent check; its partials are
+        # partial_checks' (GET /MonitorCheck/{id}/Concurrent)
+        query = sa.select(monitor_check).where(
+            c.monitor_guid == monitor_guid, c.check_kind != PARTIAL
+        )
         if start_us is not None:
             query = query.where(c.ts_us >= start_us)
         if end_us is not None:
@@ -840,11 +866,39 @@ class Store:
             rows = await conn.execute(query.order_by(*order).limit(limit))
             return [self._check(r) for r in rows]
 
+    async def partial_checks(self, concurrent: CheckRow, within_us: int) -> list[CheckRow]:
+        """The partial checks of a concurrent check's slot (started within `within_us` of
+        it: the (monitor, time) index finds them)."""
+        c = monitor_check.c
+        query = sa.select(monitor_check).where(
+            c.monitor_guid == concurrent.monitor_guid,
+            c.ts_us >= concurrent.scheduled_us - within_us,
+            c.ts_us <= concurrent.scheduled_us + within_us,
+            c.scheduled_us == concurrent.scheduled_us,
+            c.check_kind == PARTIAL,
+        )
+        async with self._connect() as conn:
+            rows = await conn.execute(query.order_by(c.ts_us, c.id))
+            return [self._check(r) for r in rows]
+
+    async def recent_partials(self, monitor_guid: str, since_us: int) -> list[CheckRow]:
+        """A monitor's partial checks started since `since_us` (the (monitor, time) index)."""
+        c = monitor_check.c
+        query = sa.select(monitor_check).where(
+            c.monitor_guid == monitor_guid, c.ts_us >= since_us, c.check_kind == PARTIAL
+        )
+        async with self._connect() as conn:
+            rows = await conn.execute(query.order_by(c.ts_us, c.id))
+            return [self._check(r) for r in rows]
+
     async def last_levels(self) -> dict[str, int]:
-        """Each monitor's most recent error level (alert state survives a controller restart)."""
+        """Each monitor's most recent error level (alert state survives a controller restart);
+        a partial check's level is not the monitor's."""
         c = monitor_check.c
         latest = (
-            sa.select(c.monitor_guid, sa.func.max(c.id).label("id")).group_by(c.monitor_guid)
+            sa.select(c.monitor_guid, sa.func.max(c.id).label("id"))
+            .where(c.check_kind != PARTIAL)
+            .group_by(c.monitor_guid)
         ).subquery()
         async with self._connect() as conn:
             rows = await conn.execute(

@@ -255,7 +255,6 @@ def test_constant_fields_are_documented_as_fixed() -> None:
         "`UrlIsBlocked` false (Picket blocks no URLs)",
         "`ChildRegions` is always empty",
         "ClockOffsetMilliseconds (null until measured)",
-        "`IsPartialCheck` and `IsConcurrentCheck` are always false",
         "`Percentage` and `Level` are refused",
     ]:
         assert phrase in text, phrase
