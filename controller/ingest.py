@@ -12,6 +12,12 @@ queued batches are held and retried with backoff (the queue fills, then refuses)
 database refuses (`StoreRejected`: a NUL in text, an integer out of range) is tried a few
 times, then its refused results go to the dead-letter table with the reason, the rest is
 stored, and the batch is acknowledged, so it never holds the agent's in-flight window.
+
+Two kinds of result are stored but never move the alert state nor ask for a re-check: an
+inconclusive one (error 3: the agent's connectivity canary failed too; stored as NoError with
+`IsInconclusive`), and a second result for a slot a server of the same checkpoint has already
+reported (an agent cut off from the broker kept running a monitor its peer took over; flagged
+`IsDuplicateSlot`): a slot counts once.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from controller.assigner import Assigner
 from controller.bus import ControllerBus
 from controller.db.store import Store, StoreRejected, StoreUnavailable, now_us
 from controller.metrics import ControllerMetrics
+from shared.errors import ErrorCode
 from shared.messages import CheckResult, ResultBatch, RunRequest
 from shared.results import storage_plan
 
@@ -49,7 +56,7 @@ REFUSED = (StoreRejected, ValueError, OverflowError, TypeError)
 
 
 def error_level(result: CheckResult, current: int) -> int:
-    if result.error_code == 0:
+    if result.error_code in (ErrorCode.OK, ErrorCode.INCONCLUSIVE):
         return NO_ERROR
     if result.is_confirmation or current == CONFIRMED:
         return CONFIRMED
@@ -95,6 +102,11 @@ class Ingest:
         self.latest: dict[str, float] = {}  # start time of each monitor's newest result
         # monitors with a confirmation asked for and no result of it yet: when it was asked
         self.confirming: dict[str, float] = {}
+        # the newest slot (scheduled time, µs) with a result, per monitor and checkpoint: a
+        # second result for it is a duplicate slot; older slots are looked up in the database
+        self.slots: dict[tuple[str, int], int] = {}
+        # agent id -> its clock's offset from the controller's, in ms (controller/clock.py)
+        self.clock_offset_ms: Callable[[str], float | None] = lambda _agent: None
         self._queue: deque[Queued] = deque()
         self._pending: dict[tuple[str, str], Queued] = {}  # queued or being stored
         self._bytes = 0
@@ -297,30 +309,59 @@ class Ingest:
         """Insert what is new; the re-checks to ask for (agent, request)."""
         batches = self.assigner.acceptance.admit(batches)  # others dropped and counted
         rows: list[dict[str, Any]] = []
-        results: dict[str, tuple[ResultBatch, CheckResult, int]] = {}
+        results: dict[str, tuple[ResultBatch, CheckResult, int, bool]] = {}
         levels = dict(self.levels)
         # a replayed result (lost ack, resend) must not move the alert state a second time
         known = await self.store.known_uids([r.uid for b in batches for r in b.results])
         ordered = sorted(
             ((b, r) for b in batches for r in b.results), key=lambda pair: pair[1].started_at
         )
+        stored_slots = await self._stored_slots(ordered)
+        seen: set[tuple[str, int, int]] = set()
         for batch, result in ordered:
             if result.uid in results or result.uid in known:
                 continue
+            duplicate = False
+            if not result.is_confirmation:
+                slot = (result.monitor_guid, _us(result.scheduled_at), self._checkpoint(batch))
+                duplicate = (
+                    slot in seen
+                    or slot in stored_slots
+                    or self.slots.get((slot[0], slot[2])) == slot[1]
+                )
+                seen.add(slot)
+            inconclusive = result.error_code == ErrorCode.INCONCLUSIVE
+            counts = not (duplicate or inconclusive)  # a slot counts once, and only if it says
             level = error_level(result, levels.get(result.monitor_guid, NO_ERROR))
             # a result older than the newest one seen (an outbox replay after an outage) gets
             # its level but moves neither the state nor asks for a re-check
-            if result.started_at >= self.latest.get(result.monitor_guid, 0.0):
+            if counts and result.started_at >= self.latest.get(result.monitor_guid, 0.0):
                 levels[result.monitor_guid] = level
-            results[result.uid] = (batch, result, level)
-            rows.append(self._row(batch.agent, result, level))
+            results[result.uid] = (batch, result, level, counts)
+            rows.append(self._row(batch.agent, result, level, duplicate))
         inserted = await self.store.insert_checks(rows)
         now = time.time()
         stale: set[str] = set()
         by_level: Counter[int] = Counter()
         for uid in sorted(inserted, key=lambda u: results[u][1].started_at):
-            batch, result, level = results[uid]
-            if result.started_at >= self.latest.get(result.monitor_guid, 0.0):
+            batch, result, level, counts = results[uid]
+            if not result.is_confirmation:
+                key = (result.monitor_guid, self._checkpoint(batch))
+                self.slots[key] = max(self.slots.get(key, 0), _us(result.scheduled_at))
+            if not counts:
+                stale.add(uid)
+                if result.error_code == ErrorCode.INCONCLUSIVE:
+                    self.metrics.inconclusive_slots.inc()
+                else:
+                    self.metrics.duplicate_slots.inc()
+                    log.info(
+                        "agent %s: monitor %s: a second result for the slot at %s of its "
+                        "checkpoint (a failover overlap); stored as a duplicate slot",
+                        batch.agent,
+                        result.monitor_guid,
+                        result.scheduled_at,
+                    )
+            elif result.started_at >= self.latest.get(result.monitor_guid, 0.0):
                 self.latest[result.monitor_guid] = result.started_at
                 self.levels[result.monitor_guid] = level
             else:
@@ -332,7 +373,7 @@ class Ingest:
         self.metrics.duplicates.inc(sum(len(b.results) for b in batches) - len(inserted))
         confirmations: list[tuple[str, RunRequest]] = []
         for uid in sorted(inserted, key=lambda u: results[u][1].started_at):
-            batch, result, level = results[uid]
+            batch, result, level, _counts = results[uid]
             if result.is_confirmation:
                 self.confirming.pop(result.monitor_guid, None)
             elif level == UNCONFIRMED and uid not in stale:
@@ -345,6 +386,33 @@ class Ingest:
                 request = RunRequest(monitor_guid=result.monitor_guid, confirms=uid)
                 confirmations.append((batch.agent, request))
         return confirmations
+
+    def _checkpoint(self, batch: ResultBatch) -> int:
+        srv = self.assigner.server(batch.agent)
+        return srv.checkpoint_id if srv is not None else -1
+
+    async def _stored_slots(
+        self, ordered: list[tuple[ResultBatch, CheckResult]]
+    ) -> set[tuple[str, int, int]]:
+        """Slots of these results (monitor, scheduled µs, checkpoint) with a result stored
+        already, for those not decided in memory: older than the newest slot seen of their
+        monitor and checkpoint, or of one not seen since the controller started."""
+        wanted: set[tuple[str, int]] = set()
+        for batch, result in ordered:
+            if result.is_confirmation:
+                continue
+            newest = self.slots.get((result.monitor_guid, self._checkpoint(batch)))
+            at = _us(result.scheduled_at)
+            if newest is None or at < newest:
+                wanted.add((result.monitor_guid, at))
+        if not wanted:
+            return set()
+        stored = await self.store.slots_stored(sorted(wanted))
+        found: set[tuple[str, int, int]] = set()
+        for guid, at, server_id in stored:
+            srv = self.assigner.server_by_id(server_id)
+            found.add((guid, at, srv.checkpoint_id if srv is not None else -1))
+        return found
 
     async def _acknowledge(self, batches: list[ResultBatch]) -> None:
         by_agent: dict[str, list[str]] = {}
@@ -379,7 +447,9 @@ class Ingest:
             return None
         return result.details
 
-    def _row(self, agent_id: str, result: CheckResult, level: int) -> dict[str, Any]:
+    def _row(
+        self, agent_id: str, result: CheckResult, level: int, duplicate: bool = False
+    ) -> dict[str, Any]:
         """The check's row: each result field where its declaration says (shared/results.py),
         plus what the controller adds (level, server, agent, staging)."""
         srv = self.assigner.server(agent_id)
@@ -394,6 +464,14 @@ class Ingest:
                 attributes[attribute.name] = value
         attributes["StagingMode"] = staging
         attributes["AgentId"] = agent_id
+        if result.error_code == ErrorCode.INCONCLUSIVE:
+            attributes["IsInconclusive"] = True
+        if duplicate:
+            attributes["IsDuplicateSlot"] = True
+        offset = self.clock_offset_ms(agent_id)
+        if offset is not None:
+            # Timestamp and ScheduledTime are the agent's clock; this is how far it was off
+            attributes["ClockOffsetMilliseconds"] = offset
         row: dict[str, Any] = {}
         for name, column in STORED.columns:
             value = getattr(result, name)
@@ -412,6 +490,11 @@ class Ingest:
             details=self._details(agent_id, result),
         )
         return row
+
+
+def _us(seconds: float) -> int:
+    """Seconds as stored: integer microseconds (as `_row` makes a `micros` column)."""
+    return int(seconds * 1_000_000)
 
 
 def _escaped(text: object, limit: int) -> str:
