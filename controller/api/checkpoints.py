@@ -70,7 +70,8 @@ async def one_checkpoint(request: web.Request) -> web.Response:
 @routes.get(PREFIX + "/Checkpoint/Server/{serverId:\\d+}")
 async def one_server(request: web.Request) -> web.Response:
     wanted = id_param(request, "serverId")
-    for srv in await controller(request).store.servers():
+    ctl = controller(request)
+    for srv in await ctl.store.servers():
         if srv.id == wanted:
             capabilities = ["PrimaryServer"] + (["IPv6", "NativeIPv6"] if srv.ipv6 else [])
             attributes = {
@@ -81,6 +82,9 @@ async def one_server(request: web.Request) -> web.Response:
                 "AgentId": srv.agent_id,
                 "Online": srv.online,
                 "MonitorTypes": srv.probe_types,
+                # the agent's clock minus the controller's (controller/clock.py); null until
+                # measured
+                "ClockOffsetMilliseconds": ctl.clock.offset_ms(srv.agent_id),
             }
             link = f"{PREFIX}/Checkpoint/Server/{wanted}"
             data = {"Id": wanted, "Type": "CheckpointServer", "Attributes": attributes}
