@@ -58,7 +58,13 @@ class Agent:
         )
         self.runnable = frozenset(probes.probe_types())
         self.pool = WorkerPool(settings, self.metrics, self._on_results)
-        self.link = AgentLink(settings.broker_url, self.id, self, self.metrics)
+        self.link = AgentLink(
+            settings.broker_url,
+            self.id,
+            self,
+            self.metrics,
+            keepalive=settings.presence_keepalive_seconds,
+        )
         # from the workers: (count, a run of joined results), each run fitting in a message
         self._results: deque[tuple[int, bytes]] = deque()
         self._result_count = 0

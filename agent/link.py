@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Protocol
 
 from pydantic import ValidationError
 
 from agent.metrics import AgentMetrics
 from shared import topics
-from shared.messages import Ack, AgentState, Assignment, Hello, RunRequest, Sync
+from shared.messages import (
+    Ack,
+    AgentState,
+    Assignment,
+    Hello,
+    RunRequest,
+    Sync,
+    TimeReply,
+    TimeRequest,
+)
 from shared.mqtt import Inbound, LastWill, MqttSession
 from shared.settings import parse_broker_url
 
@@ -28,7 +38,12 @@ class LinkHandler(Protocol):
 
 class AgentLink:
     def __init__(
-        self, broker_url: str, agent_id: str, handler: LinkHandler, metrics: AgentMetrics
+        self,
+        broker_url: str,
+        agent_id: str,
+        handler: LinkHandler,
+        metrics: AgentMetrics,
+        keepalive: int = 15,
     ) -> None:
         self.agent_id = agent_id
         self._handler = handler
@@ -42,12 +57,15 @@ class AgentLink:
                 topics.run(agent_id),
                 topics.ack(agent_id),
                 topics.sync(agent_id),
+                topics.time_request(agent_id),
             ],
             on_message=self._on_message,
             on_connect=self._on_connect,
             on_disconnect=self._on_disconnect,
             on_drop=lambda reason: metrics.dropped.labels(reason).inc(),
             will=LastWill(topics.state(agent_id), offline),
+            # the broker sends the last will after 1.5 x this without a packet from us
+            keepalive=keepalive,
         )
 
     async def run(self) -> None:
@@ -91,6 +109,15 @@ class AgentLink:
                 self._handler.on_run(RunRequest.model_validate_json(message.payload))
             elif kind == "ack":
                 self._handler.on_ack(Ack.model_validate_json(message.payload))
+            elif kind == "time" and len(levels) == 3:
+                # the clock is read as the request arrives: the controller halves the round
+                # trip around it (controller/clock.py)
+                agent_time = time.time()
+                request = TimeRequest.model_validate_json(message.payload)
+                reply = TimeReply(nonce=request.nonce, agent_time=agent_time)
+                await self.session.publish(
+                    topics.clock(self.agent_id), reply.model_dump_json().encode()
+                )
             elif kind == "sync":
                 self._handler.on_sync(Sync.model_validate_json(message.payload))
             else:

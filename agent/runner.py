@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from pydantic_core import to_json
 
 from agent import probes
+from agent.canary import Canary, make_inconclusive
 from agent.curl import CurlEngine
 from agent.lookup import NameLookups
 from agent.metrics import CheckMetrics
@@ -83,6 +84,11 @@ class Runner:
         )
         self.probes: dict[str, Probe] = probes.build(self.context)
         self.max_pending = max_pending  # started but unfinished checks; more: shed
+        self.canary = (
+            Canary(settings.canary, settings.canary_timeout_seconds, name)
+            if settings.canary
+            else None
+        )
         behind = metrics.slots_skipped.labels("behind")
         self.scheduler = Scheduler(self._start_scheduled, behind.inc)
         self._skipped_overlap = metrics.slots_skipped.labels("overlap")
@@ -237,6 +243,10 @@ class Runner:
             outcome = Outcome(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         if entry.scrubber:
             scrub_outcome(outcome, entry.scrubber)
+        if not outcome.ok and self.canary is not None:
+            reachable, why = await self.canary.reachable()
+            if not reachable:
+                make_inconclusive(outcome, self.canary.target, why)
         if skipped := self._overlapped.pop(entry.guid, 0):
             outcome.attributes["SkippedSlots"] = skipped
         self.metrics.check_done(monitor.MonitorType, outcome.ok, time.perf_counter() - clock)

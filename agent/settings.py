@@ -5,6 +5,7 @@ import socket
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from agent.canary import parse_canary
 from shared import topics
 from shared.messages import canonical_addresses, place_name
 from shared.settings import BrokerUrl, ListenAddress, PicketSettings, parse_broker_url
@@ -40,6 +41,14 @@ class AgentSettings(PicketSettings):
     # results in memory waiting for a disk that refuses writes; when full the oldest go
     outbox_memory_max_bytes: int = Field(default=64 * 1024**2, ge=65_536)
 
+    # an address the agent must always reach (host:port, TCP); a failed check while it does
+    # not answer either is inconclusive (agent/canary.py). Empty: no canary
+    canary: str = ""
+    canary_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
+    # MQTT keepalive: the broker publishes the agent's last will (offline) after 1.5 times
+    # this without a packet, and the controller moves its monitors to its peers then
+    presence_keepalive_seconds: int = Field(default=15, ge=1, le=3600)
+
     def worker_count(self) -> int:
         return self.workers or len(os.sched_getaffinity(0)) or 1
 
@@ -57,6 +66,12 @@ class AgentSettings(PicketSettings):
         if value and not os.access(value, os.R_OK):  # else every HTTPS check would fail
             raise ValueError(f"{value} is not a readable file")
         return value
+
+    @field_validator("canary")
+    @classmethod
+    def _canary(cls, value: str) -> str:
+        parse_canary(value)
+        return value.strip()
 
     @field_validator("agent_id")
     @classmethod

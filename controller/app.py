@@ -16,6 +16,7 @@ from controller.api.common import CONTROLLER, PRINCIPAL, ApiError, refuse_unstor
 from controller.assigner import Assigner
 from controller.auth import Authenticator, AuthLimits, TooManyAttempts, ensure_admin
 from controller.bus import ControllerBus
+from controller.clock import ClockTracker
 from controller.db.connect import DatabaseUnusable, open_store
 from controller.db.store import Store, StoreUnavailable
 from controller.dynsec import BrokerAdmin
@@ -70,6 +71,8 @@ class Controller:
             activation_seconds=settings.server_activation_seconds,
             require_approval=settings.require_approval,
         )
+        self.clock = ClockTracker(self.bus.time_request, self.metrics)
+        self.bus.on_clock = self.clock.on_reply
         # set by a signal, or when a background loop dies
         self.stopping = stopping or asyncio.Event()
         self.failed = ""  # why, once a background loop has died
@@ -84,6 +87,7 @@ class Controller:
             settings.ingest_attempts,
             settings.concurrent_wait_seconds,
         )
+        self.ingest.clock_offset_ms = self.clock.offset_ms
         self.retention = Retention(
             store,
             self.assigner,
@@ -130,6 +134,10 @@ class Controller:
             )
             return
         await self.assigner.on_hello(hello, vouched=enrolled is not None)
+        self.clock.round_now()
+
+    def online_agents(self) -> list[str]:
+        return [s.agent_id for s in self.assigner.servers.values() if s.online]
 
     async def on_state(self, agent_id: str, online: bool) -> None:
         await self.assigner.on_state(agent_id, online)
@@ -216,6 +224,7 @@ def _background(ctl: Controller) -> Callable[[web.Application], AsyncIterator[No
             asyncio.create_task(ctl.assigner.reconcile_forever(), name="reconcile"),
             asyncio.create_task(ctl.assigner.activate_forever(), name="activate"),
             asyncio.create_task(ctl.retention.run(), name="retention"),
+            asyncio.create_task(ctl.clock.run(ctl.online_agents), name="clock"),
         ]
         for task in tasks:
             task.add_done_callback(ctl.background_ended)

@@ -318,7 +318,32 @@ class Assigner:
             self.servers[agent_id] = refreshed
         log.info("agent %s is %s", agent_id, "online" if online else "offline")
         self._update_online_metric()
+        before = self._placed_on(agent_id)
         await self.sync_all()
+        self._count_moves(agent_id, online, before, self._placed_on(agent_id))
+
+    def _placed_on(self, agent_id: str) -> set[str]:
+        return {guid for (guid, agent) in self._published if agent == agent_id}
+
+    def _count_moves(self, agent_id: str, online: bool, before: set[str], after: set[str]) -> None:
+        """Failover: the monitors that left a server that went offline; return: those that
+        came back to it (rendezvous hashing moves only a share back: its own)."""
+        moved = before - after if not online else after - before
+        if not moved:
+            return
+        reason = "return" if online else "failover"
+        if not online:
+            self.metrics.failovers.inc()
+        self.metrics.monitors_moved.labels(reason).inc(len(moved))
+        srv = self.servers.get(agent_id)
+        log.warning(
+            "agent %s (checkpoint %s) %s: %d monitors moved %s",
+            agent_id,
+            srv.checkpoint_name if srv else "?",
+            "is back" if online else "is offline",
+            len(moved),
+            "back to it" if online else "to its peers",
+        )
 
     # --- server states ----------------------------------------------------------------------
 

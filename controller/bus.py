@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,7 @@ from shared.messages import (
     ResultBatch,
     RunRequest,
     Sync,
+    TimeRequest,
 )
 from shared.mqtt import Inbound, MqttSession
 from shared.settings import parse_broker_url
@@ -134,12 +136,19 @@ class ControllerBus:
             client_id=f"picket-controller-{uuid.uuid4().hex[:12]}",
             # states first: after a restart the retained presence must be known before the
             # retained hellos, or a dead agent would look alive for a moment
-            subscriptions=[topics.ALL_STATES, topics.ALL_HELLOS, topics.ALL_RESULTS],
+            subscriptions=[
+                topics.ALL_STATES,
+                topics.ALL_HELLOS,
+                topics.ALL_RESULTS,
+                topics.ALL_CLOCKS,
+            ],
             on_message=self._on_message,
             on_connect=handler.on_connected,
             on_drop=lambda reason: metrics.dropped.labels(reason).inc(),
         )
         self.requested_runs = RequestedRuns()  # so their results are accepted (trust.py)
+        # answers to clock samples (controller/clock.py): agent, payload, when read
+        self.on_clock: Callable[[str, bytes, float], None] | None = None
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tasks:
@@ -147,8 +156,13 @@ class ControllerBus:
             tasks.create_task(self.control.run(), name="hellos-and-presence")
 
     async def _on_message(self, message: Inbound) -> None:
+        received = time.time()
         levels = topics.split(message.topic)
         try:
+            if len(levels) == 3 and levels[0] == "agents" and levels[2] == "clock":
+                if self.on_clock is not None:
+                    self.on_clock(levels[1], message.payload, received)
+                return
             if len(levels) == 3 and levels[0] == "agents" and levels[2] == "hello":
                 try:
                     hello = parse_hello(message.payload, levels[1])
@@ -198,6 +212,11 @@ class ControllerBus:
     async def run_now(self, agent_id: str, request: RunRequest) -> bool:
         self.requested_runs.requested(agent_id, request.monitor_guid, request.confirms)
         return await self.session.publish(topics.run(agent_id), request.model_dump_json().encode())
+
+    async def time_request(self, agent_id: str, request: TimeRequest) -> bool:
+        return await self.session.publish(
+            topics.time_request(agent_id), request.model_dump_json().encode()
+        )
 
     async def sync(self, agent_id: str, sync: Sync) -> bool:
         return await self.session.publish(topics.sync(agent_id), sync.model_dump_json().encode())

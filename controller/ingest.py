@@ -15,6 +15,12 @@ queued batches are held and retried with backoff (the queue fills, then refuses)
 database refuses (`StoreRejected`: a NUL in text, an integer out of range) is tried a few
 times, then its refused results go to the dead-letter table with the reason, the rest is
 stored, and the batch is acknowledged, so it never holds the agent's in-flight window.
+
+Two kinds of result are stored but never move the alert state nor ask for a re-check: an
+inconclusive one (error 3: the agent's connectivity canary failed too; stored as NoError with
+`IsInconclusive`), and a second result for a slot a server of the same checkpoint has already
+reported (an agent cut off from the broker kept running a monitor its peer took over; flagged
+`IsDuplicateSlot`): a slot counts once.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from controller.assigner import Assigner
 from controller.bus import ControllerBus
 from controller.db.store import CHECK, PARTIAL, Store, StoreRejected, StoreUnavailable, now_us
 from controller.metrics import ControllerMetrics
+from shared.errors import ErrorCode
 from shared.messages import CheckResult, ResultBatch, RunRequest
 from shared.results import storage_plan
 
@@ -53,7 +60,7 @@ REFUSED = (StoreRejected, ValueError, OverflowError, TypeError)
 
 
 def error_level(result: CheckResult, current: int) -> int:
-    if result.error_code == 0:
+    if result.error_code in (ErrorCode.OK, ErrorCode.INCONCLUSIVE):
         return NO_ERROR
     if result.is_confirmation or current == CONFIRMED:
         return CONFIRMED
@@ -110,6 +117,11 @@ class Ingest:
         self._decided: deque[concurrent.Slot] = deque()  # concurrent checks not yet stored
         self._concurrent_lock = asyncio.Lock()
         metrics.concurrent_slots_waiting.set_function(lambda: float(len(self.gatherer)))
+        # the newest slot (scheduled time, µs) with a result, per monitor and checkpoint: a
+        # second result for it is a duplicate slot; older slots are looked up in the database
+        self.slots: dict[tuple[str, int], int] = {}
+        # agent id -> its clock's offset from the controller's, in ms (controller/clock.py)
+        self.clock_offset_ms: Callable[[str], float | None] = lambda _agent: None
         self._queue: deque[Queued] = deque()
         self._pending: dict[tuple[str, str], Queued] = {}  # queued or being stored
         self._bytes = 0
@@ -347,7 +359,7 @@ class Ingest:
         """Insert what is new; the re-checks to ask for (agent, request)."""
         batches = self.assigner.acceptance.admit(batches)  # others dropped and counted
         rows: list[dict[str, Any]] = []
-        results: dict[str, tuple[ResultBatch, CheckResult, int]] = {}
+        results: dict[str, tuple[ResultBatch, CheckResult, int, bool]] = {}
         levels = dict(self.levels)
         # a replayed result (lost ack, resend) must not move the alert state a second time
         known = await self.store.known_uids([r.uid for b in batches for r in b.results])
@@ -359,6 +371,8 @@ class Ingest:
         confirmed_ids = await self.store.check_ids(
             sorted({r.confirms for _, r in ordered if r.is_confirmation and r.confirms})
         )
+        stored_slots = await self._stored_slots(ordered)
+        seen: set[tuple[str, int, int]] = set()
         for batch, result in ordered:
             if result.uid in results or result.uid in known:
                 continue
@@ -366,28 +380,57 @@ class Ingest:
                 # its own level, which is not the monitor's: the concurrent check decides that
                 level = NO_ERROR if result.error_code == 0 else UNCONFIRMED
                 partials.add(result.uid)
-                results[result.uid] = (batch, result, level)
+                results[result.uid] = (batch, result, level, True)
                 rows.append(self._row(batch.agent, result, level, PARTIAL))
                 continue
+            duplicate = False
+            if not result.is_confirmation:
+                slot = (result.monitor_guid, _us(result.scheduled_at), self._checkpoint(batch))
+                duplicate = (
+                    slot in seen
+                    or slot in stored_slots
+                    or self.slots.get((slot[0], slot[2])) == slot[1]
+                )
+                seen.add(slot)
+            inconclusive = result.error_code == ErrorCode.INCONCLUSIVE
+            counts = not (duplicate or inconclusive)  # a slot counts once, and only if it says
             level = error_level(result, levels.get(result.monitor_guid, NO_ERROR))
             # a result older than the newest one seen (an outbox replay after an outage) gets
             # its level but moves neither the state nor asks for a re-check
-            if result.started_at >= self.latest.get(result.monitor_guid, 0.0):
+            if counts and result.started_at >= self.latest.get(result.monitor_guid, 0.0):
                 levels[result.monitor_guid] = level
-            results[result.uid] = (batch, result, level)
+            results[result.uid] = (batch, result, level, counts)
             confirms_id = confirmed_ids.get(result.confirms or "")
-            rows.append(self._row(batch.agent, result, level, confirms_id=confirms_id))
+            rows.append(
+                self._row(batch.agent, result, level, confirms_id=confirms_id, duplicate=duplicate)
+            )
         inserted = await self.store.insert_checks(rows)
         now = time.time()
         stale: set[str] = set()
         by_level: Counter[int] = Counter()
         for uid in sorted(inserted, key=lambda u: results[u][1].started_at):
-            batch, result, level = results[uid]
+            batch, result, level, counts = results[uid]
             if uid in partials:
                 self._gather(batch.agent, result)
                 by_level[level] += 1
                 continue
-            if result.started_at >= self.latest.get(result.monitor_guid, 0.0):
+            if not result.is_confirmation:
+                key = (result.monitor_guid, self._checkpoint(batch))
+                self.slots[key] = max(self.slots.get(key, 0), _us(result.scheduled_at))
+            if not counts:
+                stale.add(uid)
+                if result.error_code == ErrorCode.INCONCLUSIVE:
+                    self.metrics.inconclusive_slots.inc()
+                else:
+                    self.metrics.duplicate_slots.inc()
+                    log.info(
+                        "agent %s: monitor %s: a second result for the slot at %s of its "
+                        "checkpoint (a failover overlap); stored as a duplicate slot",
+                        batch.agent,
+                        result.monitor_guid,
+                        result.scheduled_at,
+                    )
+            elif result.started_at >= self.latest.get(result.monitor_guid, 0.0):
                 self.latest[result.monitor_guid] = result.started_at
                 self.levels[result.monitor_guid] = level
             else:
@@ -399,7 +442,7 @@ class Ingest:
         self.metrics.duplicates.inc(sum(len(b.results) for b in batches) - len(inserted))
         confirmations: list[tuple[str, RunRequest]] = []
         for uid in sorted(inserted, key=lambda u: results[u][1].started_at):
-            batch, result, level = results[uid]
+            batch, result, level, _counts = results[uid]
             if uid in partials:
                 continue
             if result.is_confirmation:
@@ -530,6 +573,33 @@ class Ingest:
             if self._decided:
                 await self._when_available(self._store_concurrent)
 
+    def _checkpoint(self, batch: ResultBatch) -> int:
+        srv = self.assigner.server(batch.agent)
+        return srv.checkpoint_id if srv is not None else -1
+
+    async def _stored_slots(
+        self, ordered: list[tuple[ResultBatch, CheckResult]]
+    ) -> set[tuple[str, int, int]]:
+        """Slots of these results (monitor, scheduled µs, checkpoint) with a result stored
+        already, for those not decided in memory: older than the newest slot seen of their
+        monitor and checkpoint, or of one not seen since the controller started."""
+        wanted: set[tuple[str, int]] = set()
+        for batch, result in ordered:
+            if result.is_confirmation:
+                continue
+            newest = self.slots.get((result.monitor_guid, self._checkpoint(batch)))
+            at = _us(result.scheduled_at)
+            if newest is None or at < newest:
+                wanted.add((result.monitor_guid, at))
+        if not wanted:
+            return set()
+        stored = await self.store.slots_stored(sorted(wanted))
+        found: set[tuple[str, int, int]] = set()
+        for guid, at, server_id in stored:
+            srv = self.assigner.server_by_id(server_id)
+            found.add((guid, at, srv.checkpoint_id if srv is not None else -1))
+        return found
+
     async def _acknowledge(self, batches: list[ResultBatch]) -> None:
         by_agent: dict[str, list[str]] = {}
         for batch in batches:
@@ -570,6 +640,7 @@ class Ingest:
         level: int,
         kind: int = CHECK,
         confirms_id: int | None = None,
+        duplicate: bool = False,
     ) -> dict[str, Any]:
         """The check's row: each result field where its declaration says (shared/results.py),
         plus what the controller adds (level, server, agent, staging)."""
@@ -589,6 +660,14 @@ class Ingest:
             attributes["IsPartialCheck"] = True
         if confirms_id is not None:
             attributes["ConfirmsCheckId"] = confirms_id
+        if result.error_code == ErrorCode.INCONCLUSIVE:
+            attributes["IsInconclusive"] = True
+        if duplicate:
+            attributes["IsDuplicateSlot"] = True
+        offset = self.clock_offset_ms(agent_id)
+        if offset is not None:
+            # Timestamp and ScheduledTime are the agent's clock; this is how far it was off
+            attributes["ClockOffsetMilliseconds"] = offset
         row: dict[str, Any] = {}
         for name, column in STORED.columns:
             value = getattr(result, name)
@@ -608,6 +687,11 @@ class Ingest:
             check_kind=kind,
         )
         return row
+
+
+def _us(seconds: float) -> int:
+    """Seconds as stored: integer microseconds (as `_row` makes a `micros` column)."""
+    return int(seconds * 1_000_000)
 
 
 def _escaped(text: object, limit: int) -> str:

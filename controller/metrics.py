@@ -202,6 +202,42 @@ class ControllerMetrics:
             "Results the database refused, kept in the dead-letter table (and acknowledged)",
             registry=r,
         )
+        self.inconclusive_slots = Counter(
+            "picket_inconclusive_slots_total",
+            "Checks stored as inconclusive (the agent's connectivity canary failed too): "
+            "NoError, never alerting",
+            registry=r,
+        )
+        self.duplicate_slots = Counter(
+            "picket_duplicate_slots_total",
+            "Second results for a slot a server of the same checkpoint already reported "
+            "(a failover overlap): stored, flagged IsDuplicateSlot, not counted for alerting",
+            registry=r,
+        )
+        self.failovers = Counter(
+            "picket_failovers_total",
+            "Servers lost (offline) whose monitors moved to peers of their checkpoint",
+            registry=r,
+        )
+        self.monitors_moved = Counter(
+            "picket_monitors_moved_total",
+            "Monitor placements moved between servers: failover (a server went offline) or "
+            "return (a server came back)",
+            ["reason"],
+            registry=r,
+        )
+        self.clock_offset = Gauge(
+            "picket_agent_clock_offset_seconds",
+            "Each agent's clock minus the controller's (best of recent round trips over MQTT)",
+            ["agent"],
+            registry=r,
+        )
+        self.clock_rtt = Gauge(
+            "picket_agent_clock_round_trip_seconds",
+            "Round trip of the clock sample the offset comes from",
+            ["agent"],
+            registry=r,
+        )
         self.database_up = Gauge(
             "picket_database_up", "1 while the database answers, 0 during an outage", registry=r
         )

@@ -13,6 +13,9 @@ class ErrorCode(IntEnum):
     INTERNAL = 1  # the agent could not run the check (a bug on our side, never the target's)
     UNSUPPORTED = 2  # this agent cannot do what the monitor asks (e.g. its libcurl lacks NTLM)
     AGENT_CONFIGURATION = 3  # the agent's own set-up prevents the check (its CA file unreadable)
+    # the check failed and so did the agent's own connectivity canary, or no selected
+    # checkpoint was live: the slot says nothing about the target (NoError, never alerting)
+    INCONCLUSIVE = 4
     DNS_FAILURE = 100
     CONNECTION_REFUSED = 110
     CONNECTION_FAILED = 111  # unreachable, reset during connect, ...
@@ -45,6 +48,7 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.INTERNAL: "Internal error while running the check",
     ErrorCode.UNSUPPORTED: "Not supported by this agent",
     ErrorCode.AGENT_CONFIGURATION: "The agent's configuration prevents the check",
+    ErrorCode.INCONCLUSIVE: "Inconclusive: the checkpoint could not reach the network",
     ErrorCode.DNS_FAILURE: "DNS lookup failed",
     ErrorCode.CONNECTION_REFUSED: "Connection refused",
     ErrorCode.CONNECTION_FAILED: "Connection failed",

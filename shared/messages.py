@@ -115,6 +115,19 @@ class RunRequest(Message):
     confirms: str | None = None  # uid of the failed check to confirm
 
 
+class TimeRequest(Message):
+    """The controller asks for the agent's clock; the controller keeps its own send time."""
+
+    nonce: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class TimeReply(Message):
+    """The agent's clock (epoch seconds) when it answered the request with this nonce."""
+
+    nonce: Annotated[str, Field(min_length=1, max_length=64)]
+    agent_time: Annotated[float, Field(gt=0, lt=1e11)]
+
+
 class Ack(Message):
     batch_ids: list[str]
 

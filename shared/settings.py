@@ -86,6 +86,12 @@ DESCRIPTIONS: dict[str, str] = {
     "ack_timeout_seconds": "a batch not acknowledged within this time is sent again",
     "max_batches_in_flight": "result batches sent but not yet acknowledged",
     "max_body_bytes": "response body bytes read for content matching",
+    "canary": "connectivity canary, host:port the agent must always reach over TCP; a check "
+    "that fails while it does not answer either is inconclusive (error 3, never alerting); "
+    "empty: none",
+    "canary_timeout_seconds": "how long the canary may take to accept a connection",
+    "presence_keepalive_seconds": "MQTT keepalive of the agent: the broker declares it "
+    "offline after 1.5 times this without a word, and its monitors move to its peers",
     "embedded_broker": "auto, mosquitto or amqtt: the private broker 'picket up' runs "
     "(auto: mosquitto when installed)",
     "embedded_broker_listen": "address and port of that private broker",

@@ -43,6 +43,16 @@ def sync(agent: str) -> str:
     return f"{PREFIX}/agents/{agent}/sync"
 
 
+def time_request(agent: str) -> str:
+    """Controller -> agent: a clock sample is asked for."""
+    return f"{PREFIX}/agents/{agent}/time"
+
+
+def clock(agent: str) -> str:
+    """Agent -> controller: its clock, in answer to a `time` request."""
+    return f"{PREFIX}/agents/{agent}/clock"
+
+
 def results(agent: str) -> str:
     return f"{PREFIX}/results/{agent}"
 
@@ -50,6 +60,7 @@ def results(agent: str) -> str:
 ALL_HELLOS = f"{PREFIX}/agents/+/hello"
 ALL_STATES = f"{PREFIX}/agents/+/state"
 ALL_RESULTS = f"{PREFIX}/results/+"
+ALL_CLOCKS = f"{PREFIX}/agents/+/clock"
 
 
 def split(topic: str) -> list[str]:

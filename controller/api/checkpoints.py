@@ -182,6 +182,7 @@ def _server_data(
     checkpoints: dict[int, dict[str, Any]],
     assigned: dict[str, int],
     now: int,
+    clock_offset_ms: float | None,
 ) -> dict[str, Any]:
     peers = sum(1 for s in servers if s.checkpoint_id == srv.checkpoint_id and s.listed())
     count = assigned.get(srv.agent_id, 0)
@@ -210,7 +211,8 @@ def _server_data(
         "Capacity": srv.capacity,
         "AssignedMonitors": count,
         "Load": round(count / max(1, srv.capacity), 4),
-        "ClockOffsetMilliseconds": None,  # not measured yet
+        # the agent's clock minus the controller's (controller/clock.py); null until measured
+        "ClockOffsetMilliseconds": clock_offset_ms,
         "RegionId": cp.get("region_id"),
     }
     return {
@@ -225,16 +227,22 @@ def _server_data(
 async def list_servers(request: web.Request) -> web.Response:
     _admin(request)
     servers, checkpoints = await _server_context(request)
-    assigned = controller(request).assigner.assigned_per_agent()
+    ctl = controller(request)
+    assigned = ctl.assigner.assigned_per_agent()
     now = now_us()
-    data = [_server_data(s, servers, checkpoints, assigned, now) for s in servers]
+    data = [
+        _server_data(s, servers, checkpoints, assigned, now, ctl.clock.offset_ms(s.agent_id))
+        for s in servers
+    ]
     return ok({"Data": data, "Links": {"Self": f"{PREFIX}/Checkpoint/Server"}, "Meta": _meta()})
 
 
 def _one(
     srv: ServerRow, servers: list[ServerRow], checkpoints: dict[int, dict[str, Any]], ctl: Any
 ) -> web.Response:
-    data = _server_data(srv, servers, checkpoints, ctl.assigner.assigned_per_agent(), now_us())
+    assigned = ctl.assigner.assigned_per_agent()
+    offset = ctl.clock.offset_ms(srv.agent_id)
+    data = _server_data(srv, servers, checkpoints, assigned, now_us(), offset)
     return ok({"Data": data, "Links": data["Links"], "Meta": _meta()})
 
 

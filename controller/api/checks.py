@@ -16,6 +16,7 @@ from controller.assigner import Assigner
 from controller.db.store import CONCURRENT, PARTIAL, CheckRow
 from controller.ingest import LEVEL_NAMES, LEVELS_BY_NAME
 from shared import jsonin
+from shared.errors import ErrorCode
 from shared.timefmt import iso, parse
 
 routes = web.RouteTableDef()
@@ -44,6 +45,10 @@ def represent(row: CheckRow, assigner: Assigner) -> dict[str, Any]:
             "CheckpointId": srv.checkpoint_id if srv else None,
             "IsPartialCheck": row.kind == PARTIAL,
             "IsConcurrentCheck": row.kind == CONCURRENT,
+            # Picket's: a slot that says nothing about the target (shared/errors.py, 3), and a
+            # second result for a slot its checkpoint had already reported (a failover overlap)
+            "IsInconclusive": row.error_code == ErrorCode.INCONCLUSIVE,
+            "IsDuplicateSlot": bool(row.attributes.get("IsDuplicateSlot", False)),
         }
     )
     self_link = f"{PREFIX}/MonitorCheck/{row.id}"
@@ -152,6 +157,10 @@ async def monitor_checks(request: web.Request) -> web.Response:
     level_name = q.get("ErrorLevel", "NoError")
     if level_name not in LEVELS_BY_NAME:
         fail(400, "ErrorLevel: must be NoError, Unconfirmed or Confirmed", "ErrorLevel")
+    inconclusive_text = q.get("Inconclusive")
+    if inconclusive_text not in (None, "true", "false", "True", "False"):
+        fail(400, "Inconclusive: must be true or false", "Inconclusive")
+    inconclusive = None if inconclusive_text is None else inconclusive_text.lower() == "true"
     now = time.time()
     start, end = _period(request, now)
     after = _decode_cursor(q["Cursor"]) if q.get("Cursor") else None
@@ -163,6 +172,7 @@ async def monitor_checks(request: web.Request) -> web.Response:
         descending=sorting == "Descending",
         after=after,
         limit=take + 1,
+        inconclusive=inconclusive,
     )
     page, more = rows[:take], len(rows) > take
     links: dict[str, str] = {"Self": str(request.rel_url)}

@@ -41,6 +41,7 @@ from controller.db.schema import (
     server,
 )
 from controller.trust import published_addresses
+from shared.errors import ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -781,6 +782,36 @@ class Store:
                 found.update({r.uid: r.id for r in rows})
         return found
 
+    async def slots_stored(
+        self, slots: list[tuple[str, int]], late_us: int = 300_000_000
+    ) -> set[tuple[str, int, int | None]]:
+        """Of these (monitor, scheduled time) slots, the ones with a check stored already, as
+        (monitor, scheduled time, server id). A check starts at or after its slot (on the
+        agent's clock), so the (monitor, time) index finds it within `late_us` after it."""
+        if not slots:
+            return set()
+        c = monitor_check.c
+        found: set[tuple[str, int, int | None]] = set()
+        async with self._connect() as conn:
+            for start in range(0, len(slots), 100):
+                chunk = slots[start : start + 100]
+                query = sa.select(c.monitor_guid, c.scheduled_us, c.server_id).where(
+                    sa.or_(
+                        *(
+                            sa.and_(
+                                c.monitor_guid == guid,
+                                c.ts_us >= slot - 1_000_000,
+                                c.ts_us <= slot + late_us,
+                                c.scheduled_us == slot,
+                            )
+                            for guid, slot in chunk
+                        )
+                    )
+                )
+                rows = await conn.execute(query)
+                found.update((r.monitor_guid, r.scheduled_us, r.server_id) for r in rows)
+        return found
+
     async def insert_checks(self, rows: Sequence[dict[str, Any]]) -> set[str]:
         """Insert what is new; a uid already stored is skipped. Returns the uids inserted."""
         if not rows:
@@ -841,13 +872,18 @@ class Store:
         descending: bool,
         after: tuple[int, int] | None,
         limit: int,
+        inconclusive: bool | None = None,
     ) -> list[CheckRow]:
+        """`inconclusive`: only those (True), none of them (False), or all (None)."""
         c = monitor_check.c
         # a concurrent slot is listed as its concurrent check; its partials are
         # partial_checks' (GET /MonitorCheck/{id}/Concurrent)
         query = sa.select(monitor_check).where(
             c.monitor_guid == monitor_guid, c.check_kind != PARTIAL
         )
+        if inconclusive is not None:
+            code = int(ErrorCode.INCONCLUSIVE)
+            query = query.where(c.error_code == code if inconclusive else c.error_code != code)
         if start_us is not None:
             query = query.where(c.ts_us >= start_us)
         if end_us is not None:

@@ -34,6 +34,13 @@ async def test_agents_confined_to_their_own_topics(
         guid = await api.create_monitor(http_monitor("through the ACL", f"{target.base}/ok"))
         await wait_for(lambda: _at_least(api, guid, 2), "checks through the ACL")
 
+        async def clock_measured() -> bool:
+            # the clock round trip (agents/{id}/time, agents/{id}/clock) passes the ACL too
+            values = await scrape(http, f"{stack.api}/metrics")
+            return 'picket_agent_clock_offset_seconds{agent="agent-1"}' in values
+
+        await wait_for(clock_measured, "agent-1's clock offset through the ACL")
+
         # another agent's login sees none of agent-1's assignments and cannot fake its results
         received: list[str] = []
         async with aiomqtt.Client(

@@ -46,18 +46,18 @@ class _NoHandler:
 def _result(
     started: float, code: int = 0, confirms: str | None = None, **extra: Any
 ) -> CheckResult:
-    return CheckResult(
-        uid=uuid.uuid4().hex,
-        monitor_guid=MONITOR,
-        monitor_type="Http",
-        scheduled_at=started,
-        started_at=started,
-        error_code=code,
-        error_description="",
-        is_confirmation=confirms is not None,
-        confirms=confirms,
-        **extra,
-    )
+    fields: dict[str, Any] = {
+        "uid": uuid.uuid4().hex,
+        "monitor_guid": MONITOR,
+        "monitor_type": "Http",
+        "scheduled_at": started,
+        "started_at": started,
+        "error_code": code,
+        "error_description": "",
+        "is_confirmation": confirms is not None,
+        "confirms": confirms,
+    }
+    return CheckResult(**{**fields, **extra})
 
 
 def _batch(*results: CheckResult) -> ResultBatch:
@@ -169,3 +169,82 @@ async def test_a_result_from_the_agent_is_stored_field_by_field_where_declared(
     for name in STORED.spreads:
         assert getattr(result, name) and getattr(result, name).items() <= row.attributes.items()
     assert row.attributes["IsConfirmation"] is True and row.attributes["AgentId"] == "a1"
+
+
+def _row_flags(rows: list[Any]) -> list[tuple[int, bool, bool]]:
+    return [
+        (
+            r.error_level,
+            bool(r.attributes.get("IsInconclusive")),
+            bool(r.attributes.get("IsDuplicateSlot")),
+        )
+        for r in rows
+    ]
+
+
+async def test_an_inconclusive_check_is_no_error_and_moves_no_alert_state(ingest: Ingest) -> None:
+    await ingest.process([_batch(_result(100.0, code=110))])  # Unconfirmed, re-check asked
+    await ingest.process([_batch(_result(101.0, code=4))])  # the canary failed too
+    await ingest.process([_batch(_result(102.0, code=4))])
+    # the state is still the failure's: a confirmation that fails is Confirmed
+    first = await ingest.store.checks_page(MONITOR, None, None, 0, False, None, 10)
+    await ingest.process([_batch(_result(103.0, code=110, confirms=first[0].uid))])
+    rows = await ingest.store.checks_page(MONITOR, None, None, 0, False, None, 10)
+    assert _row_flags(rows) == [
+        (UNCONFIRMED, False, False),
+        (NO_ERROR, True, False),
+        (NO_ERROR, True, False),
+        (CONFIRMED, False, False),
+    ]
+    metric = ingest.metrics.registry.get_sample_value
+    assert metric("picket_inconclusive_slots_total") == 2
+    assert metric("picket_confirmation_requests_total") == 1  # none for the inconclusive ones
+    # an inconclusive slot alone never starts an error either
+    await ingest.process([_batch(_result(110.0))])
+    await ingest.process([_batch(_result(111.0, code=4))])
+    assert ingest.levels[MONITOR] == NO_ERROR
+    assert metric("picket_confirmation_requests_total") == 1
+    # the list filter
+    kept = await ingest.store.checks_page(MONITOR, None, None, 0, False, None, 10, False)
+    assert [r.error_code for r in kept] == [110, 110, 0]
+    only = await ingest.store.checks_page(MONITOR, None, None, 0, False, None, 10, True)
+    assert [r.error_code for r in only] == [4, 4, 4]
+
+
+async def test_a_second_result_for_a_slot_is_a_duplicate_and_counts_once(ingest: Ingest) -> None:
+    # the peer that took the monitor over reports slots 200 and 201, the second one failing
+    await ingest.process([_batch(_result(200.0)), _batch(_result(201.0, code=110))])
+    assert ingest.levels[MONITOR] == UNCONFIRMED
+    # the agent that was cut off delivers its own results for the same slots later: a failure
+    # for 200 (older than the newest slot: found in the database) and a success for 201
+    late_failure = _result(200.0, code=110, started_at=200.4)
+    late_ok = _result(201.0, started_at=201.3)
+    await ingest.process([_batch(late_failure, late_ok)])
+    assert ingest.levels[MONITOR] == UNCONFIRMED  # the OK of a duplicate slot clears nothing
+    # two results for one slot in one batch: the later one is the duplicate
+    await ingest.process([_batch(_result(202.0, code=110), _result(202.0, started_at=202.5))])
+    rows = await ingest.store.checks_page(MONITOR, None, None, 0, False, None, 10)
+    by_uid = {r.uid: r for r in rows}
+    assert by_uid[late_failure.uid].attributes["IsDuplicateSlot"] is True
+    assert by_uid[late_ok.uid].attributes["IsDuplicateSlot"] is True
+    assert [r.attributes.get("IsDuplicateSlot", False) for r in rows] == [
+        False,
+        False,
+        True,
+        True,
+        False,
+        True,
+    ]
+    assert ingest.levels[MONITOR] == UNCONFIRMED
+    metric = ingest.metrics.registry.get_sample_value
+    assert metric("picket_duplicate_slots_total") == 3
+    # a fresh controller (nothing in memory) still finds a replayed slot in the database
+    ingest.slots.clear()
+    again = _result(201.0, code=110, started_at=201.7)
+    await ingest.process([_batch(again)])
+    (row,) = [
+        r
+        for r in await ingest.store.checks_page(MONITOR, None, None, 0, False, None, 10)
+        if r.uid == again.uid
+    ]
+    assert row.attributes["IsDuplicateSlot"] is True
