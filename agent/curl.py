@@ -194,7 +194,7 @@ class Marks:
             ("SendTime", self.posttransfer),
             ("WaitTime", self.starttransfer),
         ]
-        phases = dict.fromkeys(_PHASE_NAMES, 0.0)
+        phases = dict.fromkeys(PHASE_NAMES, 0.0)
         previous = 0
         current = "DownloadTime"  # the phase after the last step reached
         for index, (phase, mark) in enumerate(steps):
@@ -212,7 +212,8 @@ class Marks:
         return phases
 
 
-_PHASE_NAMES = (
+# the phases of a transfer, in order, then the whole: what every HTTP check reports
+PHASE_NAMES: tuple[str, ...] = (
     "ResolveTime",
     "ConnectionTime",
     "HttpsHandshakeTime",

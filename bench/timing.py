@@ -33,7 +33,7 @@ from pathlib import Path
 import pycurl
 import uvloop
 
-from agent.curl import CurlEngine, HttpRequest, Marks
+from agent.curl import PHASE_NAMES, CurlEngine, HttpRequest, Marks
 from bench import infra
 from bench.infra import Summary, fmt_ms
 
@@ -42,14 +42,7 @@ BODY_DELAY_MS = 5.0
 BODY_BYTES = 4096
 WARMUP_RUNS = 5
 GOAL_MS = 1.0
-PHASE_ORDER = (
-    "ResolveTime",
-    "ConnectionTime",
-    "HttpsHandshakeTime",
-    "SendTime",
-    "WaitTime",
-    "DownloadTime",
-)
+PHASE_ORDER = PHASE_NAMES[:-1]  # TotalTime apart
 FAILED_RUNS = 10
 FAILED_TIMEOUT_S = 0.5
 FAILED_GOAL_MS = 5.0  # both stop at a time-out timer: a loop turn late is a few ms

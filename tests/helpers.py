@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import glob
 import hashlib
 import os
@@ -15,12 +16,17 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from controller.app import Controller, create_app
+from controller.db.store import Store
+from controller.settings import ControllerSettings
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
@@ -410,3 +416,24 @@ async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             values[name] = float(value)
     return values
+
+
+@contextlib.asynccontextmanager
+async def controller_client(
+    tmp_path: Path, admin_password: str, **settings: Any
+) -> AsyncIterator[tuple[TestClient[Any, Any], Controller]]:
+    """The controller's API app on a test server over loopback, with its store (SQLite in
+    tmp_path unless `database_url` is given) and a broker URL where nobody listens (its
+    publishes are refused), and the Controller behind it."""
+    config = ControllerSettings(
+        data_dir=tmp_path,
+        admin_password=admin_password,
+        **{"broker_url": f"mqtt://127.0.0.1:{free_port()}", **settings},
+    )
+    store = await Store.open(config.resolved_database_url())
+    ctl = Controller(config, store)
+    try:
+        async with TestClient(TestServer(create_app(ctl))) as client:
+            yield client, ctl
+    finally:
+        await store.close()

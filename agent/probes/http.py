@@ -24,15 +24,7 @@ from shared.secrets import MASK, is_secret_header, mask_url
 
 MAX_REDIRECTS = 10
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-PHASES: tuple[str, ...] = (
-    "ResolveTime",
-    "ConnectionTime",
-    "HttpsHandshakeTime",
-    "SendTime",
-    "WaitTime",
-    "DownloadTime",
-    "TotalTime",
-)
+PHASES = curl.PHASE_NAMES
 
 
 def curl_error_code(

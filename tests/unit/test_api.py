@@ -9,13 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from controller.api.common import CONTROLLER
-from controller.app import Controller, create_app
-from controller.db.store import Store
-from controller.settings import ControllerSettings
-from tests.helpers import free_port
+from tests.helpers import controller_client
 
 PASSWORD = "unit-test-password"
 
@@ -29,16 +26,8 @@ ADMIN = _auth("admin", PASSWORD)
 
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
-    settings = ControllerSettings(
-        data_dir=tmp_path,
-        admin_password=PASSWORD,
-        broker_url=f"mqtt://127.0.0.1:{free_port()}",  # nobody there: publishes are refused
-    )
-    store = await Store.open(settings.resolved_database_url())
-    app = create_app(Controller(settings, store))
-    async with TestClient(TestServer(app)) as test_client:
+    async with controller_client(tmp_path, PASSWORD) as (test_client, _ctl):
         yield test_client
-    await store.close()
 
 
 MONITOR = {

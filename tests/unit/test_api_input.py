@@ -19,7 +19,7 @@ from controller.api.common import CONTROLLER
 from controller.app import Controller, create_app
 from controller.db.store import Store
 from controller.settings import ControllerSettings
-from tests.helpers import free_port
+from tests.helpers import controller_client, free_port
 
 PASSWORD = "input-test-password"
 ADMIN = {"Authorization": "Basic " + base64.b64encode(f"admin:{PASSWORD}".encode()).decode()}
@@ -33,17 +33,8 @@ MONITOR = {
 
 @pytest.fixture
 async def client(tmp_path: Path, database_url: str) -> AsyncIterator[TestClient[Any, Any]]:
-    settings = ControllerSettings(
-        data_dir=tmp_path,
-        database_url=database_url,
-        admin_password=PASSWORD,
-        broker_url=f"mqtt://127.0.0.1:{free_port()}",  # nobody there: publishes are refused
-    )
-    store = await Store.open(settings.resolved_database_url())
-    app = create_app(Controller(settings, store))
-    async with TestClient(TestServer(app)) as test_client:
-        yield test_client
-    await store.close()
+    async with controller_client(tmp_path, PASSWORD, database_url=database_url) as (client, _):
+        yield client
 
 
 async def _create(client: TestClient[Any, Any], **fields: Any) -> dict[str, Any]:

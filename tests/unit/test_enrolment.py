@@ -21,7 +21,7 @@ from controller.app import Controller, create_app
 from controller.db.schema import enrolment
 from controller.db.store import Store, now_us
 from controller.settings import ControllerSettings
-from tests.helpers import free_port
+from tests.helpers import controller_client, free_port
 
 PASSWORD = "unit-test-password"
 ADMIN = {"Authorization": "Basic " + base64.b64encode(f"admin:{PASSWORD}".encode()).decode()}
@@ -31,17 +31,11 @@ KEY = base64.b64encode(bytes(range(32))).decode()
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[tuple[TestClient[Any, Any], Controller]]:
     nobody = free_port()
-    settings = ControllerSettings(
-        data_dir=tmp_path,
-        admin_password=PASSWORD,
-        broker_url=f"mqtt://127.0.0.1:{nobody}",
-        broker_admin_url=f"mqtt://admin:admin-secret@127.0.0.1:{nobody}",  # nobody there
-    )
-    store = await Store.open(settings.resolved_database_url())
-    ctl = Controller(settings, store)
-    async with TestClient(TestServer(create_app(ctl))) as test_client:
-        yield test_client, ctl
-    await store.close()
+    admin_url = f"mqtt://admin:admin-secret@127.0.0.1:{nobody}"  # nobody there
+    async with controller_client(
+        tmp_path, PASSWORD, broker_url=f"mqtt://127.0.0.1:{nobody}", broker_admin_url=admin_url
+    ) as pair:
+        yield pair
 
 
 async def _token(client: TestClient[Any, Any], **body: Any) -> dict[str, Any]:

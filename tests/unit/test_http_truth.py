@@ -24,6 +24,7 @@ from agent.curl import (
     DECODED_ENCODINGS,
     DEFAULT_USER_AGENT,
     HTTP3_AVAILABLE,
+    PHASE_NAMES,
     CurlEngine,
     Marks,
 )
@@ -35,14 +36,7 @@ from shared.monitors import ErrorCondition, HttpMonitor
 from tests.helpers import free_port
 
 MIB = 1 << 20
-PHASES = (
-    "ResolveTime",
-    "ConnectionTime",
-    "HttpsHandshakeTime",
-    "SendTime",
-    "WaitTime",
-    "DownloadTime",
-)
+PHASES = PHASE_NAMES[:-1]  # TotalTime apart
 
 
 @pytest.fixture(scope="module")

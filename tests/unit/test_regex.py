@@ -11,21 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from pydantic import ValidationError
 
 from agent.curl import CurlEngine
 from agent.probes.base import ProbeContext
 from agent.probes.functions import execute
 from agent.probes.http import HttpProbe
-from controller.app import Controller, create_app
-from controller.db.store import Store
-from controller.settings import ControllerSettings
 from shared import regex
 from shared.errors import ErrorCode
 from shared.monitors import HttpMonitor
 from shared.msa import UserDefinedFunction
-from tests.helpers import Target, free_port
+from tests.helpers import Target, controller_client
 
 PASSWORD = "unit-test-password"
 ADMIN = {"Authorization": "Basic " + base64.b64encode(f"admin:{PASSWORD}".encode()).decode()}
@@ -34,15 +31,8 @@ CATASTROPHIC = r"(x+)+y"  # Python's backtracking `re` needs ~2**n steps on n x'
 
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
-    settings = ControllerSettings(
-        data_dir=tmp_path,
-        admin_password=PASSWORD,
-        broker_url=f"mqtt://127.0.0.1:{free_port()}",
-    )
-    store = await Store.open(settings.resolved_database_url())
-    async with TestClient(TestServer(create_app(Controller(settings, store)))) as test_client:
+    async with controller_client(tmp_path, PASSWORD) as (test_client, _ctl):
         yield test_client
-    await store.close()
 
 
 def _http(pattern: str) -> dict[str, Any]:

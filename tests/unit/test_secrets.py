@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from agent.curl import CurlEngine
 from agent.probes.api import MultiStepApiProbe
@@ -19,7 +19,7 @@ from agent.probes.base import Outcome, ProbeContext
 from agent.runner import Unrunnable, monitor_of
 from agent.scrub import scrub_outcome
 from controller.api.common import CONTROLLER
-from controller.app import Controller, create_app
+from controller.app import Controller
 from controller.db.store import Store
 from controller.settings import ControllerSettings
 from shared import secrets
@@ -27,7 +27,7 @@ from shared.errors import ErrorCode
 from shared.messages import Assignment
 from shared.monitors import MultiStepApiMonitor
 from shared.secrets import MASK, Scrubber
-from tests.helpers import Target, free_port
+from tests.helpers import Target, controller_client, free_port
 
 PASSWORD = "unit-test-password"
 ADMIN = {"Authorization": "Basic " + base64.b64encode(f"admin:{PASSWORD}".encode()).decode()}
@@ -37,16 +37,8 @@ FAKE_KEY = "-----BEGIN PRIVATE KEY-----\nkey-material-1\n-----END PRIVATE KEY---
 
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
-    settings = ControllerSettings(
-        data_dir=tmp_path,
-        admin_password=PASSWORD,
-        broker_url=f"mqtt://127.0.0.1:{free_port()}",  # nobody there: publishes are refused
-    )
-    store = await Store.open(settings.resolved_database_url())
-    app = create_app(Controller(settings, store))
-    async with TestClient(TestServer(app)) as test_client:
+    async with controller_client(tmp_path, PASSWORD) as (test_client, _ctl):
         yield test_client
-    await store.close()
 
 
 def _headers(**values: str) -> list[dict[str, Any]]:
