@@ -95,7 +95,7 @@ class ClockTracker:
             reply = TimeReply.model_validate_json(payload)
         except ValidationError:
             self._metrics.dropped.labels("malformed").inc()
-            log.warning("controller: malformed clock answer of agent %s dropped", agent_id)
+            log.warning("controller: malformed clock answer of agent %r dropped", agent_id[:100])
             return
         pending = self._pending.get(agent_id)
         if pending is None or pending[0] != reply.nonce:
