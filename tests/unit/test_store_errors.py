@@ -160,7 +160,8 @@ async def test_a_login_during_an_outage_is_a_503_with_retry_after(tmp_path: Path
             database_url=url,
         )
         try:
-            async with TestClient(TestServer(create_app(Controller(settings, store)))) as client:
+            ctl = Controller(settings, store)
+            async with TestClient(TestServer(create_app(ctl))) as client:
                 await asyncio.to_thread(cluster.stop)
                 for user in ("admin", "someone-else"):
                     basic = base64.b64encode(f"{user}:{PASSWORD}".encode()).decode()
@@ -170,5 +171,8 @@ async def test_a_login_during_an_outage_is_a_503_with_retry_after(tmp_path: Path
                     assert resp.status == 503, await resp.text()
                     assert resp.headers["Retry-After"] == "5"
                     assert "database" in (await resp.text())
+                # not a failed login: nobody is throttled for the database's outage
+                failures = ctl.metrics.registry.get_sample_value("picket_login_failures_total")
+                assert not failures
         finally:
             await store.close()
