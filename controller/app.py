@@ -73,6 +73,7 @@ class Controller:
         )
         self.clock = ClockTracker(self.bus.time_request, self.metrics)
         self.bus.on_clock = self.clock.on_reply
+        self.assigner.on_retired = self.clock.forget
         # set by a signal, or when a background loop dies
         self.stopping = stopping or asyncio.Event()
         self.failed = ""  # why, once a background loop has died
@@ -137,7 +138,10 @@ class Controller:
         self.clock.round_now()
 
     def online_agents(self) -> list[str]:
-        return [s.agent_id for s in self.assigner.servers.values() if s.online]
+        # a retired server's clock is no longer sampled (nor shown)
+        return [
+            s.agent_id for s in self.assigner.servers.values() if s.online and s.state != "retired"
+        ]
 
     async def on_state(self, agent_id: str, online: bool) -> None:
         await self.assigner.on_state(agent_id, online)

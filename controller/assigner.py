@@ -16,6 +16,7 @@ import hashlib
 import logging
 import math
 import time
+from collections.abc import Callable
 
 from pydantic import ValidationError
 
@@ -84,6 +85,8 @@ class Assigner:
         self.acceptance = Acceptance(self.history, bus.requested_runs, self, metrics)
         self.monitor_deleted = asyncio.Event()  # wakes the retention task to purge its checks
         self.deleted: set[str] = set()  # monitors deleted since the last retention pass
+        # told the agent id of a server just retired (the clock tracker forgets it)
+        self.on_retired: Callable[[str], None] | None = None
 
     async def load(self) -> None:
         self.servers = {s.agent_id: s for s in await self.store.servers()}
@@ -100,7 +103,14 @@ class Assigner:
         for srv in self.servers.values():
             key = (srv.checkpoint_name, srv.shown_state(now))
             by_state[key] = by_state.get(key, 0) + 1
-        return by_state, self.assigned_per_agent()
+        # a retired server with nothing left assigned leaves the per-agent series
+        retired = {a for a, srv in self.servers.items() if srv.state == "retired"}
+        per_agent = {
+            agent: count
+            for agent, count in self.assigned_per_agent().items()
+            if count or agent not in retired
+        }
+        return by_state, per_agent
 
     def assigned_per_agent(self) -> dict[str, int]:
         """How many monitors are assigned (published) to each known agent."""
@@ -363,6 +373,8 @@ class Assigner:
         )
         self._fleet_changed.set()
         await self.sync_all()
+        if state == "retired" and self.on_retired is not None:
+            self.on_retired(updated.agent_id)
         return updated
 
     async def activate_forever(self, longest_wait: float = 60.0) -> None:

@@ -40,6 +40,35 @@ from shared.settings import parse_broker_url
 
 log = logging.getLogger(__name__)
 
+LOG_EVERY_SECONDS = 10.0
+MAX_LOGGED_KEYS = 10_000  # the rate-limit table's bound (agents x reasons)
+MAX_KEY_CHARS = 64  # of an agent-chosen name in a rate-limit key
+
+
+class LogLimit:
+    """At most one log line per key every LOG_EVERY_SECONDS, so that a misbehaving or hostile
+    agent cannot flood the log (the metrics count every message). The table holds at most
+    MAX_LOGGED_KEYS keys: when full it is emptied, at worst one more line per key."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._logged: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._logged)
+
+    def allow(self, key: tuple[str, str]) -> int | None:
+        """None: leave this line out; otherwise log it, with the number left out before it."""
+        now = self._clock()
+        entry = self._logged.get(key)
+        if entry is not None and now - entry[0] < LOG_EVERY_SECONDS:
+            self._logged[key] = (entry[0], entry[1] + 1)
+            return None
+        if entry is None and len(self._logged) >= MAX_LOGGED_KEYS:
+            self._logged.clear()
+        self._logged[key] = (now, 0)
+        return 0 if entry is None else entry[1]
+
 
 class BusHandler(Protocol):
     async def on_connected(self) -> None: ...
@@ -149,6 +178,7 @@ class ControllerBus:
         self.requested_runs = RequestedRuns()  # so their results are accepted (trust.py)
         # answers to clock samples (controller/clock.py): agent, payload, when read
         self.on_clock: Callable[[str, bytes, float], None] | None = None
+        self.log_limit = LogLimit()
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tasks:
@@ -168,7 +198,16 @@ class ControllerBus:
                     hello = parse_hello(message.payload, levels[1])
                 except HelloRefused as exc:
                     self._metrics.hellos_refused.labels(exc.field).inc()
-                    log.warning("controller: hello of agent %r refused: %s", levels[1][:64], exc)
+                    agent = levels[1][:MAX_KEY_CHARS]
+                    suppressed = self.log_limit.allow((agent, f"hello:{exc.field}"))
+                    if suppressed is not None:
+                        log.warning(
+                            "controller: hello of agent %r refused: %s "
+                            "(%d more like it not logged)",
+                            agent,
+                            exc,
+                            suppressed,
+                        )
                     return
                 self.control.put("hello", hello.agent, lambda: self._handler.on_hello(hello))
             elif len(levels) == 3 and levels[0] == "agents" and levels[2] == "state":
@@ -193,11 +232,16 @@ class ControllerBus:
                 self._metrics.dropped.labels("unknown_topic").inc()
         except (ValidationError, ValueError, json.JSONDecodeError) as exc:
             self._metrics.dropped.labels("malformed").inc()
-            log.warning(
-                "controller: malformed message on %s dropped: %s",
-                message.topic,
-                str(exc).splitlines()[0],
-            )
+            prefix = "/".join(part[:MAX_KEY_CHARS] for part in levels[:2])
+            suppressed = self.log_limit.allow((prefix, "malformed"))
+            if suppressed is not None:
+                log.warning(
+                    "controller: malformed message on %r dropped: %r "
+                    "(%d more like it on this topic not logged)",
+                    message.topic[:256],
+                    (str(exc).splitlines() or [""])[0][:512],
+                    suppressed,
+                )
 
     async def assign(self, agent_id: str, monitor_guid: str, assignment: Assignment | None) -> bool:
         payload = b"" if assignment is None else assignment.model_dump_json().encode()

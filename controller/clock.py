@@ -69,6 +69,16 @@ class ClockTracker:
         sample = self.best(agent_id)
         return None if sample is None else round(sample.offset * 1000, 1)
 
+    def forget(self, agent_id: str) -> None:
+        """A retired server: its samples, its awaited answer and its metric series go (an
+        agent that is gone would otherwise keep its last offset in the metrics forever)."""
+        self._pending.pop(agent_id, None)
+        self._samples.pop(agent_id, None)
+        self._warned.discard(agent_id)
+        for gauge in (self._metrics.clock_offset, self._metrics.clock_rtt):
+            with contextlib.suppress(KeyError):
+                gauge.remove(agent_id)
+
     def round_now(self) -> None:
         """After a hello: sample soon, not at the next round."""
         self._wake.set()
@@ -85,7 +95,7 @@ class ClockTracker:
             reply = TimeReply.model_validate_json(payload)
         except ValidationError:
             self._metrics.dropped.labels("malformed").inc()
-            log.warning("controller: malformed clock answer of agent %s dropped", agent_id)
+            log.warning("controller: malformed clock answer of agent %r dropped", agent_id[:100])
             return
         pending = self._pending.get(agent_id)
         if pending is None or pending[0] != reply.nonce:

@@ -74,6 +74,7 @@ MAX_CONFIRMATIONS_REMEMBERED = 100_000  # failed checks awaiting their confirmat
 # partial checks this recent are gathered again after a start: the longest time limit (120 s)
 # and the slot's bound beyond it
 RECOVER_SECONDS = 300.0
+LOGGED_CHARS = 100  # of an agent-chosen name or id in a log line (shown with %r)
 
 
 @dataclass(eq=False)
@@ -327,24 +328,24 @@ class Ingest:
             await self._when_available(lambda: self.store.insert_dead_letters(letters))
         except REFUSED:
             log.exception(
-                "agent %s: batch %s: %d results could not even be kept as dead letters; "
+                "agent %r: batch %r: %d results could not even be kept as dead letters; "
                 "they are lost",
-                batch.agent,
-                batch.batch_id,
+                batch.agent[:LOGGED_CHARS],
+                batch.batch_id[:LOGGED_CHARS],
                 len(letters),
             )
             return
         self.metrics.dead_letters.inc(len(letters))
         log.warning(
-            "agent %s: batch %s: %d of %d results kept in the dead-letter table after %d "
-            "tries (monitors %s; first reason: %s)",
-            batch.agent,
-            batch.batch_id,
+            "agent %r: batch %r: %d of %d results kept in the dead-letter table after %d "
+            "tries (monitors %s; first reason: %r)",
+            batch.agent[:LOGGED_CHARS],
+            batch.batch_id[:LOGGED_CHARS],
             len(letters),
             total,
             letters[0]["attempts"],
-            sorted({str(letter["monitor_guid"]) for letter in letters}),
-            letters[0]["reason"],
+            sorted({str(letter["monitor_guid"])[:LOGGED_CHARS] for letter in letters}),
+            str(letters[0]["reason"])[:500],
         )
 
     # --- one transaction ------------------------------------------------------------------------
@@ -424,7 +425,7 @@ class Ingest:
                 else:
                     self.metrics.duplicate_slots.inc()
                     log.info(
-                        "agent %s: monitor %s: a second result for the slot at %s of its "
+                        "agent %r: monitor %r: a second result for the slot at %s of its "
                         "checkpoint (a failover overlap); stored as a duplicate slot",
                         batch.agent,
                         result.monitor_guid,
@@ -624,11 +625,11 @@ class Ingest:
             valid = False
         if not valid:
             log.warning(
-                "agent %s: monitor %s: result %s has details that are not a JSON object; "
+                "agent %r: monitor %r: result %r has details that are not a JSON object; "
                 "stored without them",
-                agent_id,
-                result.monitor_guid,
-                result.uid,
+                agent_id[:LOGGED_CHARS],
+                result.monitor_guid[:LOGGED_CHARS],
+                result.uid[:LOGGED_CHARS],
             )
             return None
         return result.details

@@ -130,7 +130,9 @@ class ControllerMetrics:
         )
         self.retention_deleted = Counter(
             "picket_retention_deleted_rows_total",
-            "Check rows deleted: older than the retention, or of a deleted monitor",
+            "Rows deleted: checks older than the retention (expired) or of a deleted monitor "
+            "(monitor_deleted), dead letters older than the retention or of a deleted monitor "
+            "(dead_letter)",
             ["reason"],
             registry=r,
         )

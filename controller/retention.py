@@ -1,5 +1,6 @@
-"""Deletes what the controller no longer keeps: checks older than PICKET_RESULT_RETENTION_DAYS,
-the checks of deleted monitors, and assignment history nobody can need any more.
+"""Deletes what the controller no longer keeps: checks and dead letters older than
+PICKET_RESULT_RETENTION_DAYS, the checks and dead letters of deleted monitors, and assignment
+history nobody can need any more.
 
 Deletes run in transactions of at most PICKET_RETENTION_BATCH_ROWS rows, each on the
 (monitor, time) index, with a pause between them, so ingest (which shares SQLite's one writer)
@@ -75,18 +76,20 @@ class Retention:
         self.assigner.deleted = set()
         for guid in sorted(deleted - set(self.assigner.monitors)):
             await self._delete(guid, None, "monitor_deleted", batches)
+            await self._delete_dead_letters(None, guid, batches)
             # an open interval is kept: its removal has not reached the agent yet
             await self.store.forget_history(guid, now_us - DELETED_GRACE_US)
             self.assigner.history.forget(now_us - DELETED_GRACE_US, guid)
         cutoff = now_us - self.days * DAY_US
         for guid in sorted(self.assigner.monitors):
             await self._delete(guid, cutoff, "expired", batches)
+        await self._delete_dead_letters(cutoff, None, batches)
         await self.store.forget_history(ended_before_us=cutoff)
         self.assigner.history.forget(cutoff)
         if batches:
             log.info(
-                "retention: deleted %d checks in %d transactions in %.1f s (older than %d days, "
-                "or of deleted monitors)",
+                "retention: deleted %d checks and dead letters in %d transactions in %.1f s "
+                "(older than %d days, or of deleted monitors)",
                 sum(batches),
                 len(batches),
                 time.monotonic() - started,
@@ -103,6 +106,19 @@ class Retention:
                 batches.append(deleted)
                 self.metrics.retention_batches.inc()
                 self.metrics.retention_deleted.labels(reason).inc(deleted)
+                await asyncio.sleep(self.pause_seconds)
+            if deleted < self.batch_rows:
+                return
+
+    async def _delete_dead_letters(
+        self, before_us: int | None, guid: str | None, batches: list[int]
+    ) -> None:
+        while True:
+            deleted = await self.store.delete_dead_letters(before_us, guid, self.batch_rows)
+            if deleted:
+                batches.append(deleted)
+                self.metrics.retention_batches.inc()
+                self.metrics.retention_deleted.labels("dead_letter").inc(deleted)
                 await asyncio.sleep(self.pause_seconds)
             if deleted < self.batch_rows:
                 return

@@ -46,6 +46,7 @@ LOG_EVERY_SECONDS = 10.0
 # (agent, reason) pairs whose last refusal line is remembered; the topic's agent id is the
 # broker's to bind, and a broker that lets anyone publish must not grow this without end
 MAX_LOGGED_KEYS = 10_000
+MAX_LOGGED_CHARS = 100  # of an agent-chosen name or id in a log line
 MAX_EPOCH_SECONDS = 2**62 / 1e6  # times are stored as 64-bit microseconds
 REASONS = {
     "bad_time": "its scheduled or start time is not a time",
@@ -288,12 +289,13 @@ class Acceptance:
         if key not in self._logged and len(self._logged) >= MAX_LOGGED_KEYS:
             self._logged.clear()  # at worst one more line per agent and reason
         self._logged[key] = (now, 0)
+        # all three are the agent's to choose: %r, so that a forged one cannot forge a line
         log.warning(
-            "agent %s: result %s for monitor %s (scheduled %.3f) refused: %s "
+            "agent %r: result %r for monitor %r (scheduled %.3f) refused: %s "
             "(%d more like it not logged)",
-            agent,
-            result.uid,
-            result.monitor_guid,
+            agent[:MAX_LOGGED_CHARS],
+            result.uid[:MAX_LOGGED_CHARS],
+            result.monitor_guid[:MAX_LOGGED_CHARS],
             result.scheduled_at,
             REASONS[reason],
             suppressed,

@@ -220,6 +220,35 @@ def find_mosquitto() -> str | None:
     return shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
 
 
+def child_environments(
+    settings: UpSettings, data_dir: Path, host: str, port: int
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The environment of the broker and the agent, and the controller's: only the controller
+    is given the admin password (a secret goes where it is needed, nowhere else)."""
+    env = dict(os.environ)
+    env.pop("PICKET_ADMIN_PASSWORD", None)
+    broker_host = f"[{host}]" if ":" in host else host
+    env.update(
+        {
+            "PICKET_DATA_DIR": str(data_dir),
+            "PICKET_BROKER_URL": f"mqtt://{broker_host}:{port}",
+            "PICKET_API_LISTEN": settings.api_listen,
+            "PICKET_METRICS_LISTEN": settings.metrics_listen,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    # the embedded agent takes checks at once (a production controller lists a new server's
+    # addresses for a day first, see docs/operations.md)
+    env.setdefault("PICKET_SERVER_ACTIVATION_SECONDS", "0")
+    env.setdefault("PICKET_AGENT_ID", "local")
+    env.setdefault("PICKET_CHECKPOINT", "Local")
+    env.setdefault("PICKET_REGION", "Local")
+    controller_env = dict(env)
+    if settings.admin_password:
+        controller_env["PICKET_ADMIN_PASSWORD"] = settings.admin_password
+    return env, controller_env
+
+
 async def supervise(settings: UpSettings) -> int:
     data_dir = settings.data_dir.resolve()
     try:
@@ -235,25 +264,7 @@ async def supervise(settings: UpSettings) -> int:
     if kind == "mosquitto" and not mosquitto:
         log.error("PICKET_EMBEDDED_BROKER=mosquitto but no mosquitto binary is installed")
         return 2
-    env = dict(os.environ)
-    broker_host = f"[{host}]" if ":" in host else host
-    env.update(
-        {
-            "PICKET_DATA_DIR": str(data_dir),
-            "PICKET_BROKER_URL": f"mqtt://{broker_host}:{port}",
-            "PICKET_API_LISTEN": settings.api_listen,
-            "PICKET_METRICS_LISTEN": settings.metrics_listen,
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    if settings.admin_password:
-        env["PICKET_ADMIN_PASSWORD"] = settings.admin_password
-    # the embedded agent takes checks at once (a production controller lists a new server's
-    # addresses for a day first, see docs/operations.md)
-    env.setdefault("PICKET_SERVER_ACTIVATION_SECONDS", "0")
-    env.setdefault("PICKET_AGENT_ID", "local")
-    env.setdefault("PICKET_CHECKPOINT", "Local")
-    env.setdefault("PICKET_REGION", "Local")
+    env, controller_env = child_environments(settings, data_dir, host, port)
     if kind == "mosquitto":
         assert mosquitto is not None
         try:
@@ -265,7 +276,9 @@ async def supervise(settings: UpSettings) -> int:
     else:
         argv = [sys.executable, "-m", "controller.embedded_broker", settings.embedded_broker_listen]
         broker = Child("broker", argv, env)
-    controller = Child("controller", [sys.executable, "-m", "shared.cli", "controller"], env)
+    controller = Child(
+        "controller", [sys.executable, "-m", "shared.cli", "controller"], controller_env
+    )
     agent = Child("agent", [sys.executable, "-m", "shared.cli", "agent"], env)
     children = [broker, controller, agent]
 

@@ -831,6 +831,24 @@ class Store:
             async with self._begin() as conn:
                 await conn.execute(sa.insert(dead_letter), list(rows))
 
+    async def delete_dead_letters(
+        self, before_us: int | None, monitor_guid: str | None, limit: int
+    ) -> int:
+        """Delete at most `limit` dead letters: those received before `before_us`, or all of
+        `monitor_guid`'s, in one short transaction. Returns how many."""
+        d = dead_letter.c
+        chosen = sa.select(d.id)
+        if before_us is not None:
+            chosen = chosen.where(d.received_us < before_us)
+        if monitor_guid is not None:
+            chosen = chosen.where(d.monitor_guid == monitor_guid)
+        async with self._begin() as conn:
+            ids = list((await conn.execute(chosen.order_by(d.id).limit(limit))).scalars())
+            if not ids:
+                return 0
+            result = await conn.execute(sa.delete(dead_letter).where(d.id.in_(ids)))
+        return int(result.rowcount or 0)
+
     async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest dead letters first."""
         async with self._connect() as conn:

@@ -18,7 +18,7 @@ from controller.app import Controller, create_app
 from controller.auth import hash_password
 from controller.db.store import MonitorRow, Store
 from controller.settings import ControllerSettings
-from shared.messages import Hello
+from shared.messages import Hello, TimeReply
 from tests.helpers import free_port, wait_for
 
 PASSWORD = "unit-test-password"
@@ -316,3 +316,32 @@ async def test_fleet_metrics(make_fleet: MakeFleet) -> None:
     assert 'picket_servers{checkpoint="Amsterdam",state="active"} 1.0' in text
     assert 'picket_assignments{agent="ams-2"} 1.0' in text
     assert 'picket_assignments{agent="ams-1"} 0.0' in text
+
+
+async def test_a_retired_server_leaves_the_per_agent_metrics(make_fleet: MakeFleet) -> None:
+    """Its assignment count, clock offset and round trip series go, and so do its clock
+    samples; it is no longer sampled. The other agent's series stay."""
+    client, ctl = await make_fleet()
+    for agent, v4 in (("ams-1", "198.51.100.1"), ("ams-2", "198.51.100.2")):
+        await ctl.assigner.on_hello(hello(agent, "Amsterdam", "Europe", v4))
+        await ctl.assigner.on_state(agent, True)
+        await ctl.clock.probe(agent)  # publish refused (no broker): the request is still noted
+        nonce = ctl.clock._pending[agent][0]
+        reply = TimeReply(nonce=nonce, agent_time=time.time())
+        ctl.clock.on_reply(agent, reply.model_dump_json().encode(), time.time())
+    text = await (await client.get("/metrics")).text()
+    for agent in ("ams-1", "ams-2"):
+        assert f'picket_assignments{{agent="{agent}"}}' in text
+        assert f'picket_agent_clock_offset_seconds{{agent="{agent}"}}' in text
+        assert f'picket_agent_clock_round_trip_seconds{{agent="{agent}"}}' in text
+    assert ctl.clock.offset_ms("ams-1") is not None
+
+    server_id = ctl.assigner.servers["ams-1"].id
+    resp = await client.post(f"/api/v4/Checkpoint/Server/{server_id}/Retire", headers=ADMIN)
+    assert resp.status == 200
+    text = await (await client.get("/metrics")).text()
+    assert 'agent="ams-1"' not in text, text
+    assert 'picket_agent_clock_offset_seconds{agent="ams-2"}' in text
+    assert 'picket_assignments{agent="ams-2"}' in text
+    assert ctl.clock.offset_ms("ams-1") is None
+    assert ctl.online_agents() == ["ams-2"]

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from aiohttp.test_utils import TestClient, TestServer
 
 from controller.app import Controller, create_app
-from controller.db.schema import monitor_check
+from controller.db.schema import dead_letter, monitor_check
 from controller.db.store import MonitorRow, Store
 from controller.settings import ControllerSettings
 from shared.messages import CheckResult, ResultBatch
@@ -166,3 +166,52 @@ async def test_a_failed_pass_does_not_end_the_task(ctl: Controller) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def _letters(guid: str, received: float, count: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "received_us": int((received + i) * 1e6),
+            "agent_id": "agent-a",
+            "batch_id": uuid.uuid4().hex,
+            "result_uid": uuid.uuid4().hex,
+            "monitor_guid": guid,
+            "attempts": 3,
+            "reason": "refused",
+            "payload": "{}",
+        }
+        for i in range(count)
+    ]
+
+
+async def _letter_count(store: Store, guid: str) -> int:
+    async with store.engine.connect() as conn:
+        found = await conn.scalar(
+            sa.select(sa.func.count())
+            .select_from(dead_letter)
+            .where(dead_letter.c.monitor_guid == guid)
+        )
+    return int(found or 0)
+
+
+async def test_old_dead_letters_and_those_of_deleted_monitors_are_deleted(
+    ctl: Controller,
+) -> None:
+    now = time.time()
+    kept, gone = await _monitor(ctl, "kept"), await _monitor(ctl, "gone")
+    await ctl.store.insert_dead_letters(_letters(kept, now - 40 * DAY, 2500))
+    await ctl.store.insert_dead_letters(_letters(kept, now - 60, 3))
+    await ctl.store.insert_dead_letters(_letters(gone, now - 60, 4))
+    del ctl.assigner.monitors[gone]
+    ctl.assigner.deleted.add(gone)
+
+    batches = await ctl.retention.run_once()
+
+    assert sorted(batches, reverse=True) == [1000, 1000, 500, 4]  # never more than a batch
+    assert await _letter_count(ctl.store, kept) == 3
+    assert await _letter_count(ctl.store, gone) == 0
+    deleted = ctl.metrics.registry.get_sample_value(
+        "picket_retention_deleted_rows_total", {"reason": "dead_letter"}
+    )
+    assert deleted == 2504
+    assert await ctl.retention.run_once() == []

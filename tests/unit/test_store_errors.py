@@ -145,3 +145,34 @@ async def test_a_race_for_a_monitor_name_is_a_400_naming_name(
         )
     )
     assert sorted(r.status for r in responses) == [204, 400]
+
+
+async def test_a_login_during_an_outage_is_a_503_with_retry_after(tmp_path: Path) -> None:
+    """The credentials are looked up in the database: when it is down the client is told to
+    try again later (503), not that its password is wrong (401) or that we failed (500)."""
+    with private_cluster() as cluster:
+        url = await cluster.create_database("login")
+        store = await Store.open(url)
+        settings = ControllerSettings(
+            data_dir=tmp_path,
+            admin_password=PASSWORD,
+            broker_url=f"mqtt://127.0.0.1:{free_port()}",
+            database_url=url,
+        )
+        try:
+            ctl = Controller(settings, store)
+            async with TestClient(TestServer(create_app(ctl))) as client:
+                await asyncio.to_thread(cluster.stop)
+                for user in ("admin", "someone-else"):
+                    basic = base64.b64encode(f"{user}:{PASSWORD}".encode()).decode()
+                    resp = await client.get(
+                        "/api/v4/Monitor", headers={"Authorization": "Basic " + basic}
+                    )
+                    assert resp.status == 503, await resp.text()
+                    assert resp.headers["Retry-After"] == "5"
+                    assert "database" in (await resp.text())
+                # not a failed login: nobody is throttled for the database's outage
+                failures = ctl.metrics.registry.get_sample_value("picket_login_failures_total")
+                assert not failures
+        finally:
+            await store.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -430,3 +431,22 @@ async def test_refusal_log_memory_is_bounded(ctl: Controller) -> None:
         assert acceptance.admit([batch])[0].results == []
     assert len(acceptance._logged) <= MAX_LOGGED_KEYS
     assert _refused(ctl, "unknown_monitor") == MAX_LOGGED_KEYS + 50
+
+
+async def test_a_forged_id_cannot_forge_a_log_line(
+    ctl: Controller, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The agent chooses its results' uid and monitor guid: a line break in them is escaped
+    in the refusal's log line, not a second line that looks like the controller's own."""
+    forged = "x\n2026-12-01 00:00:00 WARNING controller: all is well"
+    batch = ResultBatch(
+        batch_id=uuid.uuid4().hex,
+        agent="stray",
+        results=[_result(forged, time.time()).model_copy(update={"uid": forged})],
+    )
+    caplog.set_level(logging.WARNING, logger="controller.trust")
+    assert ctl.assigner.acceptance.admit([batch])[0].results == []
+    lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(lines) == 1
+    assert "\n" not in lines[0]
+    assert repr(forged) in lines[0]

@@ -33,3 +33,24 @@ async def test_an_unusable_data_dir_is_one_line_and_exit_1(
     settings = UpSettings(data_dir=blocker / "data", embedded_broker="amqtt")
     assert await supervise(settings) == 1
     assert f"cannot use the data directory {blocker / 'data'}" in caplog.text
+
+
+@pytest.mark.parametrize("source", ["setting", "environment"])
+def test_only_the_controller_is_given_the_admin_password(
+    source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker and the agent have no use for it: a secret goes only where it is needed."""
+    from shared.up import UpSettings, child_environments
+
+    secret = "up-admin-secret"
+    if source == "environment":
+        monkeypatch.setenv("PICKET_ADMIN_PASSWORD", secret)
+        settings = UpSettings(data_dir=tmp_path)
+    else:
+        monkeypatch.delenv("PICKET_ADMIN_PASSWORD", raising=False)
+        settings = UpSettings(data_dir=tmp_path, admin_password=secret)
+    others, controller = child_environments(settings, tmp_path, "127.0.0.1", 18830)
+    assert controller["PICKET_ADMIN_PASSWORD"] == secret
+    assert secret not in others.values()
+    assert "PICKET_ADMIN_PASSWORD" not in others
+    assert others["PICKET_BROKER_URL"] == controller["PICKET_BROKER_URL"]
