@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -260,17 +261,19 @@ async def serve(settings: ControllerSettings) -> None:
     except DatabaseUnusable as exc:
         raise SystemExit(f"controller: {exc}; exiting") from None
     try:
+        host, port = parse_listen(settings.api_listen, 8080)
+        # the port first: a controller that cannot listen exits before it starts anything
+        # (its MQTT session, cancelled while it connects, would outlive the event loop)
+        try:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            listening = socket.create_server((host, port), family=family)
+        except OSError as exc:
+            raise SystemExit(f"controller: cannot listen on {settings.api_listen}: {exc}") from None
         ctl = Controller(settings, store, stop)
         runner = web.AppRunner(create_app(ctl), access_log=None)
         await runner.setup()
         try:
-            host, port = parse_listen(settings.api_listen, 8080)
-            try:
-                await web.TCPSite(runner, host, port).start()
-            except OSError as exc:
-                raise SystemExit(
-                    f"controller: cannot listen on {settings.api_listen}: {exc}"
-                ) from None
+            await web.SockSite(runner, listening).start()
             display = f"[{host}]" if ":" in host else host
             log.info(
                 "controller: API on http://%s:%d/api/v4, metrics on http://%s:%d/metrics, "
