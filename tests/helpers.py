@@ -437,3 +437,23 @@ async def controller_client(
             yield client, ctl
     finally:
         await store.close()
+
+
+@contextlib.asynccontextmanager
+async def controller_parts(
+    database_url: str, broker: Mosquitto, tmp_path: Path
+) -> AsyncIterator[Controller]:
+    """A controller's parts on a real broker and database, without its API: the assigner
+    loaded and the bus connected."""
+    store = await Store.open(database_url)
+    controller = Controller(ControllerSettings(broker_url=broker.url, data_dir=tmp_path), store)
+    await controller.assigner.load()
+    bus = asyncio.create_task(controller.bus.run())
+    try:
+        await asyncio.wait_for(controller.bus.session.connected.wait(), 30)
+        yield controller
+    finally:
+        bus.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await bus
+        await store.close()

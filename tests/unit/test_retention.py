@@ -70,12 +70,10 @@ def _rows(guid: str, started: float, count: int) -> list[dict[str, Any]]:
     ]
 
 
-async def _count(store: Store, guid: str) -> int:
+async def _count(store: Store, guid: str, table: sa.Table = monitor_check) -> int:
     async with store.engine.connect() as conn:
         found = await conn.scalar(
-            sa.select(sa.func.count())
-            .select_from(monitor_check)
-            .where(monitor_check.c.monitor_guid == guid)
+            sa.select(sa.func.count()).select_from(table).where(table.c.monitor_guid == guid)
         )
     return int(found or 0)
 
@@ -184,16 +182,6 @@ def _letters(guid: str, received: float, count: int) -> list[dict[str, Any]]:
     ]
 
 
-async def _letter_count(store: Store, guid: str) -> int:
-    async with store.engine.connect() as conn:
-        found = await conn.scalar(
-            sa.select(sa.func.count())
-            .select_from(dead_letter)
-            .where(dead_letter.c.monitor_guid == guid)
-        )
-    return int(found or 0)
-
-
 async def test_old_dead_letters_and_those_of_deleted_monitors_are_deleted(
     ctl: Controller,
 ) -> None:
@@ -208,8 +196,8 @@ async def test_old_dead_letters_and_those_of_deleted_monitors_are_deleted(
     batches = await ctl.retention.run_once()
 
     assert sorted(batches, reverse=True) == [1000, 1000, 500, 4]  # never more than a batch
-    assert await _letter_count(ctl.store, kept) == 3
-    assert await _letter_count(ctl.store, gone) == 0
+    assert await _count(ctl.store, kept, dead_letter) == 3
+    assert await _count(ctl.store, gone, dead_letter) == 0
     deleted = ctl.metrics.registry.get_sample_value(
         "picket_retention_deleted_rows_total", {"reason": "dead_letter"}
     )

@@ -4,8 +4,6 @@ parts on a real broker and database (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
 import time
 import uuid
@@ -20,12 +18,11 @@ from controller import concurrent, rotation
 from controller.app import Controller
 from controller.assigner import Assigner
 from controller.db.schema import monitor_check
-from controller.db.store import MonitorRow, ServerRow, Store
+from controller.db.store import MonitorRow, ServerRow
 from controller.ingest import Ingest
-from controller.settings import ControllerSettings
 from shared import monitors
 from shared.messages import CheckResult, Hello, ResultBatch, RunRequest, Schedule
-from tests.helpers import Mosquitto, http_monitor
+from tests.helpers import Mosquitto, controller_parts, http_monitor
 
 
 def _server(ident: int, checkpoint: int, online: bool = True) -> ServerRow:
@@ -161,17 +158,9 @@ def test_a_missing_partial_is_counted_after_the_bound_not_waited_for() -> None:
 
 @pytest.fixture
 async def ctl(database_url: str, mosquitto: Mosquitto, tmp_path: Any) -> AsyncIterator[Controller]:
-    store = await Store.open(database_url)
-    settings = ControllerSettings(broker_url=mosquitto.url, data_dir=tmp_path)
-    controller = Controller(settings, store)
-    await controller.assigner.load()
-    bus = asyncio.create_task(controller.bus.run())
-    await asyncio.wait_for(controller.bus.session.connected.wait(), 30)
-    yield controller
-    bus.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await bus
-    await store.close()
+    """A controller's parts on a real broker and database, without its API."""
+    async with controller_parts(database_url, mosquitto, tmp_path) as controller:
+        yield controller
 
 
 async def _fleet(ctl: Controller, count: int) -> list[str]:

@@ -21,27 +21,17 @@ from controller.app import Controller
 from controller.db.schema import assignment, assignment_history, monitor_check, server
 from controller.db.store import MonitorRow, Store
 from controller.ingest import Ingest
-from controller.settings import ControllerSettings
 from controller.trust import HelloRefused, parse_hello
 from shared import monitors
 from shared.messages import CheckResult, Hello, ResultBatch
-from tests.helpers import Mosquitto, http_monitor, wait_for
+from tests.helpers import Mosquitto, controller_parts, http_monitor, wait_for
 
 
 @pytest.fixture
 async def ctl(database_url: str, mosquitto: Mosquitto, tmp_path: Any) -> AsyncIterator[Controller]:
     """A controller's parts on a real broker and database, without its API."""
-    store = await Store.open(database_url)
-    settings = ControllerSettings(broker_url=mosquitto.url, data_dir=tmp_path)
-    controller = Controller(settings, store)
-    await controller.assigner.load()
-    bus = asyncio.create_task(controller.bus.run())
-    await asyncio.wait_for(controller.bus.session.connected.wait(), 30)
-    yield controller
-    bus.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await bus
-    await store.close()
+    async with controller_parts(database_url, mosquitto, tmp_path) as controller:
+        yield controller
 
 
 async def _agents(ctl: Controller, *names: str) -> None:
