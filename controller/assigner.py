@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from controller import rotation
 from controller.bus import ControllerBus
-from controller.db.store import MonitorRow, ServerRow, Store, StoreUnavailable
+from controller.db.store import MonitorRow, ServerRow, Store, StoreUnavailable, now_us
 from controller.metrics import ControllerMetrics
 from controller.trust import Acceptance, AssignmentHistory
 from shared import monitors
@@ -98,7 +98,7 @@ class Assigner:
 
     def _fleet_figures(self) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
         """Servers by (checkpoint, shown state) and assignments by agent, for the metrics."""
-        now = time.time_ns() // 1000
+        now = now_us()
         by_state: dict[tuple[str, str], int] = {}
         for srv in self.servers.values():
             key = (srv.checkpoint_name, srv.shown_state(now))
@@ -142,7 +142,7 @@ class Assigner:
         excluded = set(selected.get("ExcludeLocations") or [])
         primary_only = bool(definition.get("UsePrimaryCheckpointsOnly"))
         by_checkpoint: dict[int, list[ServerRow]] = {}
-        now = time.time_ns() // 1000
+        now = now_us()
         for srv in self.servers.values():
             if not srv.can_take_checks(now) or monitor.monitor_type not in srv.probe_types:
                 continue
@@ -205,7 +205,7 @@ class Assigner:
             unchanged = stored and self._turns.get((guid, agent)) == turn
             if unchanged and agent != force_agent:
                 continue
-            stamp = time.time_ns() // 1000  # before the agent can have it
+            stamp = now_us()  # before the agent can have it
             if not await self.bus.assign(agent, guid, self.assignment(monitor, turn)):
                 continue
             self._turns[(guid, agent)] = turn
@@ -223,7 +223,7 @@ class Assigner:
                 )
         for agent in current - set(desired):
             if await self.bus.assign(agent, guid, None):
-                stamp = time.time_ns() // 1000  # after the agent can have run it
+                stamp = now_us()  # after the agent can have run it
                 self._published.pop((guid, agent), None)
                 self._turns.pop((guid, agent), None)
                 await self.store.set_assignment(guid, agent, None, stamp)
@@ -277,7 +277,7 @@ class Assigner:
     async def on_hello(self, hello: Hello, vouched: bool = False) -> None:
         """`vouched`: the agent enrolled with an administrator's token, which is its approval
         (it is still upcoming for the activation time, so firewalls can be opened first)."""
-        stamp = time.time_ns() // 1000
+        stamp = now_us()
         if self.require_approval and not vouched:
             new_state, activate_after = "pending", None
         elif self.activation_seconds > 0:
@@ -383,7 +383,7 @@ class Assigner:
         ServerRow.can_take_checks; this stores the state and re-places at that moment.)"""
         while True:
             self._fleet_changed.clear()
-            now = time.time_ns() // 1000
+            now = now_us()
             timed = [
                 s
                 for s in self.servers.values()

@@ -28,6 +28,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.db.store import CONCURRENT
+
 log = logging.getLogger(__name__)
 
 NO_ERROR, UNCONFIRMED, CONFIRMED = 0, 1, 2
@@ -124,7 +126,7 @@ def row_of(slot: Slot) -> tuple[dict[str, Any], int]:
         "attributes": attributes,  # JSON-encoded by the caller
         "response_body": None,
         "details": None,
-        "check_kind": 2,
+        "check_kind": CONCURRENT,
     }
     return row, level
 

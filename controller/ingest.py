@@ -40,6 +40,7 @@ import orjson
 from controller import concurrent, rotation
 from controller.assigner import Assigner
 from controller.bus import ControllerBus
+from controller.concurrent import CONFIRMED, NO_ERROR, UNCONFIRMED
 from controller.db.store import CHECK, PARTIAL, Store, StoreRejected, StoreUnavailable, now_us
 from controller.metrics import ControllerMetrics
 from shared.errors import ErrorCode
@@ -48,7 +49,6 @@ from shared.results import storage_plan
 
 log = logging.getLogger(__name__)
 
-NO_ERROR, UNCONFIRMED, CONFIRMED = 0, 1, 2
 LEVEL_NAMES = {NO_ERROR: "NoError", UNCONFIRMED: "Unconfirmed", CONFIRMED: "Confirmed"}
 LEVELS_BY_NAME = {name: level for level, name in LEVEL_NAMES.items()}
 STORED = storage_plan(CheckResult)  # where each field of a result goes in its row

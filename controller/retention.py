@@ -13,9 +13,11 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from controller.assigner import Assigner
 from controller.db.store import Store
+from controller.db.store import now_us as store_now_us
 from controller.metrics import ControllerMetrics
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,7 @@ class Retention:
 
     async def run_once(self, now_us: int | None = None) -> list[int]:
         """One pass; returns the rows each delete transaction removed."""
-        now_us = time.time_ns() // 1000 if now_us is None else now_us
+        now_us = store_now_us() if now_us is None else now_us
         batches: list[int] = []
         started = time.monotonic()
         # deleted monitors: those with history but gone
@@ -100,25 +102,30 @@ class Retention:
     async def _delete(
         self, guid: str, before_us: int | None, reason: str, batches: list[int]
     ) -> None:
-        while True:
-            deleted = await self.store.delete_checks(guid, before_us, self.batch_rows)
-            if deleted:
-                batches.append(deleted)
-                self.metrics.retention_batches.inc()
-                self.metrics.retention_deleted.labels(reason).inc(deleted)
-                await asyncio.sleep(self.pause_seconds)
-            if deleted < self.batch_rows:
-                return
+        await self._drain(
+            lambda: self.store.delete_checks(guid, before_us, self.batch_rows), reason, batches
+        )
 
     async def _delete_dead_letters(
         self, before_us: int | None, guid: str | None, batches: list[int]
     ) -> None:
+        await self._drain(
+            lambda: self.store.delete_dead_letters(before_us, guid, self.batch_rows),
+            "dead_letter",
+            batches,
+        )
+
+    async def _drain(
+        self, delete: Callable[[], Awaitable[int]], reason: str, batches: list[int]
+    ) -> None:
+        """Delete transactions of at most `batch_rows` rows, a pause apart, until one finds
+        fewer."""
         while True:
-            deleted = await self.store.delete_dead_letters(before_us, guid, self.batch_rows)
+            deleted = await delete()
             if deleted:
                 batches.append(deleted)
                 self.metrics.retention_batches.inc()
-                self.metrics.retention_deleted.labels("dead_letter").inc(deleted)
+                self.metrics.retention_deleted.labels(reason).inc(deleted)
                 await asyncio.sleep(self.pause_seconds)
             if deleted < self.batch_rows:
                 return

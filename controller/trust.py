@@ -21,6 +21,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from controller.metrics import ControllerMetrics
 from shared import topics
+from shared.logs import LogLimit
 from shared.messages import (
     MAX_ADDRESSES,
     CheckResult,
@@ -42,10 +43,6 @@ CLOCK_GRACE_US = 60_000_000
 # requested runs remembered (confirmation re-checks); older ones are forgotten first
 MAX_PENDING_RUNS = 100_000
 RUN_TTL_SECONDS = 3600.0
-LOG_EVERY_SECONDS = 10.0
-# (agent, reason) pairs whose last refusal line is remembered; the topic's agent id is the
-# broker's to bind, and a broker that lets anyone publish must not grow this without end
-MAX_LOGGED_KEYS = 10_000
 MAX_LOGGED_CHARS = 100  # of an agent-chosen name or id in a log line
 MAX_EPOCH_SECONDS = 2**62 / 1e6  # times are stored as 64-bit microseconds
 REASONS = {
@@ -242,7 +239,9 @@ class Acceptance:
         self.runs = runs
         self.placement = placement
         self.metrics = metrics
-        self._logged: dict[tuple[str, str], tuple[float, int]] = {}
+        # one refusal line per (agent, reason) every 10 s; bounded, the topic's agent id being
+        # the broker's to bind and a broker that lets anyone publish must not grow it
+        self._logged = LogLimit()
 
     def reason_to_refuse(self, agent: str, result: CheckResult) -> str | None:
         if result.monitor_guid not in self.placement.monitors:
@@ -278,17 +277,11 @@ class Acceptance:
         return admitted
 
     def _log_refusal(self, agent: str, result: CheckResult, reason: str) -> None:
-        """One line per agent and reason every LOG_EVERY_SECONDS: a misbehaving agent must
+        """One line per agent and reason every 10 s (shared.logs.LogLimit): a misbehaving agent must
         not flood the log (the metric counts every result)."""
-        key = (agent, reason)
-        now = time.monotonic()
-        last, suppressed = self._logged.get(key, (0.0, 0))
-        if now - last < LOG_EVERY_SECONDS:
-            self._logged[key] = (last, suppressed + 1)
+        suppressed = self._logged.allow((agent, reason))
+        if suppressed is None:
             return
-        if key not in self._logged and len(self._logged) >= MAX_LOGGED_KEYS:
-            self._logged.clear()  # at worst one more line per agent and reason
-        self._logged[key] = (now, 0)
         # all three are the agent's to choose: %r, so that a forged one cannot forge a line
         log.warning(
             "agent %r: result %r for monitor %r (scheduled %.3f) refused: %s "

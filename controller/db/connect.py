@@ -50,9 +50,7 @@ async def open_store(url: str, wait_seconds: float) -> Store:
             return await Store.open(url)
         except (sa.exc.NoSuchModuleError, ModuleNotFoundError) as exc:
             raise DatabaseUnusable(f"no driver for {shown}: {_reason(exc)}") from None
-        except (sa.exc.SQLAlchemyError, OSError, TimeoutError) as exc:
-            reason = _reason(exc)
-        except Exception as exc:  # e.g. asyncpg's own errors for a missing database
+        except Exception as exc:  # StoreError, OSError, or a driver's own (a missing database)
             reason = _reason(exc)
         remaining = deadline - time.monotonic()
         if remaining <= 0:

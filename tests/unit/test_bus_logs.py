@@ -8,9 +8,9 @@ import logging
 
 import pytest
 
-from controller import bus as bus_module
 from controller.bus import ControllerBus
 from controller.metrics import ControllerMetrics
+from shared import logs as shared_logs
 from shared import topics
 from shared.messages import Hello, ResultBatch
 from shared.mqtt import Inbound
@@ -51,7 +51,7 @@ async def test_floods_are_logged_once_per_agent_and_reason_every_ten_seconds(
     metrics = ControllerMetrics()
     bus = ControllerBus(f"mqtt://127.0.0.1:{free_port()}", Handler(), metrics)
     clock = Clock()
-    bus.log_limit = bus_module.LogLimit(clock)
+    bus.log_limit = shared_logs.LogLimit(clock)
     caplog.set_level(logging.WARNING, logger="controller.bus")
     for _ in range(500):
         await bus._on_message(Inbound(topics.hello("a1"), b"{}", False))
@@ -85,8 +85,8 @@ async def test_floods_are_logged_once_per_agent_and_reason_every_ten_seconds(
 
 
 def test_the_rate_limit_table_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bus_module, "MAX_LOGGED_KEYS", 100)
-    limit = bus_module.LogLimit(Clock())
+    monkeypatch.setattr(shared_logs, "MAX_LOGGED_KEYS", 100)
+    limit = shared_logs.LogLimit(Clock())
     for n in range(1000):
         assert limit.allow((f"agent-{n}", "malformed")) == 0
         assert len(limit) <= 100

@@ -409,7 +409,7 @@ def test_an_agent_refuses_at_start_what_its_hello_would_be_refused_for(
 async def test_refusal_log_memory_is_bounded(ctl: Controller) -> None:
     """Results refused from ever new agent ids (a broker that lets anyone publish) do not grow
     the memory of who was logged last without end."""
-    from controller.trust import MAX_LOGGED_KEYS
+    from shared.logs import MAX_LOGGED_KEYS
 
     acceptance = ctl.assigner.acceptance
     for index in range(MAX_LOGGED_KEYS + 50):
