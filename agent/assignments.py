@@ -8,7 +8,6 @@ is written with mode 0600. It is read like an MQTT message: nothing in it is tru
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from agent.files import write_atomically
 from shared.messages import Assignment
 
 log = logging.getLogger(__name__)
@@ -99,19 +99,4 @@ class SavedAssignments:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         head = f'{{"v":1,"agent":"{self._agent}","saved_at":{time.time():.3f},"assignments":['
         data = b"".join((head.encode(), b",".join(payloads), b"]}"))
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # an older temp file may have had another mode
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomically(self.path, data, mode=0o600)

@@ -251,7 +251,7 @@ class _Transfer:
     total: int = 0
     limit: int = 0
     header_lines: list[bytes] = field(default_factory=list)
-    sent: list[bytes] = field(default_factory=list)  # request header blocks, as sent
+    sent: bytes = b""  # the last request header block, as sent
     tried: bytes = b""  # libcurl's last "Trying <address>..." (refused connects have no IP)
     scan: BodyScan | None = None
     scanner: Callable[[bytes], None] | None = None
@@ -374,7 +374,7 @@ class CurlEngine:
             )
         if req.http_version in HTTP_VERSIONS:
             version = HTTP_VERSIONS[req.http_version]
-            if version == pycurl.CURL_HTTP_VERSION_2TLS and not _is_tls(req.url):
+            if version == pycurl.CURL_HTTP_VERSION_2TLS and not transfer.tls:
                 version = pycurl.CURL_HTTP_VERSION_2_0  # h2c: ask for an Upgrade
             c.setopt(pycurl.HTTP_VERSION, version)
         if req.tls_version in TLS_VERSIONS:
@@ -424,7 +424,7 @@ class CurlEngine:
             os_errno=int(c.getinfo(pycurl.OS_ERRNO)) if errno else 0,
             http_version=_RESPONSE_VERSIONS.get(int(c.getinfo(pycurl.INFO_HTTP_VERSION)), ""),
             raw_headers=raw_headers,
-            sent_headers=t.sent[-1].decode("latin-1").rstrip("\r\n") if t.sent else "",
+            sent_headers=t.sent.decode("latin-1").rstrip("\r\n"),
             cookies=list(c.getinfo(pycurl.INFO_COOKIELIST)),
             body_bytes=t.total,
         )
@@ -589,7 +589,7 @@ def _compressed(headers: list[tuple[str, str]]) -> bool:
 def _debugger(t: _Transfer) -> Callable[[int, bytes], None]:
     def debug(kind: int, data: bytes) -> None:
         if kind == _HEADER_OUT:
-            t.sent.append(data)
+            t.sent = data
         elif kind == _TEXT and data.startswith(b"  Trying "):
             t.tried = data
 

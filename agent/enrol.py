@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,6 +19,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from agent.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +35,7 @@ class EnrolFailed(Exception):
 
 def _write_private(path: Path, data: bytes) -> None:
     """Written whole (a temp file renamed) and readable by the owner only."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomically(path, data, mode=0o600)
 
 
 def _key(data_dir: Path) -> X25519PrivateKey:

@@ -8,10 +8,10 @@ the version required. One more lookup, made only after the failed one.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
 import socket
+from collections.abc import Awaitable, Callable
 
 from shared.errors import ErrorCode
 
@@ -23,7 +23,13 @@ class WrongFamily(OSError):
     """The host has addresses, in the other IP family only (error 143)."""
 
 
-async def _other_addresses(host: str, family: socket.AddressFamily) -> list[str]:
+# the addresses of a name in one family (the worker's NameLookups runs it in its own threads)
+AddressLookup = Callable[[str, socket.AddressFamily], Awaitable[list[str]]]
+
+
+async def _other_addresses(
+    host: str, family: socket.AddressFamily, lookup: AddressLookup
+) -> list[str]:
     try:
         literal = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
@@ -31,18 +37,17 @@ async def _other_addresses(host: str, family: socket.AddressFamily) -> list[str]
     else:
         return [str(literal)] if literal.version == (6 if family == socket.AF_INET6 else 4) else []
     with contextlib.suppress(OSError):  # socket.gaierror is an OSError
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            host, None, family=family, type=socket.SOCK_STREAM
-        )
-        return sorted({str(info[4][0]) for info in infos})
+        return await lookup(host, family)
     return []
 
 
-async def explain(host: str, ip_version: str, failure: str) -> tuple[ErrorCode, str]:
+async def explain(
+    host: str, ip_version: str, failure: str, lookup: AddressLookup
+) -> tuple[ErrorCode, str]:
     """The error code and message of a failed lookup of `host` in the family `ip_version`
     (IpV4 or IpV6) requires; `failure` is the lookup's own message."""
     wanted, other, family = _OTHER[ip_version]
-    found = await _other_addresses(host, family) if host else []
+    found = await _other_addresses(host, family, lookup) if host else []
     if found == [host.strip("[]")]:  # an address, not a name
         return ErrorCode.VERSION_NOT_AS_REQUIRED, f"{ip_version} required, {found[0]} is IPv{other}"
     if found:

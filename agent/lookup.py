@@ -57,14 +57,31 @@ class NameLookups:
                 raise
             # none in the family required: say whether the host has some in the other (143)
             left = within_seconds - (time.monotonic() - started)
-            try:
-                async with asyncio.timeout(max(left, 0.001)):
-                    code, message = await families.explain(host, ip_version, str(exc))
-            except TimeoutError:
+            explained = await self.explain(host, ip_version, str(exc), left)
+            if explained is None:
                 raise exc from None
+            code, message = explained
             if code == ErrorCode.VERSION_NOT_AS_REQUIRED:
                 raise families.WrongFamily(message) from None
             raise socket.gaierror(exc.errno, message) from None
+
+    async def explain(
+        self, host: str, ip_version: str, failure: str, within_seconds: float
+    ) -> tuple[ErrorCode, str] | None:
+        """Why a lookup of `host` in the family `ip_version` requires failed (agent/families.py:
+        143 when it has addresses in the other family only), asked in the worker's lookup
+        threads; None when `within_seconds` runs out first."""
+        try:
+            async with asyncio.timeout(max(within_seconds, 0.001)):
+                return await families.explain(host, ip_version, failure, self._addresses)
+        except TimeoutError:
+            return None
+
+    async def _addresses(self, host: str, family: socket.AddressFamily) -> list[str]:
+        infos = await asyncio.get_running_loop().run_in_executor(
+            self._executor, socket.getaddrinfo, host, None, family, socket.SOCK_STREAM
+        )
+        return sorted({str(info[4][0]) for info in infos})
 
     async def _resolve(
         self, host: str, ip_version: str | None, within_seconds: float

@@ -13,7 +13,6 @@ files is kept in memory; a batch's payload is read from its file each time it is
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 import uuid
@@ -25,6 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import to_json
 
+from agent.files import write_atomically as _write_atomically
 from shared.messages import CheckResult, ResultBatch
 
 log = logging.getLogger(__name__)
@@ -335,21 +335,3 @@ def fit_result(result: dict[str, Any], limit: int) -> bytes:
     if (done := fits()) is not None:
         return done
     raise ValueError(f"a result cannot be cut to {limit} bytes")  # limit is >= 16 KiB
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.rename(path)
-    _sync_directory(path.parent)  # the rename itself must survive a crash too
-
-
-def _sync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

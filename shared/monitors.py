@@ -299,9 +299,7 @@ class HttpMonitor(MonitorBase):
             raise ValueError(f"must be an absolute {scheme}:// URL")
         if match.group(1).lower() != scheme:
             raise ValueError(f"a {monitor_type} monitor needs a {scheme}:// URL")
-        if secrets.userinfo(url) == secrets.MASK:
-            raise ValueError(f"userinfo {secrets.RESEND}")
-        return url
+        return secrets.not_masked_url(url)
 
 
 HOST_PATTERN = re.compile(

@@ -159,9 +159,7 @@ class MsaStep(_Lenient):
             raise ValueError("is required for an HttpRequest step")
         if url and not re.match(r"(?i)(https?://|\{\{)", url):
             raise ValueError("must start with http://, https:// or a {{variable}}")
-        if secrets.userinfo(url) == secrets.MASK:
-            raise ValueError(f"userinfo {secrets.RESEND}")
-        return url
+        return secrets.not_masked_url(url)
 
 
 class PredefinedVariable(_Lenient):

@@ -97,6 +97,13 @@ def not_mask(value: str) -> str:
     return value
 
 
+def not_masked_url(url: str) -> str:
+    """A URL, refused if its userinfo is the mask (nothing stored was kept for it)."""
+    if userinfo(url) == MASK:
+        raise ValueError(f"userinfo {RESEND}")
+    return url
+
+
 def keep_url(new: str, old: str, moved: bool = False) -> str:
     """A URL sent back with `******` as its userinfo gets the stored URL's userinfo, if it
     still points where the stored one did (else the mask stays and validation refuses it)."""

@@ -24,6 +24,7 @@ from pydantic import Field
 
 from shared.settings import ListenAddress, PicketSettings, parse_listen
 from shared.signals import stop_event
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger("picket.up")
 
@@ -341,11 +342,7 @@ async def supervise(settings: UpSettings) -> int:
     if status == 0:
         log.info("stopping: agent, controller, broker")
     stop.set()  # the keepers start nothing from here on
-    for task in keepers:
-        task.cancel()
-    for task in keepers:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    await cancel_and_wait(keepers)
     for child in (agent, controller, broker):
         await child.stop()
     stopper.cancel()

@@ -6,15 +6,13 @@ own timings (the waterfall). Credentials go only to the origin the monitor names
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import errno as os_errors
 import functools
 import time
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from agent import curl, families
+from agent import curl
 from agent.probes.base import Outcome, Probe
 from agent.probes.content import Body, charset
 from shared import regex
@@ -262,11 +260,11 @@ class HttpProbe(Probe):
                 if outcome.error_code == ErrorCode.DNS_FAILURE and monitor.IpVersion and left > 0:
                     # outside the check's timings, within its time limit
                     host = urlsplit(url).hostname or ""
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(left):
-                            outcome.error_code, outcome.error_message = await families.explain(
-                                host, monitor.IpVersion, outcome.error_message
-                            )
+                    explained = await self.ctx.lookups.explain(
+                        host, monitor.IpVersion, outcome.error_message, left
+                    )
+                    if explained is not None:
+                        outcome.error_code, outcome.error_message = explained
                 break
             wrong_version = _version_problem(monitor, response)
             if wrong_version:
