@@ -227,6 +227,8 @@ class Ingest:
             group = await self._take()
             try:
                 for entry in group:
+                    # once per batch: others dropped and counted (controller/trust.py)
+                    entry.batch = self.assigner.acceptance.admit([entry.batch])[0]
                     if entry.rejects:
                         await self._keep_rejects(entry)
                 await self._ingest(group)
@@ -263,7 +265,7 @@ class Ingest:
 
     async def _ingest(self, group: list[Queued]) -> None:
         try:
-            await self._when_available(lambda: self.process([e.batch for e in group]))
+            await self._when_available(lambda: self._commit([e.batch for e in group]))
             return
         except REFUSED as exc:
             self.metrics.ingest_errors.inc()
@@ -286,7 +288,7 @@ class Ingest:
             if error is not None:
                 await asyncio.sleep(0.2 * entry.attempts)
             try:
-                await self._when_available(lambda: self.process([entry.batch]))
+                await self._when_available(lambda: self._commit([entry.batch]))
                 return
             except REFUSED as exc:
                 self.metrics.ingest_errors.inc()
@@ -351,14 +353,18 @@ class Ingest:
     # --- one transaction ------------------------------------------------------------------------
 
     async def process(self, batches: list[ResultBatch]) -> None:
-        """Store the batches in one transaction, acknowledge them, ask for re-checks."""
-        confirmations = await self._store(batches)
-        await self._acknowledge(batches)
+        """Admit the batches' results, store them in one transaction, acknowledge the batches,
+        ask for re-checks."""
+        await self._commit(self.assigner.acceptance.admit(batches))
+
+    async def _commit(self, admitted: list[ResultBatch]) -> None:
+        """`process` for batches admitted already (a retry must not count a refusal again)."""
+        confirmations = await self._store(admitted)
+        await self._acknowledge(admitted)
         await self._request_confirmations(confirmations)
 
     async def _store(self, batches: list[ResultBatch]) -> list[tuple[str, RunRequest]]:
         """Insert what is new; the re-checks to ask for (agent, request)."""
-        batches = self.assigner.acceptance.admit(batches)  # others dropped and counted
         rows: list[dict[str, Any]] = []
         results: dict[str, tuple[ResultBatch, CheckResult, int, bool]] = {}
         levels = dict(self.levels)
