@@ -92,7 +92,8 @@ async def create_token(request: web.Request) -> web.Response:
         wanted = TokenRequest.model_validate(await json_body(request))
     except ValidationError as exc:
         raise invalid(exc) from None
-    token = secrets.token_urlsafe(32)
+    # hex: a token starting with '-' would be read as an option by `picket agent enrol --token`
+    token = secrets.token_hex(32)
     expires = time.time() + wanted.ExpiresInMinutes * 60
     await controller(request).store.create_enrolment(
         token_hash(token), wanted.CheckpointName, wanted.RegionName, int(expires * 1e6)

@@ -163,3 +163,13 @@ def test_enrolled_identity_supplies_the_agent_settings(tmp_path: Path) -> None:
     # without the file, nothing changes
     plain = AgentSettings(data_dir=tmp_path / "none")
     assert plain.checkpoint == "Local"
+
+
+async def test_tokens_can_be_given_on_the_command_line(
+    client: tuple[TestClient[Any, Any], Controller],
+) -> None:
+    """`picket agent enrol --token T` reads a T starting with '-' as an option: none does."""
+    api, _ctl = client
+    for _ in range(200):
+        token = (await _token(api))["Token"]
+        assert not token.startswith("-") and token.isalnum(), token
