@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from controller.api import checkpoints, checks, enrolment, monitors, register
+from controller.api import checkpoints, checks, enrolment, monitors, operators, register
 
-RESOURCES = (register, monitors, checks, checkpoints, enrolment)
+RESOURCES = (register, monitors, checks, checkpoints, enrolment, operators)
 
 
 def setup(app: web.Application) -> None:

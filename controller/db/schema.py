@@ -53,8 +53,75 @@ operator = sa.Table(
     sa.Column("username", sa.String(200), nullable=False, unique=True),
     sa.Column("full_name", sa.String(200), nullable=False),
     sa.Column("password_hash", sa.String(300), nullable=False),
+    # unused since 0007: membership of the Administrators group says who is one (dropping
+    # the column would make SQLite copy the table, and cascade-delete the API accounts)
     sa.Column("is_admin", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("created_us", sa.BigInteger, nullable=False),
+    # 0007: Uptrends' operator fields. `username` is the login: "admin" for the built-in
+    # operator, the lower-case Email for the others; email_key is the lower-case Email
+    sa.Column("email", sa.String(254), nullable=True),
+    sa.Column("email_key", sa.String(254), nullable=True),
+    sa.Column("backup_email", sa.String(254), nullable=True),
+    sa.Column("mobile_phone", sa.String(50), nullable=True),
+    sa.Column("is_on_duty", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("time_zone_id", sa.Integer, nullable=True),
+    sa.Column("allow_native_login", sa.Boolean, nullable=True),
+    # JSON: the fields Picket keeps but does not act on (CultureName, SmsProvider, ...)
+    sa.Column("settings", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("modified_us", sa.BigInteger, nullable=True),
+    sa.Index("ux_operator_email_key", "email_key", unique=True),
+)
+
+# operator groups (0007); the built-in Everyone (every operator, implicitly) and Administrators
+operator_group = sa.Table(
+    "operator_group",
+    metadata,
+    sa.Column("guid", sa.String(36), primary_key=True),
+    sa.Column("description", sa.String(200), nullable=False),
+    sa.Column("is_everyone", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("is_administrators", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_us", sa.BigInteger, nullable=False),
+)
+
+# members of groups other than Everyone (0007)
+operator_group_member = sa.Table(
+    "operator_group_member",
+    metadata,
+    sa.Column(
+        "group_guid",
+        sa.String(36),
+        sa.ForeignKey("operator_group.guid", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column(
+        "operator_guid",
+        sa.String(36),
+        sa.ForeignKey("operator.guid", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Index("ix_operator_group_member_operator", "operator_guid"),
+)
+
+# off-duty schedules (0007): wall-clock times, read in the operator's time zone
+duty_schedule = sa.Table(
+    "duty_schedule",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "operator_guid",
+        sa.String(36),
+        sa.ForeignKey("operator.guid", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("mode", sa.String(16), nullable=False),  # OneTime, Daily, Weekly, Monthly
+    sa.Column("start_local", sa.String(19), nullable=True),  # OneTime: YYYY-MM-DDTHH:MM:SS
+    sa.Column("end_local", sa.String(19), nullable=True),
+    sa.Column("week_day", sa.SmallInteger, nullable=True),  # Weekly: 0 Sunday ... 6 Saturday
+    sa.Column("month_day", sa.SmallInteger, nullable=True),  # Monthly: 1 ... 31
+    sa.Column("start_time", sa.String(5), nullable=True),  # HH:MM
+    sa.Column("end_time", sa.String(5), nullable=True),
+    sa.Column("created_us", sa.BigInteger, nullable=False),
+    sa.Index("ix_duty_schedule_operator", "operator_guid"),
 )
 
 api_account = sa.Table(
