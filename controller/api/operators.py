@@ -179,10 +179,23 @@ class OperatorBody(BaseModel):
 
 
 # Uptrends' `XxxSpecified: false` means "Xxx is not set": such a field is left out
-_SPECIFIED = ("TimeZoneId", "AllowNativeLogin", "CultureName", "UseNumericSender",
-              "OutgoingPhoneNumberId", "AllowSingleSignon")  # fmt: skip
-_KEPT = ("CultureName", "SmsProvider", "UseNumericSender", "PhoneProvider",
-         "OutgoingPhoneNumberId", "OutgoingPhoneNumber", "DefaultDashboard")  # fmt: skip
+_SPECIFIED = (
+    "TimeZoneId",
+    "AllowNativeLogin",
+    "CultureName",
+    "UseNumericSender",
+    "OutgoingPhoneNumberId",
+    "AllowSingleSignon",
+)
+_KEPT = (
+    "CultureName",
+    "SmsProvider",
+    "UseNumericSender",
+    "PhoneProvider",
+    "OutgoingPhoneNumberId",
+    "OutgoingPhoneNumber",
+    "DefaultDashboard",
+)
 
 
 def _parse_operator(raw: dict[str, Any]) -> tuple[OperatorBody, set[str]]:
