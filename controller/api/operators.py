@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -41,6 +42,7 @@ from controller.api.common import (
 from controller.auth import ADMIN_USERNAME
 from controller.db.store import NameTaken
 
+log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 # off-duty schedules one operator may have: AddDutyScheduleForAllMembers in a loop stops here
@@ -336,6 +338,9 @@ async def create_operator(request: web.Request) -> web.Response:
         await ctl.store.create_operator(guid, username, full_name, password_hash, False, **values)
     except NameTaken:
         raise _email_taken(values) from None
+    log.info(
+        "operator %s (%s) created by operator %s", guid, username, principal(request).operator_guid
+    )
     created = await ctl.store.operator_by_guid(guid)
     assert created is not None
     now = await _on_duty_now(request, [guid])
@@ -390,6 +395,12 @@ async def delete_operator(request: web.Request) -> web.Response:
     if not await ctl.store.delete_operator(current["guid"]):
         fail(404, f"Operator {current['guid']} not found", "operatorGuid")
     ctl.auth.forget_operator(current["guid"])
+    log.info(
+        "operator %s (%s) deleted by operator %s",
+        current["guid"],
+        current["username"],
+        principal(request).operator_guid,
+    )
     return web.Response(status=204)
 
 
@@ -658,6 +669,12 @@ async def add_member(request: web.Request) -> web.Response:
         await ctl.store.add_operator_group_member(group["guid"], op["guid"])
     if group["is_administrators"]:
         ctl.auth.forget_operator(op["guid"])  # its remembered logins had no administrator right
+        log.info(
+            "operator %s (%s) made an administrator by operator %s",
+            op["guid"],
+            op["username"],
+            principal(request).operator_guid,
+        )
     return web.Response(status=201)
 
 
@@ -679,6 +696,12 @@ async def remove_member(request: web.Request) -> web.Response:
         fail(404, f"Operator {op['guid']} is not a member of this group", "operatorGuid")
     if group["is_administrators"]:
         ctl.auth.forget_operator(op["guid"])  # its remembered logins lose the right now
+        log.info(
+            "operator %s (%s) is no longer an administrator (by operator %s)",
+            op["guid"],
+            op["username"],
+            principal(request).operator_guid,
+        )
     return web.Response(status=204)
 
 
