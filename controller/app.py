@@ -133,17 +133,22 @@ class Controller:
             hello.checkpoint != enrolled["checkpoint_name"]
             or hello.region != enrolled["region_name"]
         ):
-            # the token fixed where this agent measures from: it cannot move itself
+            # the token fixed where this agent measures from: it cannot move itself. Every one
+            # is counted; the line is rate-limited (one per agent every 10 s): an agent that
+            # keeps saying hello must not flood the log
             self.metrics.hellos_refused.labels("checkpoint").inc()
-            log.warning(
-                "hello of agent %s refused: it names checkpoint %s (region %s), but it was "
-                "enrolled for checkpoint %s (region %s)",
-                hello.agent,
-                hello.checkpoint,
-                hello.region,
-                enrolled["checkpoint_name"],
-                enrolled["region_name"],
-            )
+            suppressed = self.bus.log_limit.allow((hello.agent, "hello:enrolled-checkpoint"))
+            if suppressed is not None:
+                log.warning(
+                    "hello of agent %s refused: it names checkpoint %r (region %r), but it was "
+                    "enrolled for checkpoint %s (region %s) (%d more like it not logged)",
+                    hello.agent,
+                    hello.checkpoint,
+                    hello.region,
+                    enrolled["checkpoint_name"],
+                    enrolled["region_name"],
+                    suppressed,
+                )
             return
         await self.assigner.on_hello(hello, vouched=enrolled is not None)
         self.clock.round_now()
