@@ -151,6 +151,7 @@ class Controller:
                 )
             return
         await self.assigner.on_hello(hello, vouched=enrolled is not None)
+        await self.ingest.confirmers_changed()  # placement may have moved to it
         self.clock.round_now()
 
     async def load_logins_to_delete(self) -> None:
@@ -206,6 +207,8 @@ class Controller:
 
     async def on_state(self, agent_id: str, online: bool) -> None:
         await self.assigner.on_state(agent_id, online)
+        # a confirmation asked of an agent gone offline is asked of another now
+        await self.ingest.confirmers_changed()
 
     def on_results(
         self, batch: ResultBatch, size: int, rejects: list[tuple[str, str]] | None = None

@@ -264,6 +264,7 @@ async def _set_state(request: web.Request, state: str) -> web.Response:
     updated = await ctl.assigner.set_state(wanted, state)
     if updated is None:
         fail(404, f"Checkpoint server {wanted} not found", "serverId")
+    await ctl.ingest.confirmers_changed()  # a confirmer retired is asked of no more
     if state == "retired" and before != "retired":
         await ctl.server_retired(updated)
     elif before == "retired" and state != "retired":
