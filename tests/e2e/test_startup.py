@@ -4,6 +4,7 @@ proceeds; one whose background loop dies exits non-zero with the cause in its lo
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -126,6 +127,59 @@ def test_agent_with_an_unusable_data_dir_exits(tmp_path: Path) -> None:
         .splitlines()[-1]
         .startswith(f"agent a1: cannot use the data directory {blocker}")
     )
+
+
+_IDENTITY = {
+    "agent_id": "ams-1",
+    "checkpoint": "Amsterdam",
+    "region": "Europe",
+    "broker_url": f"mqtt://ams-1:{SECRET}@127.0.0.1:1",
+}
+
+
+def _identity_case(case: str, path: Path) -> str:
+    """Make `path` (the agent's identity.json) unusable in one way; the reason expected."""
+    if case == "permission":
+        path.write_text(json.dumps(_IDENTITY))
+        path.chmod(0)
+        return "cannot read " + str(path) + ": Permission denied"
+    if case == "symlink loop":
+        path.symlink_to(path)
+        return "cannot read " + str(path) + ": Too many levels of symbolic links"
+    if case == "directory":
+        path.mkdir()
+        return "cannot read " + str(path) + ": Is a directory"
+    if case == "bad JSON":
+        path.write_text('{"agent_id": "ams-1", "broker_url": "mqtt://ams-1:' + SECRET)
+        return str(path) + " is not JSON ("
+    if case == "not an object":
+        path.write_text("[]")
+        return str(path) + " is not a JSON object"
+    assert case == "missing field"
+    path.write_text(json.dumps({k: v for k, v in _IDENTITY.items() if k != "checkpoint"}))
+    return str(path) + " lacks checkpoint"
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["permission", "symlink loop", "directory", "bad JSON", "not an object", "missing field"],
+)
+def test_an_unusable_identity_file_is_named_with_the_reason(case: str, tmp_path: Path) -> None:
+    if case == "permission" and os.geteuid() == 0:
+        pytest.skip("root reads a file of mode 0 (the symlink-loop case covers the same path)")
+    data = tmp_path / "data"
+    data.mkdir()
+    expected = _identity_case(case, data / "identity.json")
+    env = _env(tmp_path)
+    env["PICKET_BROKER_URL"] = f"mqtt://127.0.0.1:{free_port()}"
+    result = _run([sys.executable, "-m", "shared.cli", "agent"], env)
+    err = result.stderr
+    assert result.returncode == 1, err
+    assert "Traceback" not in err and "PICKET_?" not in err, err
+    assert SECRET not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("picket agent: " + expected), last
+    assert last.endswith("fix it, or remove it and enrol again"), last
 
 
 @pytest.mark.parametrize("side", ["controller", "agent"])
