@@ -150,7 +150,7 @@ def _identity_case(case: str, path: Path) -> str:
         path.mkdir()
         return "cannot read " + str(path) + ": Is a directory"
     if case == "bad JSON":
-        path.write_text('{"agent_id": "ams-1", "broker_url": "mqtt://ams-1:' + SECRET)
+        path.write_text(json.dumps(_IDENTITY)[:-20])  # cut short, in the broker URL's password
         return str(path) + " is not JSON ("
     if case == "not an object":
         path.write_text("[]")
