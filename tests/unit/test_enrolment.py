@@ -4,6 +4,7 @@ login; and an enrolled agent's settings come from its identity file."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -240,7 +241,14 @@ async def test_retiring_an_enrolled_server_deletes_its_broker_login(
         async with controller_client(tmp_path, PASSWORD, **settings) as (api, ctl):
             user, password, server_id = await _enrolled_server(api, ctl)
             assert await _can_connect(broker, user, password)
-            await _retire(api, server_id)
+            async with aiomqtt.Client(
+                "127.0.0.1", broker.port, username=user, password=password, identifier=user
+            ) as connected:
+                await _retire(api, server_id)
+                with pytest.raises(aiomqtt.MqttError):  # the broker drops it at once, too
+                    async with asyncio.timeout(60):
+                        async for _message in connected.messages:
+                            pass
 
             async def refused() -> bool:
                 return not await _can_connect(broker, user, password)
