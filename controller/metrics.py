@@ -122,6 +122,18 @@ class ControllerMetrics:
             ["outcome"],
             registry=r,
         )
+        self.login_deletions = Counter(
+            "picket_broker_login_deletions_total",
+            "Retired agents' broker logins: deleted, failed (retried), by_hand (not enrolled: "
+            "no login Picket made), no_admin (enrolled, but no PICKET_BROKER_ADMIN_URL)",
+            ["outcome"],
+            registry=r,
+        )
+        self.logins_to_delete = Gauge(
+            "picket_broker_logins_to_delete",
+            "Retired agents' broker logins still to delete (retried until the broker does)",
+            registry=r,
+        )
         self.hellos_refused = Counter(
             "picket_hellos_refused_total",
             "Agent hellos refused as invalid, by the field at fault",
