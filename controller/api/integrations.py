@@ -185,7 +185,9 @@ async def _update(request: web.Request, patch: bool) -> web.Response:
         fail(400, "IntegrationGuid: does not match the integration in the URL", "IntegrationGuid")
     kind = _kind_of_row(current)
     if "Type" in body or "Kind" in body:
-        wanted = _kind_of_body({"Type": current["type"], "Kind": current["kind"], **body})
+        type_ = body.get("Type", current["type"])
+        kept_kind = current["kind"] if type_ == current["type"] else None
+        wanted = _kind_of_body({"Type": type_, "Kind": body.get("Kind", kept_kind)})
         if wanted != kind:
             fail(
                 400,
