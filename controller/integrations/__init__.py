@@ -13,6 +13,7 @@ from __future__ import annotations
 import builtins
 import logging
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -157,7 +158,18 @@ class Senders:
             )
         else:
             started = time.perf_counter()
-            outcome = await kind.send(parsed, notification, self.context())
+            try:
+                outcome = await kind.send(parsed, notification, self.context())
+            except Exception as exc:  # a bug of ours: recorded, never raised into the outbox
+                scrub = kind.policy.scrubber(config)
+                log.error(
+                    "notification %s to integration %s (%s) failed in Picket: %s",
+                    notification.idempotency_key,
+                    integration_guid,
+                    kind.name,
+                    scrub.text(traceback.format_exc()) if scrub else traceback.format_exc(),
+                )
+                outcome = Outcome.permanent(f"Picket failed to send it ({type(exc).__name__})")
             self.metrics.notification_seconds.labels(kind.name).observe(
                 time.perf_counter() - started
             )

@@ -10,6 +10,7 @@ so a message sent twice can be told apart from two alerts."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import ssl
 from email.message import EmailMessage
@@ -72,7 +73,7 @@ class Config(IntegrationConfig):
 
 def message(n: Notification, sender: str, to: list[str]) -> EmailMessage:
     mail = EmailMessage()
-    mail["Subject"] = summary(n)[:200]
+    mail["Subject"] = " ".join(summary(n).split())[:200]  # a header holds no line break
     mail["From"] = formataddr(("Picket", sender))
     mail["To"] = ", ".join(to)
     mail["Date"] = format_datetime(n.timestamp)
@@ -119,19 +120,20 @@ async def send(config: Config, n: Notification, ctx: SendContext) -> Outcome:
     scrub = Scrubber([smtp.password] if smtp.password else [])
     security = smtp.security
     try:
-        errors, _ = await aiosmtplib.send(
-            message(n, smtp.sender, to),
-            sender=smtp.sender,
-            recipients=to,
-            hostname=smtp.host,
-            port=smtp.port,
-            username=smtp.username or None,
-            password=smtp.password or None,
-            use_tls=security == "tls",
-            start_tls=security == "starttls",
-            tls_context=tls_context(smtp) if security != "none" else None,
-            timeout=ctx.timeout,
-        )
+        async with asyncio.timeout(ctx.timeout):  # the whole exchange, not each reply
+            errors, _ = await aiosmtplib.send(
+                message(n, smtp.sender, to),
+                sender=smtp.sender,
+                recipients=to,
+                hostname=smtp.host,
+                port=smtp.port,
+                username=smtp.username or None,
+                password=smtp.password or None,
+                use_tls=security == "tls",
+                start_tls=security == "starttls",
+                tls_context=tls_context(smtp) if security != "none" else None,
+                timeout=ctx.timeout,
+            )
     except aiosmtplib.SMTPRecipientsRefused as exc:
         refused = exc.recipients
         temporary = any(400 <= r.code < 500 for r in refused)
@@ -143,7 +145,7 @@ async def send(config: Config, n: Notification, ctx: SendContext) -> Outcome:
         return Outcome.permanent(what, status=refused[0].code if refused else None)
     except aiosmtplib.SMTPResponseException as exc:
         return _smtp_failure(exc, scrub)
-    except aiosmtplib.SMTPTimeoutError:
+    except (aiosmtplib.SMTPTimeoutError, TimeoutError):
         return Outcome.temporary(f"the SMTP server did not answer within {ctx.timeout:g}s")
     except aiosmtplib.SMTPNotSupported as exc:
         return Outcome.permanent(f"SMTP: {clean(str(exc), scrub)}")

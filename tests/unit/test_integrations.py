@@ -673,6 +673,19 @@ async def test_email_over_starttls_with_login(
     )
     assert both.sent
     assert smtp.mailbox.messages[-1][1] == ["olga@example.org", "OPS@example.org"]
+    # an error whose description spans lines: the subject is one line, the body has it all
+    error = dataclasses.replace(
+        base.sample(),
+        alert_type=base.AlertType.ERROR,
+        error_description="HTTP 503\r\nBcc: everyone@example.org",
+    )
+    outcome_of_error = await ctl.senders.deliver(
+        "g", KINDS["email"], {"Name": "x", "ExtraEmailAddresses": ["ops@example.org"]}, error
+    )
+    assert outcome_of_error.sent, outcome_of_error
+    mail = message_from_bytes(smtp.mailbox.messages[-1][2])
+    assert mail["Subject"] == "ERROR: Picket test monitor: HTTP 503 Bcc: everyone@example.org"
+    assert mail["Bcc"] is None and smtp.mailbox.messages[-1][1] == ["ops@example.org"]
 
     busy = await _create(
         client, Type="Email", Name="Busy", ExtraEmailAddresses=["busy@example.org"]
