@@ -38,6 +38,8 @@ from controller.integrations.fields import (
 TYPE, KIND = "GenericWebhook", "Webhook"
 POLICY = SecretPolicy(fields=("HmacSecret",))
 MAX_TEMPLATE = 20_000
+# a template naming a long variable many times could make a body of many megabytes
+MAX_BODY = 1_048_576
 
 
 class Config(IntegrationConfig):
@@ -98,6 +100,10 @@ def signature(secret: str, timestamp: int, body: bytes) -> str:
 
 async def send(config: Config, n: Notification, ctx: SendContext) -> Outcome:
     body = body_of(config, n)
+    if len(body) > MAX_BODY:
+        return Outcome.permanent(
+            f"the body from the template is {len(body)} bytes, over {MAX_BODY}"
+        )
     headers = header_dict(config.Headers)
     headers["Idempotency-Key"] = n.idempotency_key
     if config.Method != "GET":

@@ -601,6 +601,26 @@ async def test_alertmanager_and_pagerduty_recovery(receiver: Receiver) -> None:
     assert pd_trigger["payload"]["severity"] == "critical"
 
 
+async def test_webhook_url_userinfo_is_a_secret(
+    api: tuple[Client, Controller], receiver: Receiver
+) -> None:
+    client, _ = api
+    url = f"http://hook:userinfo-secret-77@127.0.0.1:{receiver.port}/ok/basic"
+    created = await _create(client, Type="GenericWebhook", Name="Basic", Url=url)
+    assert created["Url"] == f"http://******@127.0.0.1:{receiver.port}/ok/basic"
+    await _json(
+        await client.put(
+            f"{P}/Integration/{created['IntegrationGuid']}", json=created, headers=ADMIN
+        ),
+        204,
+    )
+    assert (await _test(client, created["IntegrationGuid"]))["Outcome"] == "Sent"
+    expected = base64.b64encode(b"hook:userinfo-secret-77").decode()
+    assert receiver.last().headers["Authorization"] == f"Basic {expected}"
+    listed = await _json(await client.get(P + "/Integration", headers=ADMIN), 200)
+    assert "userinfo-secret-77" not in json.dumps(listed)
+
+
 # --- failures -----------------------------------------------------------------------------------
 
 
