@@ -22,6 +22,7 @@ from controller.db.connect import DatabaseUnusable, open_store
 from controller.db.store import ServerRow, Store, StoreUnavailable
 from controller.dynsec import BrokerAdmin, LoginRemover
 from controller.ingest import Ingest
+from controller.integrations import Senders
 from controller.metrics import ControllerMetrics
 from controller.retention import Retention
 from controller.settings import ControllerSettings
@@ -46,6 +47,7 @@ class Controller:
         self.settings = settings
         self.store = store
         self.metrics = ControllerMetrics()
+        self.senders = Senders(settings, self.metrics)
         self.auth = Authenticator(
             store,
             AuthLimits(
@@ -315,6 +317,7 @@ def create_app(ctl: Controller) -> web.Application:
 
     async def close_auth(_app: web.Application) -> None:
         ctl.auth.close()
+        await ctl.senders.close()
 
     app.on_cleanup.append(close_auth)
     return app

@@ -46,6 +46,20 @@ class ControllerMetrics:
         r = self.registry
         self._fleet = _FleetCollector()
         r.register(self._fleet)
+        self.notifications = Counter(
+            "picket_notifications_total",
+            "Notification deliveries by integration kind and outcome (sent, temporary: may "
+            "go through later, permanent: refused)",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.notification_seconds = Histogram(
+            "picket_notification_send_seconds",
+            "Time to deliver one notification, by integration kind",
+            ["kind"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
         self.api_requests = Counter(
             "picket_api_requests_total",
             "API requests answered",

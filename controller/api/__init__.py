@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from controller.api import checkpoints, checks, enrolment, monitors, operators, register
+from controller.api import (
+    checkpoints,
+    checks,
+    enrolment,
+    integrations,
+    monitors,
+    operators,
+    register,
+)
 
-RESOURCES = (register, monitors, checks, checkpoints, enrolment, operators)
+RESOURCES = (register, monitors, checks, checkpoints, enrolment, operators, integrations)
 
 
 def setup(app: web.Application) -> None:

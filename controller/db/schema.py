@@ -226,3 +226,18 @@ enrolment = sa.Table(
     sa.Column("agent_id", sa.String(64), nullable=True, unique=True),
     sa.Column("public_key", sa.Text, nullable=True),
 )
+
+# integrations (0009): where notifications go; `config` is the kind's configuration as JSON,
+# secrets included (the API shows them masked)
+integration = sa.Table(
+    "integration",
+    metadata,
+    sa.Column("guid", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("type", sa.String(40), nullable=False),  # Uptrends' Type
+    sa.Column("kind", sa.String(40), nullable=True),  # Picket's Kind of a GenericWebhook
+    sa.Column("config", sa.Text, nullable=False),
+    sa.Column("revision", sa.String(32), nullable=False),
+    sa.Column("created_us", sa.BigInteger, nullable=False),
+    sa.Column("modified_us", sa.BigInteger, nullable=False),
+)

@@ -35,6 +35,7 @@ from controller.db.schema import (
     dead_letter,
     duty_schedule,
     enrolment,
+    integration,
     monitor,
     monitor_check,
     operator,
@@ -1337,3 +1338,70 @@ class Store:
                 return 0
             result = await conn.execute(sa.delete(monitor_check).where(c.id.in_(ids)))
         return int(result.rowcount or 0)
+
+    # --- integrations ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _integration_row(row: Any) -> dict[str, Any]:
+        found = dict(row._mapping)
+        found["config"] = json.loads(found["config"])
+        return found
+
+    async def integrations(self) -> list[dict[str, Any]]:
+        async with self._connect() as conn:
+            query = sa.select(integration).order_by(integration.c.created_us, integration.c.guid)
+            return [self._integration_row(r) for r in await conn.execute(query)]
+
+    async def integration(self, guid: str) -> dict[str, Any] | None:
+        async with self._connect() as conn:
+            query = sa.select(integration).where(integration.c.guid == guid)
+            row = (await conn.execute(query)).first()
+            return self._integration_row(row) if row else None
+
+    async def create_integration(
+        self,
+        guid: str,
+        name: str,
+        type_: str,
+        kind: str | None,
+        config: dict[str, Any],
+        revision: str,
+    ) -> None:
+        now = now_us()
+        async with self._begin() as conn:
+            await conn.execute(
+                sa.insert(integration).values(
+                    guid=guid,
+                    name=name,
+                    type=type_,
+                    kind=kind,
+                    config=json.dumps(config, ensure_ascii=False),
+                    revision=revision,
+                    created_us=now,
+                    modified_us=now,
+                )
+            )
+
+    async def update_integration(
+        self, guid: str, name: str, config: dict[str, Any], revision: str, expected: str
+    ) -> bool:
+        """Replace the configuration if it is still at revision `expected` (compare-and-set:
+        two edits at once cannot merge one's secrets into the other's URL); False if it is
+        gone or was changed meanwhile."""
+        async with self._begin() as conn:
+            result = await conn.execute(
+                sa.update(integration)
+                .where(integration.c.guid == guid, integration.c.revision == expected)
+                .values(
+                    name=name,
+                    config=json.dumps(config, ensure_ascii=False),
+                    revision=revision,
+                    modified_us=now_us(),
+                )
+            )
+        return bool(result.rowcount)
+
+    async def delete_integration(self, guid: str) -> bool:
+        async with self._begin() as conn:
+            result = await conn.execute(sa.delete(integration).where(integration.c.guid == guid))
+        return bool(result.rowcount)
