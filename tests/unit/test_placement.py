@@ -43,21 +43,22 @@ async def _fleet(ctl: Controller, where: list[tuple[str, str]]) -> list[str]:
     return [agent for agent, _city in where]
 
 
-async def _monitors(ctl: Controller, count: int) -> list[str]:
+async def _monitors(ctl: Controller, count: int, **fields: Any) -> list[str]:
     """`count` monitors stored at once, as a controller finds them at its start."""
     model = monitors.model_for("Http")
     assert model is not None
     definition = model.model_validate(
-        http_monitor("m", "http://127.0.0.1:9/", CheckIntervalSeconds=60)
+        http_monitor("m", "http://127.0.0.1:9/", CheckIntervalSeconds=60, **fields)
     ).definition()
     now = time.time_ns() // 1000
+    prefix = uuid.uuid4().hex[:8]
     rows = [
         {
             "guid": str(uuid.uuid4()),
-            "name": f"m{i}",
+            "name": f"{prefix}-{i}",
             "monitor_type": "Http",
             "is_active": True,
-            "definition": json.dumps(definition | {"Name": f"m{i}"}, sort_keys=True),
+            "definition": json.dumps(definition | {"Name": f"{prefix}-{i}"}, sort_keys=True),
             "revision": "r1",
             "created_us": now + i,
             "modified_us": now + i,
@@ -168,6 +169,28 @@ async def test_a_hello_of_a_known_agent_sends_only_its_own_assignments(
     assert agent == names[1]
     assert set(sync.monitors) == before[names[1]]
     assert _placed(ctl, names) == before
+
+
+async def test_a_new_server_is_offered_only_the_monitors_that_may_select_it(
+    ctl: Controller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new server is a candidate event: the monitors that select its checkpoint, its region
+    or all are placed again; here only those selecting every checkpoint."""
+    await _fleet(ctl, [("a-0", "City A"), ("b-0", "City B")])
+    city_a = ctl.assigner.servers["a-0"].checkpoint_id
+    only_a = set(await _monitors(ctl, 30, SelectedCheckpoints={"Checkpoints": [city_a]}))
+    everywhere = set(await _monitors(ctl, 20))
+    sent = Sent(ctl, monkeypatch)
+    counted = _placements(ctl)
+    await ctl.assigner.on_hello(
+        Hello(agent="c-0", checkpoint="City C", region="Loopland", probe_types=["Http"])
+    )
+    assert _placements(ctl) - counted == len(everywhere)
+    # each monitor selecting all checkpoints gets c-0 (its only server), and a rotation of 3
+    assert {guid for agent, guid in sent.assigned if agent == "c-0"} == everywhere
+    assert {guid for _agent, guid in sent.assigned} == everywhere
+    assert all(ctl.assigner._turns[(g, "c-0")].count == 3 for g in everywhere)
+    assert not any(ctl.assigner._published.agents_of(g).keys() - {"a-0"} for g in only_a)
 
 
 async def test_a_restarted_controller_publishes_nothing_the_broker_has(
