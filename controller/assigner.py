@@ -641,12 +641,13 @@ class Assigner:
     async def checkpoint_primary(self, checkpoint_id: int, is_primary: bool) -> None:
         """A checkpoint became primary or stopped being one: its servers' monitors that use
         primary checkpoints only are placed again."""
-        affected: set[str] = set()
-        for agent_id, srv in list(self.servers.items()):
-            if srv.checkpoint_id == checkpoint_id:
-                self.servers[agent_id] = dataclasses.replace(srv, is_primary_checkpoint=is_primary)
-                affected |= self._may_select(srv)
         async with self._lock:
+            affected: set[str] = set()
+            for agent_id, srv in list(self.servers.items()):
+                if srv.checkpoint_id == checkpoint_id:
+                    changed = dataclasses.replace(srv, is_primary_checkpoint=is_primary)
+                    self.servers[agent_id] = changed
+                    affected |= self._may_select(changed)
             await self._place(affected)
 
     async def reconcile_forever(self, every: float = 30.0) -> None:
