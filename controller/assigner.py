@@ -3,8 +3,35 @@
 One live server per selected checkpoint, chosen by rendezvous (highest-random-weight) hashing
 weighted by capacity: when a server leaves only its monitors move, and when it returns little
 else moves. Which slots each of them runs (rotation or concurrent) is controller/rotation.py's.
-Desired state is published as retained messages; what was published is recorded in the
-database so a restarted controller removes what it no longer wants.
+Desired state is published as retained messages; what was published (revision and turn) is
+recorded in the database so a restarted controller removes what it no longer wants and does
+not publish again what the broker already holds.
+
+Placement is incremental, so that an event costs work in proportion to the monitors it can
+move, not to all of them (100,000 monitors on a few agents must not be re-placed per hello):
+
+- What was published is indexed both ways (`Published`: per monitor and per agent).
+- While placing a monitor, the servers whose *liveness* its placement depends on are
+  recorded (`_placement`): at each selected checkpoint, the candidates ranked (by rendezvous
+  score) at or above the best live one (all of them when none is live). A server ranked below
+  the best live one cannot change the choice by coming or going, and in rotation the turns
+  depend only on the chosen servers' liveness, which are in that set. `_watchers[agent]` is the
+  reverse: the monitors to place again when that agent goes offline or comes back.
+- A presence change re-places only its watchers (and what is published to the agent); a hello
+  that changes nothing but presence does the same, and a plain hello re-sends only that agent's
+  own assignments, then its Sync.
+- Events that change who is a *candidate* (a new server; a hello with another checkpoint,
+  capacity or probe types; approve, retire, activation; a checkpoint becoming primary or not)
+  re-place the monitors that could select that server's checkpoint (an index by selected
+  checkpoint and region). That computes their placement but publishes only what changed; these
+  events are rare, and a new server in a checkpoint that 100,000 monitors select must be
+  offered to all of them anyway.
+- A full pass remains on (re)connecting to the broker, whose retained state may have changed
+  while away. Publishes that failed are retried by `reconcile_forever` (only those monitors).
+- Publishes are pipelined (at most PUBLISH_WINDOW in flight; a pass touches each (monitor,
+  agent) once and passes are serialised by `_lock`, so their order per (monitor, agent) is
+  kept). Database writes of assignment changes go in batches of STORE_BATCH, in one
+  transaction each (`Store.set_assignments`), while the publishes go on.
 """
 
 from __future__ import annotations
@@ -12,17 +39,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
+import itertools
 import logging
 import math
 import time
-from collections.abc import Callable
-
-from pydantic import ValidationError
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
+from typing import Any
 
 from controller import rotation
 from controller.bus import ControllerBus
-from controller.db.store import MonitorRow, ServerRow, Store, StoreUnavailable, now_us
+from controller.db.store import (
+    AssignmentChange,
+    MonitorRow,
+    ServerRow,
+    Store,
+    StoreUnavailable,
+    now_us,
+)
 from controller.metrics import ControllerMetrics
 from controller.trust import Acceptance, AssignmentHistory
 from shared import monitors
@@ -37,11 +72,32 @@ def _unit_hash(*parts: str) -> float:
     return (int.from_bytes(digest[:8], "big") + 1) / (2**64 + 2)
 
 
+def _score(monitor_guid: str, srv: ServerRow) -> tuple[float, int]:
+    """A server's weighted rendezvous rank for a monitor: score = -capacity / ln(h)."""
+    return (-max(1, srv.capacity) / math.log(_unit_hash(monitor_guid, srv.agent_id)), srv.id)
+
+
 def rendezvous(monitor_guid: str, candidates: list[ServerRow]) -> ServerRow:
-    """Weighted highest-random-weight choice: score = -capacity / ln(h)."""
-    return max(
-        candidates,
-        key=lambda s: (-max(1, s.capacity) / math.log(_unit_hash(monitor_guid, s.agent_id)), s.id),
+    """Weighted highest-random-weight choice."""
+    return max(candidates, key=lambda s: _score(monitor_guid, s))
+
+
+def _selection(definition: Mapping[str, Any]) -> tuple[frozenset[int], frozenset[int]]:
+    """The checkpoint ids and region ids a monitor selects (both empty: all)."""
+    selected = definition.get("SelectedCheckpoints") or {}
+    return frozenset(selected.get("Checkpoints") or []), frozenset(selected.get("Regions") or [])
+
+
+def _candidacy(srv: ServerRow) -> tuple[object, ...]:
+    """What decides whether, and how strongly, a server is a candidate (its liveness aside)."""
+    return (
+        srv.checkpoint_id,
+        srv.region_id,
+        srv.capacity,
+        tuple(srv.probe_types),
+        srv.state,
+        srv.activate_after_us,
+        srv.is_primary_checkpoint,
     )
 
 
@@ -54,6 +110,125 @@ def phase_offset(monitor_guid: str, interval_seconds: int) -> float:
     these VMs a wake-up per check costs more CPU than the check itself)."""
     slots = max(1, interval_seconds * 1000 // PHASE_STEP_MS)
     return (int(_unit_hash(monitor_guid, "phase") * slots) % slots) * PHASE_STEP_MS / 1000.0
+
+
+PUBLISH_WINDOW = 32  # assignment publishes in flight at once (see _place)
+STORE_BATCH = 500  # assignment changes per database transaction
+YIELD_EVERY = 1000  # monitors placed between yields to the event loop
+LOG_EACH = 20  # a pass that changes more is logged as counts per agent (each at DEBUG)
+
+
+class Published(MutableMapping[tuple[str, str], str]):
+    """(monitor guid, agent id) -> revision published, indexed by monitor and by agent."""
+
+    def __init__(self, items: Mapping[tuple[str, str], str] | None = None) -> None:
+        self._by_monitor: dict[str, dict[str, str]] = {}
+        self._by_agent: dict[str, set[str]] = {}
+        self._count = 0
+        for key, revision in (items or {}).items():
+            self[key] = revision
+
+    def __getitem__(self, key: tuple[str, str]) -> str:
+        guid, agent = key
+        return self._by_monitor[guid][agent]
+
+    def __setitem__(self, key: tuple[str, str], revision: str) -> None:
+        guid, agent = key
+        agents = self._by_monitor.setdefault(guid, {})
+        if agent not in agents:
+            self._count += 1
+            self._by_agent.setdefault(agent, set()).add(guid)
+        agents[agent] = revision
+
+    def __delitem__(self, key: tuple[str, str]) -> None:
+        guid, agent = key
+        agents = self._by_monitor[guid]
+        del agents[agent]
+        if not agents:
+            del self._by_monitor[guid]
+        guids = self._by_agent[agent]
+        guids.discard(guid)
+        if not guids:
+            del self._by_agent[agent]
+        self._count -= 1
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        for guid, agents in list(self._by_monitor.items()):
+            for agent in list(agents):
+                yield guid, agent
+
+    def __len__(self) -> int:
+        return self._count
+
+    def agents_of(self, guid: str) -> dict[str, str]:
+        """Agent id -> revision, of one monitor (a copy)."""
+        return dict(self._by_monitor.get(guid, {}))
+
+    def monitors_of(self, agent: str) -> set[str]:
+        """The monitors published to one agent (a copy)."""
+        return set(self._by_agent.get(agent, ()))
+
+    def of_agent(self, agent: str) -> dict[str, str]:
+        """Monitor guid -> revision, of one agent."""
+        return {guid: self._by_monitor[guid][agent] for guid in self._by_agent.get(agent, ())}
+
+    def count_of(self, agent: str) -> int:
+        return len(self._by_agent.get(agent, ()))
+
+    def agents(self) -> list[str]:
+        return list(self._by_agent)
+
+    def monitors(self) -> set[str]:
+        return set(self._by_monitor)
+
+
+@dataclasses.dataclass
+class _PassLog:
+    """What one pass changed, logged one line per change when few, else counted per agent."""
+
+    lines: list[tuple[str, tuple[object, ...]]] = dataclasses.field(default_factory=list)
+    assigned: dict[str, int] = dataclasses.field(default_factory=dict)
+    removed: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def add(self, counts: dict[str, int], agent: str, line: str, *args: object) -> None:
+        counts[agent] = counts.get(agent, 0) + 1
+        if len(self.lines) <= LOG_EACH:
+            self.lines.append((line, args))
+        log.debug(line, *args)
+
+    def emit(self) -> None:
+        if len(self.lines) <= LOG_EACH:
+            for line, args in self.lines:
+                log.info(line, *args)
+            return
+        for agent in sorted(set(self.assigned) | set(self.removed)):
+            log.info(
+                "agent %s: %d monitors assigned (or given another turn), %d removed",
+                agent,
+                self.assigned.get(agent, 0),
+                self.removed.get(agent, 0),
+            )
+
+
+# a pending database write: (revision or None for removed, when, turn)
+_Write = tuple[str | None, int, rotation.Turn | None]
+
+
+def _merge_write(pending: list[_Write], write: _Write) -> None:
+    """Append a write of one (monitor, agent) to those not yet stored, keeping at most two:
+    an assignment after an assignment keeps the first time (the interval is open already);
+    a removal followed by an assignment bridges the gap (the stored history is widened, never
+    narrowed: results in the gap are accepted). So a database outage cannot grow this list."""
+    if pending and (pending[-1][0] is None) == (write[0] is None):
+        if write[0] is not None:
+            pending[-1] = (write[0], pending[-1][1], write[2])
+        return
+    if pending and write[0] is not None:
+        pending.pop()  # the removal: bridged
+        if pending:
+            pending[-1] = (write[0], pending[-1][1], write[2])
+            return
+    pending.append(write)
 
 
 class Assigner:
@@ -75,10 +250,25 @@ class Assigner:
         self._fleet_changed = asyncio.Event()  # wakes activate_forever
         self.servers: dict[str, ServerRow] = {}
         self.monitors: dict[str, MonitorRow] = {}
-        self._published: dict[tuple[str, str], str] = {}
-        # the turn last published per (monitor, agent); empty after a start, so the first
-        # pass publishes every turn once (the agents ignore a resend of what they have)
+        self._published = Published()
+        # the turn last published per (monitor, agent), stored with it; unknown (absent) for
+        # rows stored before turns were, so those are published once more
         self._turns: dict[tuple[str, str], rotation.Turn] = {}
+        # whose liveness each monitor's placement depends on, and the reverse
+        self._depends: dict[str, frozenset[str]] = {}
+        self._watchers: dict[str, set[str]] = {}
+        # the monitors selecting all checkpoints, or a checkpoint id, or a region id
+        self._select_all: set[str] = set()
+        self._select_checkpoint: dict[int, set[str]] = {}
+        self._select_region: dict[int, set[str]] = {}
+        self._selection: dict[str, tuple[frozenset[int], frozenset[int]]] = {}
+        self._intervals: dict[str, tuple[str, int]] = {}  # guid -> (revision, interval)
+        # monitors whose publish failed (retried by reconcile_forever), and database writes
+        # not yet made (at most two per (monitor, agent), see _merge_write)
+        self._retry: set[str] = set()
+        self._unstored: dict[tuple[str, str], list[_Write]] = {}
+        # the dependencies are unknown until a full pass (after load): events do one first
+        self._full_pass_needed = True
         self._lock = asyncio.Lock()
         self._presence: dict[str, bool] = {}  # from the agents' state topics
         self.history = AssignmentHistory()
@@ -87,11 +277,28 @@ class Assigner:
         self.deleted: set[str] = set()  # monitors deleted since the last retention pass
         # told the agent id of a server just retired (the clock tracker forgets it)
         self.on_retired: Callable[[str], None] | None = None
+        metrics.placement_retry.set_function(lambda: float(len(self._retry)))
+        metrics.placement_unstored.set_function(
+            lambda: float(sum(len(w) for w in self._unstored.values()))
+        )
 
     async def load(self) -> None:
         self.servers = {s.agent_id: s for s in await self.store.servers()}
         self.monitors = {m.guid: m for m in await self.store.monitors()}
-        self._published = await self.store.assignments()
+        rows = await self.store.assignment_rows()
+        self._published = Published({(g, a): rev for g, a, rev, _turn in rows})
+        self._turns = {
+            (g, a): rotation.Turn(*turn) for g, a, _rev, turn in rows if turn is not None
+        }
+        self._select_all.clear()
+        self._select_checkpoint.clear()
+        self._select_region.clear()
+        self._selection.clear()
+        for monitor in self.monitors.values():
+            self._index_selection(monitor)
+        self._depends.clear()
+        self._watchers.clear()
+        self._full_pass_needed = True
         self.history.load(await self.store.assignment_history())
         self._update_online_metric()
         self.metrics.watch_fleet(self._fleet_figures)
@@ -115,8 +322,8 @@ class Assigner:
     def assigned_per_agent(self) -> dict[str, int]:
         """How many monitors are assigned (published) to each known agent."""
         per_agent = dict.fromkeys(self.servers, 0)
-        for _guid, agent in self._published:
-            per_agent[agent] = per_agent.get(agent, 0) + 1
+        for agent in self._published.agents():
+            per_agent[agent] = self._published.count_of(agent)
         return per_agent
 
     def server(self, agent_id: str) -> ServerRow | None:
@@ -133,12 +340,15 @@ class Assigner:
     def turns(self, monitor: MonitorRow) -> dict[str, rotation.Turn]:
         """Agent id -> which of the monitor's slots it runs (controller/rotation.py): one
         server per selected checkpoint, chosen by rendezvous among its live servers."""
+        return self._placement(monitor)[0]
+
+    def _placement(self, monitor: MonitorRow) -> tuple[dict[str, rotation.Turn], frozenset[str]]:
+        """The turns, and the agents whose liveness they depend on (see the module's text)."""
         if not monitor.is_active:
-            return {}
+            return {}, frozenset()
         definition = monitor.definition
+        wanted_checkpoints, wanted_regions = _selection(definition)
         selected = definition.get("SelectedCheckpoints") or {}
-        wanted_checkpoints = set(selected.get("Checkpoints") or [])
-        wanted_regions = set(selected.get("Regions") or [])
         excluded = set(selected.get("ExcludeLocations") or [])
         primary_only = bool(definition.get("UsePrimaryCheckpointsOnly"))
         by_checkpoint: dict[int, list[ServerRow]] = {}
@@ -154,11 +364,21 @@ class Assigner:
             if chosen and srv.checkpoint_id not in excluded:
                 by_checkpoint.setdefault(srv.checkpoint_id, []).append(srv)
         chosen_servers: dict[int, ServerRow] = {}
+        depends: set[str] = set()
         for checkpoint_id, candidates in by_checkpoint.items():
             # prefer live servers; with none live the assignment waits, retained, for one to return
-            live = [s for s in candidates if rotation.live(s)] or candidates
-            chosen_servers[checkpoint_id] = rendezvous(monitor.guid, live)
-        return rotation.turns(chosen_servers, definition)
+            if len(candidates) == 1:
+                (pick,) = candidates
+                depends.add(pick.agent_id)
+                chosen_servers[checkpoint_id] = pick
+                continue
+            scores = {s.agent_id: _score(monitor.guid, s) for s in candidates}
+            live = [s for s in candidates if rotation.live(s)]
+            pick = max(live or candidates, key=lambda s: scores[s.agent_id])
+            bar = scores[pick.agent_id] if live else min(scores.values())
+            depends.update(agent for agent, score in scores.items() if score >= bar)
+            chosen_servers[checkpoint_id] = pick
+        return rotation.turns(chosen_servers, definition), frozenset(depends)
 
     def placement(self, monitor: MonitorRow) -> set[str]:
         return set(self.turns(monitor))
@@ -173,13 +393,7 @@ class Assigner:
     def assignment(
         self, monitor: MonitorRow, turn: rotation.Turn = rotation.EVERY_SLOT
     ) -> Assignment:
-        model = monitors.model_for(monitor.monitor_type)
-        try:
-            interval = model.model_validate(monitor.definition).interval_seconds if model else 300
-        except ValidationError:
-            # stored before a rule was tightened: placed all the same (its agent refuses it,
-            # counted), rather than stopping every placement behind it
-            interval = _stored_interval(monitor.definition)
+        interval = self._interval(monitor)
         return Assignment(
             monitor_guid=monitor.guid,
             revision=monitor.revision,
@@ -192,43 +406,202 @@ class Assigner:
             ),
         )
 
+    def _interval(self, monitor: MonitorRow) -> int:
+        """The monitor's check interval, read once per revision. Definitions are stored as
+        their model dumps them (`model.definition()`), so the two interval fields are read as
+        they are: the value `interval_seconds` of the validated model gives, without validating
+        the whole monitor again (a tenth of a millisecond each, which 100,000 monitors feel).
+        One stored before a rule was tightened is placed all the same (its agent refuses it,
+        counted), rather than stopping every placement behind it."""
+        cached = self._intervals.get(monitor.guid)
+        if cached is not None and cached[0] == monitor.revision:
+            return cached[1]
+        interval = _stored_interval(monitor.definition)
+        self._intervals[monitor.guid] = (monitor.revision, interval)
+        return interval
+
+    # --- indexes ------------------------------------------------------------------------------
+
+    def _index_selection(self, monitor: MonitorRow | None, guid: str = "") -> None:
+        """Keep the index of which checkpoints and regions each monitor selects."""
+        guid = monitor.guid if monitor is not None else guid
+        old = self._selection.pop(guid, None)
+        if old is not None:
+            checkpoints, regions = old
+            self._select_all.discard(guid)
+            for cp in checkpoints:
+                self._select_checkpoint.get(cp, set()).discard(guid)
+            for region_id in regions:
+                self._select_region.get(region_id, set()).discard(guid)
+        if monitor is None:
+            return
+        checkpoints, regions = _selection(monitor.definition)
+        self._selection[guid] = (checkpoints, regions)
+        if not checkpoints and not regions:
+            self._select_all.add(guid)
+        for cp in checkpoints:
+            self._select_checkpoint.setdefault(cp, set()).add(guid)
+        for region_id in regions:
+            self._select_region.setdefault(region_id, set()).add(guid)
+
+    def _set_depends(self, guid: str, depends: frozenset[str]) -> None:
+        old = self._depends.get(guid, frozenset())
+        if old == depends:
+            return
+        for agent in old - depends:
+            watchers = self._watchers.get(agent)
+            if watchers is not None:
+                watchers.discard(guid)
+                if not watchers:
+                    del self._watchers[agent]
+        for agent in depends - old:
+            self._watchers.setdefault(agent, set()).add(guid)
+        if depends:
+            self._depends[guid] = depends
+        else:
+            self._depends.pop(guid, None)
+
+    def _may_select(self, srv: ServerRow) -> set[str]:
+        """The monitors that could choose this server (its checkpoint or region selected, or
+        all), those that depend on it, and those published to it."""
+        return (
+            self._select_all
+            | self._select_checkpoint.get(srv.checkpoint_id, set())
+            | self._select_region.get(srv.region_id, set())
+            | self._watchers.get(srv.agent_id, set())
+            | self._published.monitors_of(srv.agent_id)
+        )
+
+    def _on_liveness(self, agent_id: str) -> set[str]:
+        """The monitors whose placement an agent's coming or going can change."""
+        return self._watchers.get(agent_id, set()) | self._published.monitors_of(agent_id)
+
     # --- reconciliation -------------------------------------------------------------------------
 
-    async def _apply(self, guid: str, force_agent: str | None = None) -> None:
+    async def _place(self, guids: Iterable[str], force_agent: str | None = None) -> None:
+        """Place these monitors again and publish what changed (to `force_agent`: all it has).
+        The caller holds `_lock`. StoreUnavailable: the publishes are made and the database
+        writes wait (retried by the next pass and by reconcile_forever)."""
+        if self._full_pass_needed:
+            guids = set(self.monitors) | self._published.monitors()
+        full = guids if isinstance(guids, set) else set(guids)
+        record = _PassLog()
+        window = asyncio.Semaphore(PUBLISH_WINDOW)
+        store_failed = False
+
+        async def bounded(job: Callable[[], Awaitable[None]]) -> None:
+            try:
+                await job()
+            finally:
+                window.release()
+
+        async with asyncio.TaskGroup() as tasks:
+            for done, guid in enumerate(sorted(full), 1):
+                for job in self._plan(guid, force_agent, record):
+                    await window.acquire()
+                    tasks.create_task(bounded(job))
+                if done % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # a long pass that publishes little: let others run
+                if len(self._unstored) >= STORE_BATCH and not store_failed:
+                    try:
+                        await self._flush(once=True)
+                    except StoreUnavailable:
+                        store_failed = True  # logged by the store; the rest waits
+            self._full_pass_needed = False
+        record.emit()
+        await self._flush()
+
+    def _plan(
+        self, guid: str, force_agent: str | None, record: _PassLog
+    ) -> list[Callable[[], Awaitable[None]]]:
+        """The publishes that bring one monitor's assignments to its placement now."""
+        self._retry.discard(guid)
         monitor = self.monitors.get(guid)
-        desired = self.turns(monitor) if monitor is not None else {}
-        current = {agent for (g, agent) in self._published if g == guid}
+        if monitor is None:
+            desired: dict[str, rotation.Turn] = {}
+            self._set_depends(guid, frozenset())
+        else:
+            desired, depends = self._placement(monitor)
+            self._set_depends(guid, depends)
+            self.metrics.placements.inc()
+        current = self._published.agents_of(guid)
+        jobs: list[Callable[[], Awaitable[None]]] = []
         for agent, turn in desired.items():
             assert monitor is not None
-            stored = self._published.get((guid, agent)) == monitor.revision
+            stored = current.get(agent) == monitor.revision
             # a new turn in the rotation (a checkpoint came or went) is published again too
             unchanged = stored and self._turns.get((guid, agent)) == turn
             if unchanged and agent != force_agent:
                 continue
-            stamp = now_us()  # before the agent can have it
-            if not await self.bus.assign(agent, guid, self.assignment(monitor, turn)):
-                continue
-            self._turns[(guid, agent)] = turn
-            if not stored:
-                self._published[(guid, agent)] = monitor.revision
-                await self.store.set_assignment(guid, agent, monitor.revision, stamp)
-                self.history.opened(guid, agent, stamp)
-                log.info(
-                    "monitor %s (revision %s) assigned to agent %s, slot %d of every %d",
-                    guid,
-                    monitor.revision,
-                    agent,
-                    turn.position,
-                    turn.count,
-                )
-        for agent in current - set(desired):
-            if await self.bus.assign(agent, guid, None):
-                stamp = now_us()  # after the agent can have run it
-                self._published.pop((guid, agent), None)
-                self._turns.pop((guid, agent), None)
-                await self.store.set_assignment(guid, agent, None, stamp)
-                self.history.closed(guid, agent, stamp)
-                log.info("monitor %s removed from agent %s", guid, agent)
+            jobs.append(functools.partial(self._publish, monitor, agent, turn, stored, record))
+        for agent in current:
+            if agent not in desired:
+                jobs.append(functools.partial(self._remove, guid, agent, record))
+        return jobs
+
+    async def _publish(
+        self, monitor: MonitorRow, agent: str, turn: rotation.Turn, stored: bool, record: _PassLog
+    ) -> None:
+        guid = monitor.guid
+        stamp = now_us()  # before the agent can have it
+        if not await self.bus.assign(agent, guid, self.assignment(monitor, turn)):
+            self.metrics.assignment_publishes.labels("failed").inc()
+            self._retry.add(guid)
+            return
+        self.metrics.assignment_publishes.labels("assigned").inc()
+        changed_turn = self._turns.get((guid, agent)) != turn
+        self._turns[(guid, agent)] = turn
+        if stored and not changed_turn:
+            return  # sent again (a hello): nothing new to store
+        self._published[(guid, agent)] = monitor.revision
+        _merge_write(self._unstored.setdefault((guid, agent), []), (monitor.revision, stamp, turn))
+        if not stored:
+            self.history.opened(guid, agent, stamp)
+        record.add(
+            record.assigned,
+            agent,
+            "monitor %s (revision %s) assigned to agent %s, slot %d of every %d",
+            guid,
+            monitor.revision,
+            agent,
+            turn.position,
+            turn.count,
+        )
+
+    async def _remove(self, guid: str, agent: str, record: _PassLog) -> None:
+        if not await self.bus.assign(agent, guid, None):
+            self.metrics.assignment_publishes.labels("failed").inc()
+            self._retry.add(guid)
+            return
+        self.metrics.assignment_publishes.labels("removed").inc()
+        stamp = now_us()  # after the agent can have run it
+        self._published.pop((guid, agent), None)
+        self._turns.pop((guid, agent), None)
+        _merge_write(self._unstored.setdefault((guid, agent), []), (None, stamp, None))
+        self.history.closed(guid, agent, stamp)
+        record.add(record.removed, agent, "monitor %s removed from agent %s", guid, agent)
+
+    async def _flush(self, once: bool = False) -> None:
+        """Store the assignment changes made, STORE_BATCH per transaction. On StoreUnavailable
+        the batch is put back, in front of anything newer for the same (monitor, agent)."""
+        while self._unstored:
+            keys = list(itertools.islice(self._unstored, STORE_BATCH))
+            taken = {key: self._unstored.pop(key) for key in keys}
+            changes: list[AssignmentChange] = [
+                (guid, agent, revision, at_us, (turn.position, turn.count) if turn else None)
+                for (guid, agent), writes in taken.items()
+                for revision, at_us, turn in writes
+            ]
+            try:
+                await self.store.set_assignments(changes)
+            except BaseException:
+                for key, writes in taken.items():
+                    for write in self._unstored.pop(key, []):
+                        _merge_write(writes, write)
+                    self._unstored[key] = writes
+                raise
+            if once:
+                return
 
     async def save_monitor(
         self, monitor: MonitorRow, create: bool, expected_revision: str | None = None
@@ -240,39 +613,51 @@ class Assigner:
             if not await self.store.save_monitor(monitor, create, expected_revision):
                 return False
             self.monitors[monitor.guid] = monitor
-            await self._apply(monitor.guid)
+            self._index_selection(monitor)
+            await self._place({monitor.guid})
             return True
 
     async def delete_monitor(self, guid: str) -> bool:
         async with self._lock:
             deleted = await self.store.delete_monitor(guid)
             self.monitors.pop(guid, None)
-            await self._apply(guid)
+            self._index_selection(None, guid)
+            self._intervals.pop(guid, None)
+            await self._place({guid})
             self.deleted.add(guid)
             self.monitor_deleted.set()
             return deleted
 
     async def sync_all(self, force_agent: str | None = None) -> None:
+        """A full pass: every monitor placed again (after a (re)connection to the broker)."""
         async with self._lock:
-            guids = set(self.monitors) | {g for (g, _agent) in self._published}
-            for guid in sorted(guids):
-                await self._apply(guid, force_agent)
+            await self._place(set(self.monitors) | self._published.monitors(), force_agent)
+
+    async def retry_failed(self) -> None:
+        """Publishes and database writes that failed, tried again."""
+        async with self._lock:
+            await self._place(set(self._retry))
 
     async def checkpoint_primary(self, checkpoint_id: int, is_primary: bool) -> None:
         """A checkpoint became primary or stopped being one: its servers' monitors that use
         primary checkpoints only are placed again."""
-        for agent_id, srv in list(self.servers.items()):
-            if srv.checkpoint_id == checkpoint_id:
-                self.servers[agent_id] = dataclasses.replace(srv, is_primary_checkpoint=is_primary)
-        await self.sync_all()
+        async with self._lock:
+            affected: set[str] = set()
+            for agent_id, srv in list(self.servers.items()):
+                if srv.checkpoint_id == checkpoint_id:
+                    changed = dataclasses.replace(srv, is_primary_checkpoint=is_primary)
+                    self.servers[agent_id] = changed
+                    affected |= self._may_select(changed)
+            await self._place(affected)
 
     async def reconcile_forever(self, every: float = 30.0) -> None:
-        """Publishes that failed (a broker hiccup) are retried here, not only on reconnect."""
+        """Publishes that failed (a broker hiccup) and database writes that failed are retried
+        here, not only on reconnect: those monitors only, not a pass over all."""
         while True:
             await asyncio.sleep(every)
             # the store logs an outage; the next round tries again
             with contextlib.suppress(StoreUnavailable):
-                await self.sync_all()
+                await self.retry_failed()
 
     async def on_hello(self, hello: Hello, vouched: bool = False) -> None:
         """`vouched`: the agent enrolled with an administrator's token, which is its approval
@@ -309,13 +694,26 @@ class Assigner:
             srv.ipv6,
             _state_note(srv),
         )
+        old = self.servers.get(srv.agent_id)
         self.servers[srv.agent_id] = srv
         self._fleet_changed.set()
         self._update_online_metric()
-        # re-send this agent's assignments (the broker may have lost them), then the full list
-        await self.sync_all(force_agent=srv.agent_id)
-        mine = {g: rev for (g, agent), rev in self._published.items() if agent == srv.agent_id}
-        await self.bus.sync(srv.agent_id, Sync(monitors=mine))
+        async with self._lock:
+            now = now_us()
+            if old is None or _candidacy(old) != _candidacy(srv):
+                # a server that could take no checks before nor now changes no placement
+                could = srv.can_take_checks(now) or (old is not None and old.can_take_checks(now))
+                affected = self._published.monitors_of(srv.agent_id)
+                if could:
+                    affected |= self._may_select(srv) | (self._may_select(old) if old else set())
+            elif old.online != srv.online:
+                affected = self._on_liveness(srv.agent_id)
+            else:
+                affected = self._published.monitors_of(srv.agent_id)
+            # re-send this agent's assignments (the broker may have lost them), then the list
+            await self._place(affected, force_agent=srv.agent_id)
+            listed = self._published.of_agent(srv.agent_id)
+        await self.bus.sync(srv.agent_id, Sync(monitors=listed))
 
     async def on_state(self, agent_id: str, online: bool) -> None:
         self._presence[agent_id] = online
@@ -328,12 +726,12 @@ class Assigner:
             self.servers[agent_id] = refreshed
         log.info("agent %s is %s", agent_id, "online" if online else "offline")
         self._update_online_metric()
-        before = self._placed_on(agent_id)
-        await self.sync_all()
-        self._count_moves(agent_id, online, before, self._placed_on(agent_id))
-
-    def _placed_on(self, agent_id: str) -> set[str]:
-        return {guid for (guid, agent) in self._published if agent == agent_id}
+        async with self._lock:
+            before = self._published.monitors_of(agent_id)
+            try:
+                await self._place(self._on_liveness(agent_id))
+            finally:
+                self._count_moves(agent_id, online, before, self._published.monitors_of(agent_id))
 
     def _count_moves(self, agent_id: str, online: bool, before: set[str], after: set[str]) -> None:
         """Failover: the monitors that left a server that went offline; return: those that
@@ -363,6 +761,7 @@ class Assigner:
         updated = await self.store.set_server_state(server_id, state)
         if updated is None:
             return None
+        old = self.servers.get(updated.agent_id)
         self.servers[updated.agent_id] = updated
         log.info(
             "agent %s at checkpoint %s (server id %d) is now %s",
@@ -372,7 +771,9 @@ class Assigner:
             state,
         )
         self._fleet_changed.set()
-        await self.sync_all()
+        async with self._lock:
+            affected = self._may_select(updated) | (self._may_select(old) if old else set())
+            await self._place(affected)
         if state == "retired" and self.on_retired is not None:
             self.on_retired(updated.agent_id)
         return updated

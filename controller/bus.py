@@ -42,6 +42,7 @@ from shared.settings import parse_broker_url
 log = logging.getLogger(__name__)
 
 MAX_KEY_CHARS = 64  # of an agent-chosen name in a rate-limit key
+PUBLISHES_IN_FLIGHT = 64  # QoS 1 publishes awaiting the broker's ack at once
 
 
 class BusHandler(Protocol):
@@ -148,6 +149,8 @@ class ControllerBus:
             on_message=self._on_message,
             on_connect=handler.on_connected,
             on_drop=lambda reason: metrics.dropped.labels(reason).inc(),
+            # the assigner pipelines its publishes (PUBLISH_WINDOW); acks and the rest beside
+            max_inflight=PUBLISHES_IN_FLIGHT,
         )
         self.requested_runs = RequestedRuns()  # so their results are accepted (trust.py)
         # answers to clock samples (controller/clock.py): agent, payload, when read

@@ -93,6 +93,28 @@ class ControllerMetrics:
             registry=r,
         )
         self.agents_online = Gauge("picket_agents_online", "Agents connected", registry=r)
+        self.placements = Counter(
+            "picket_placements_total",
+            "Monitors placed (their servers and turns computed) by the assigner: incremental, "
+            "so a hello or presence change counts only the monitors it can move",
+            registry=r,
+        )
+        self.assignment_publishes = Counter(
+            "picket_assignment_publishes_total",
+            "Retained assignment messages published, by outcome (assigned, removed, failed)",
+            ["outcome"],
+            registry=r,
+        )
+        self.placement_retry = Gauge(
+            "picket_placement_retry_monitors",
+            "Monitors whose assignment publish failed, to be retried",
+            registry=r,
+        )
+        self.placement_unstored = Gauge(
+            "picket_assignment_writes_pending",
+            "Assignment changes published but not yet stored in the database",
+            registry=r,
+        )
         self.dropped = Counter(
             "picket_mqtt_messages_dropped_total", "MQTT messages dropped", ["reason"], registry=r
         )

@@ -167,7 +167,10 @@ class MqttSession:
         keepalive: int = 15,
         max_backoff: float = 5.0,
         tls_ca_file: str | None = None,
+        max_inflight: int | None = None,
     ) -> None:
+        """`max_inflight`: QoS 1 publishes this side may have awaiting the broker's ack at once
+        (the library's default, 20, otherwise), for a side that pipelines its publishes."""
         self._target = target
         self._client_id = client_id
         self._subscriptions = subscriptions
@@ -179,6 +182,7 @@ class MqttSession:
         self._keepalive = keepalive
         self._max_backoff = max_backoff
         self._tls_ca_file = tls_ca_file
+        self._max_inflight = max_inflight
         self._client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
 
@@ -191,7 +195,7 @@ class MqttSession:
             will = aiomqtt.Will(
                 self._will.topic, self._will.payload, qos=1, retain=self._will.retain
             )
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             self._target.host,
             self._target.port,
             username=self._target.username,
@@ -203,7 +207,12 @@ class MqttSession:
             timeout=10,
             tls_context=tls_context,
             logger=logging.getLogger("aiomqtt." + self._client_id),
+            max_inflight_messages=self._max_inflight,
         )
+        if self._max_inflight is not None:
+            # the library warns of "pending publish calls" above this many
+            client.pending_calls_threshold = self._max_inflight
+        return client
 
     async def run(self) -> None:
         """Stay connected until cancelled."""

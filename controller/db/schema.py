@@ -158,6 +158,9 @@ assignment = sa.Table(
     sa.Column("monitor_guid", sa.String(36), primary_key=True),
     sa.Column("agent_id", sa.String(64), primary_key=True),
     sa.Column("revision", sa.String(32), nullable=False),
+    # the turn published with it (0007); NULL: not known, published again after a restart
+    sa.Column("rotation_position", sa.Integer, nullable=True),
+    sa.Column("rotation_count", sa.Integer, nullable=True),
 )
 
 monitor_check = sa.Table(

@@ -103,6 +103,11 @@ class ServerRow:
 SERVER_STATES = ("pending", "upcoming", "active", "offline", "retired")
 
 
+# (monitor guid, agent id, revision published or None when removed, when: microseconds,
+# the turn published: (rotation position, rotation count), or None when not known)
+AssignmentChange = tuple[str, str, str | None, int, tuple[int, int] | None]
+
+
 @dataclass(frozen=True)
 class MonitorRow:
     guid: str
@@ -1058,40 +1063,106 @@ class Store:
             rows = await conn.execute(sa.select(assignment))
             return {(r.monitor_guid, r.agent_id): r.revision for r in rows}
 
+    async def assignment_rows(
+        self,
+    ) -> list[tuple[str, str, str, tuple[int, int] | None]]:
+        """(monitor guid, agent id, revision, turn or None when not known) as published."""
+        async with self._connect() as conn:
+            rows = await conn.execute(sa.select(assignment))
+            return [
+                (
+                    r.monitor_guid,
+                    r.agent_id,
+                    r.revision,
+                    None
+                    if r.rotation_position is None or r.rotation_count is None
+                    else (r.rotation_position, r.rotation_count),
+                )
+                for r in rows
+            ]
+
     async def set_assignment(
         self, monitor_guid: str, agent_id: str, revision: str | None, at_us: int | None = None
     ) -> None:
         """Record what is published, and in the history when the placement began or ended."""
         stamp = now_us() if at_us is None else at_us
+        await self.set_assignments([(monitor_guid, agent_id, revision, stamp, None)])
+
+    async def set_assignments(self, changes: Sequence[AssignmentChange]) -> None:
+        """`set_assignment` for many, in order, in one transaction with a few statements. A
+        change with a revision opens a history interval at its time unless one is open; one
+        without closes it. The turn is stored so that a restarted controller knows it."""
+        if not changes:
+            return
         h = assignment_history.c
+        keys = list(dict.fromkeys((change[0], change[1]) for change in changes))
+        final: dict[tuple[str, str], tuple[str | None, tuple[int, int] | None]] = {}
+        opened: dict[tuple[str, str], list[dict[str, Any]]] = {}  # intervals begun here
+        closes: list[dict[str, Any]] = []  # intervals open in the database to close
         async with self._begin() as conn:
+            # by monitor, then by agent here: a (guid, agent) IN (...) is a full scan on SQLite
+            guids = list({guid for guid, _agent in keys})
+            open_rows = await conn.execute(
+                sa.select(h.monitor_guid, h.agent_id).where(
+                    h.monitor_guid.in_(guids), h.end_us.is_(None)
+                )
+            )
+            wanted = set(keys)
+            open_in_db = {(r.monitor_guid, r.agent_id) for r in open_rows} & wanted
+            for guid, agent, revision, at_us, turn in changes:
+                key = (guid, agent)
+                final[key] = (revision, turn)
+                begun = opened.setdefault(key, [])
+                open_here = bool(begun) and begun[-1]["end_us"] is None
+                if revision is not None:
+                    if not open_here and key not in open_in_db:
+                        begun.append(
+                            {
+                                "monitor_guid": guid,
+                                "agent_id": agent,
+                                "start_us": at_us,
+                                "end_us": None,
+                            }
+                        )
+                elif open_here:
+                    begun[-1]["end_us"] = at_us
+                elif key in open_in_db:
+                    open_in_db.discard(key)
+                    closes.append({"g": guid, "a": agent, "end": at_us})
             await conn.execute(
                 sa.delete(assignment).where(
-                    assignment.c.monitor_guid == monitor_guid, assignment.c.agent_id == agent_id
-                )
+                    assignment.c.monitor_guid == sa.bindparam("g"),
+                    assignment.c.agent_id == sa.bindparam("a"),
+                ),
+                [{"g": guid, "a": agent} for guid, agent in keys],
             )
-            current = (h.monitor_guid == monitor_guid) & (h.agent_id == agent_id)
-            open_interval = await conn.scalar(
-                sa.select(h.id).where(current, h.end_us.is_(None)).limit(1)
-            )
-            if revision is not None:
-                await conn.execute(
-                    sa.insert(assignment).values(
-                        monitor_guid=monitor_guid, agent_id=agent_id, revision=revision
-                    )
-                )
-                if open_interval is None:
-                    await conn.execute(
-                        sa.insert(assignment_history).values(
-                            monitor_guid=monitor_guid, agent_id=agent_id, start_us=stamp
-                        )
-                    )
-            elif open_interval is not None:
+            rows = [
+                {
+                    "monitor_guid": guid,
+                    "agent_id": agent,
+                    "revision": revision,
+                    "rotation_position": turn[0] if turn else None,
+                    "rotation_count": turn[1] if turn else None,
+                }
+                for (guid, agent), (revision, turn) in final.items()
+                if revision is not None
+            ]
+            if rows:
+                await conn.execute(sa.insert(assignment), rows)
+            if closes:
                 await conn.execute(
                     sa.update(assignment_history)
-                    .where(current, h.end_us.is_(None))
-                    .values(end_us=stamp)
+                    .where(
+                        h.monitor_guid == sa.bindparam("g"),
+                        h.agent_id == sa.bindparam("a"),
+                        h.end_us.is_(None),
+                    )
+                    .values(end_us=sa.bindparam("end")),
+                    closes,
                 )
+            intervals = [interval for begun in opened.values() for interval in begun]
+            if intervals:
+                await conn.execute(sa.insert(assignment_history), intervals)
 
     async def assignment_history(self) -> list[tuple[str, str, int, int | None]]:
         """(monitor guid, agent id, start, end or None while assigned)."""
