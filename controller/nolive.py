@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import heapq
+import itertools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -67,6 +68,8 @@ log = logging.getLogger(__name__)
 DEFAULT_GRACE_SECONDS = 60.0
 DEFAULT_ROWS_PER_SECOND = 5000
 MAX_POPS = 50_000  # slots looked at per tick; the rest wait for the next one
+MAX_NEW = 5_000  # monitors new to the task scheduled per tick (each costs a validation)
+SLICE = 100  # slots looked at, or monitors scheduled, between two yields to the event loop
 CHUNK = 500  # rows per insert
 LOGGED_MONITORS = 20  # monitors named one by one per tick; beyond that a summary line
 CODE = int(ErrorCode.NO_LIVE_CHECKPOINT)
@@ -110,8 +113,9 @@ class NoLiveSlots:
         self._heap: list[tuple[int, str, str]] = []
         self._scheduled: dict[str, tuple[str, int, int]] = {}  # guid -> revision, interval, offset
         self._dark: dict[str, tuple[int, str, bool]] = {}  # guid -> (version, revision, dark)
-        # monitors this run stored a placeholder for (the ones ingest may have to withdraw)
-        self.written: set[str] = set()
+        # monitor -> the first and last slot (ms) this run stored a placeholder for: the ones
+        # ingest may have to withdraw when a real result comes
+        self.written: dict[str, tuple[int, int]] = {}
         self._dark_slots: dict[str, int] = {}  # monitors dark now -> slots stored meanwhile
         self._capped = 0  # slots skipped by the row cap in the current episode
 
@@ -119,9 +123,11 @@ class NoLiveSlots:
 
     def withdrawable(self, monitor_guid: str, scheduled_at: float) -> str | None:
         """The uid of the placeholder a real result for this slot replaces, if one may be
-        stored: this run wrote for the monitor, or the slot is older than this run."""
+        stored: this run wrote one for the monitor at or around that slot, or the slot is older
+        than this run (a previous one may have)."""
         slot_ms = slot_ms_of(scheduled_at)
-        if monitor_guid in self.written or slot_ms * 1000 < self.started_us:
+        span = self.written.get(monitor_guid)
+        if (span is not None and span[0] <= slot_ms <= span[1]) or slot_ms * 1000 < self.started_us:
             return placeholder_uid(monitor_guid, slot_ms)
         return None
 
@@ -147,8 +153,8 @@ class NoLiveSlots:
     async def tick(self, now: int) -> None:
         """Look at the slots due by `now` (epoch µs) and store the ones nobody ran."""
         self._see_fleet(now)
-        self._schedule_new(now)
-        rows = self._due_rows(now)
+        await self._schedule_new(now)
+        rows = await self._due_rows(now)
         await self._write(rows)
 
     def _see_fleet(self, now: int) -> None:
@@ -156,7 +162,16 @@ class NoLiveSlots:
             # presence is not known while the broker is away, nor for a grace after it returns
             self.changed_us = now
             self.known_from_us = max(self.known_from_us, now + self.grace_us)
-        fingerprint = hash(
+        fingerprint = self._fingerprint(now)
+        if fingerprint != self._fleet:
+            self._fleet = fingerprint
+            self._version += 1
+            self.changed_us = now
+
+    def _fingerprint(self, now: int) -> int:
+        """What placement depends on, of every server (a change of any may make a monitor
+        live or dark)."""
+        return hash(
             tuple(
                 sorted(
                     (
@@ -172,10 +187,6 @@ class NoLiveSlots:
                 )
             )
         )
-        if fingerprint != self._fleet:
-            self._fleet = fingerprint
-            self._version += 1
-            self.changed_us = now
 
     # --- slots ----------------------------------------------------------------------------
 
@@ -191,10 +202,18 @@ class NoLiveSlots:
         k = math.ceil((from_ms - offset) / interval)
         heapq.heappush(self._heap, (k * interval + offset, monitor.guid, monitor.revision))
 
-    def _schedule_new(self, now: int) -> None:
+    async def _schedule_new(self, now: int) -> None:
+        """Queue the next slot of monitors new to the task (all of them after a start: that
+        takes a few ticks, within the grace)."""
         monitors = self.assigner.monitors
-        for guid in monitors.keys() - self._scheduled.keys():
-            self._schedule(monitors[guid], now // 1000)
+        new = list(itertools.islice(monitors.keys() - self._scheduled.keys(), MAX_NEW))
+        for start in range(0, len(new), SLICE):
+            if start:
+                await asyncio.sleep(0)
+            for guid in new[start : start + SLICE]:
+                monitor = monitors.get(guid)
+                if monitor is not None and guid not in self._scheduled:
+                    self._schedule(monitor, now // 1000)
 
     def _is_dark(self, monitor: MonitorRow) -> bool:
         cached = self._dark.get(monitor.guid)
@@ -204,15 +223,20 @@ class NoLiveSlots:
         self._dark[monitor.guid] = (self._version, monitor.revision, dark)
         return dark
 
-    def _due_rows(self, now: int) -> list[dict[str, Any]]:
-        """Rows for the slots due by `now` that nobody ran (no await: the fleet cannot change
-        while they are chosen)."""
+    async def _due_rows(self, now: int) -> list[dict[str, Any]]:
+        """Rows for the slots due by `now` that nobody ran. Between slices the event loop
+        runs; if the fleet changed meanwhile, the rest wait for the next tick (which notes
+        the change), so each slot is judged against the fleet as it was when looked at."""
         now_ms = now // 1000
         rows: list[dict[str, Any]] = []
         skipped: dict[str, int] = {}
         pops = 0
         while self._heap and self._heap[0][0] <= now_ms and pops < MAX_POPS:
             pops += 1
+            if pops % SLICE == 0:
+                await asyncio.sleep(0)
+                if self._fingerprint(now) != self._fleet or not self.broker_connected():
+                    break
             slot_ms, guid, revision = heapq.heappop(self._heap)
             monitor = self.assigner.monitors.get(guid)
             if monitor is None:  # deleted
@@ -268,7 +292,7 @@ class NoLiveSlots:
     def _forget(self, guid: str) -> None:
         self._scheduled.pop(guid, None)
         self._dark.pop(guid, None)
-        self.written.discard(guid)
+        self.written.pop(guid, None)
         self._dark_slots.pop(guid, None)
 
     def _back_to_live(self, monitor: MonitorRow) -> None:
@@ -324,7 +348,10 @@ class NoLiveSlots:
         for start in range(0, len(rows), CHUNK):
             chunk = rows[start : start + CHUNK]
             # before the insert: a real result stored meanwhile must find the placeholder
-            self.written.update(row["monitor_guid"] for row in chunk)
+            for row in chunk:
+                guid, slot_ms = row["monitor_guid"], row["scheduled_us"] // 1000
+                first, last = self.written.get(guid, (slot_ms, slot_ms))
+                self.written[guid] = (min(first, slot_ms), max(last, slot_ms))
             try:
                 inserted = await self.store.insert_checks(chunk)
                 # a real result already there (an agent cut off, delivering late) wins
