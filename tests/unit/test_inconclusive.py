@@ -339,3 +339,22 @@ async def test_an_inconclusive_confirmation_confirms_nothing(
     await _send(ctl, names[0], again)
     assert {r.uid: r.error_level for r in await _rows(ctl, row.guid)}[again.uid] == UNCONFIRMED
     assert len(asked) == 2
+
+
+async def test_the_alert_state_read_back_after_a_restart_skips_inconclusive_checks(
+    ctl: Controller,
+) -> None:
+    (agent,) = await _fleet(ctl, 1)
+    row = await _monitor(ctl)
+    paused = await _monitor(ctl, "paused")
+    paused = MonitorRow(**{**paused.__dict__, "is_active": False, "revision": "r2"})
+    assert await ctl.assigner.save_monitor(paused, create=False)
+    await _send(ctl, agent, _result(row.guid, row.modified_us / S + 0.5, code=110))
+    await ctl.assigner.on_state(agent, False)
+    t0 = max(row.modified_us, paused.modified_us) + S
+    watcher = _no_live(ctl, t0, grace_seconds=0.0)
+    await _walk(watcher, t0, t0 + 3 * INTERVAL * S)
+    assert [r.error_code for r in await _rows(ctl, row.guid)][-1] == 5
+    assert await _rows(ctl, paused.guid) == []  # a paused monitor is not watched
+    # the newest check is inconclusive; the state is still the failure's
+    assert (await ctl.store.last_levels())[row.guid] == UNCONFIRMED
