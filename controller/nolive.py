@@ -73,6 +73,8 @@ SLICE = 100  # slots looked at, or monitors scheduled, between two yields to the
 CHUNK = 500  # rows per insert
 LOGGED_MONITORS = 20  # monitors named one by one per tick; beyond that a summary line
 CODE = int(ErrorCode.NO_LIVE_CHECKPOINT)
+# per server: agent, checkpoint, region, live, can take checks, primary, monitor types
+Fleet = tuple[tuple[str, int, int, bool, bool, bool, tuple[str, ...]], ...]
 
 
 def placeholder_uid(monitor_guid: str, slot_ms: int) -> str:
@@ -107,7 +109,7 @@ class NoLiveSlots:
         self.started_us = 0
         self.known_from_us = 0  # no slot before this is written (a grace after a start)
         self.changed_us = 0  # when the fleet was last seen to change
-        self._fleet: int | None = None  # the fleet's fingerprint
+        self._fleet: Fleet | None = None  # what placement depends on, as last seen
         self._version = 0  # bumped on each change: invalidates `_dark`
         # (slot ms, monitor, revision): each monitor's next slot
         self._heap: list[tuple[int, str, str]] = []
@@ -168,23 +170,21 @@ class NoLiveSlots:
             self._version += 1
             self.changed_us = now
 
-    def _fingerprint(self, now: int) -> int:
+    def _fingerprint(self, now: int) -> Fleet:
         """What placement depends on, of every server (a change of any may make a monitor
-        live or dark)."""
-        return hash(
-            tuple(
-                sorted(
-                    (
-                        srv.agent_id,
-                        srv.checkpoint_id,
-                        srv.region_id,
-                        rotation.live(srv),
-                        srv.can_take_checks(now),
-                        srv.is_primary_checkpoint,
-                        tuple(srv.probe_types),
-                    )
-                    for srv in self.assigner.servers.values()
+        live or dark): kept whole, so that no change can pass for none."""
+        return tuple(
+            sorted(
+                (
+                    srv.agent_id,
+                    srv.checkpoint_id,
+                    srv.region_id,
+                    rotation.live(srv),
+                    srv.can_take_checks(now),
+                    srv.is_primary_checkpoint,
+                    tuple(srv.probe_types),
                 )
+                for srv in self.assigner.servers.values()
             )
         )
 
