@@ -2,7 +2,7 @@
 
 When a check fails, the canary is tried (within `PICKET_CANARY_TIMEOUT_SECONDS`); if it fails
 too, the failure says nothing about the target, only that this checkpoint could not reach the
-network: the result becomes inconclusive (error 3), which the controller stores as NoError
+network: the result becomes inconclusive (error 4), which the controller stores as NoError
 and never alerts on. An answer is reused for `FRESH_SECONDS`, and one attempt runs at a time
 per worker however many checks fail together, so a network outage costs one connect, not one
 per failed check.

@@ -24,6 +24,7 @@ from controller.dynsec import BrokerAdmin, LoginRemover
 from controller.ingest import Ingest
 from controller.integrations import Senders
 from controller.metrics import ControllerMetrics
+from controller.nolive import NoLiveSlots
 from controller.retention import Retention
 from controller.settings import ControllerSettings
 from shared.messages import Hello, ResultBatch
@@ -102,6 +103,16 @@ class Controller:
             settings.concurrent_wait_seconds,
         )
         self.ingest.clock_offset_ms = self.clock.offset_ms
+        # slots of monitors with no live checkpoint, stored as inconclusive
+        self.no_live = NoLiveSlots(
+            store,
+            self.assigner,
+            self.metrics,
+            self.bus.session.connected.is_set,
+            settings.no_live_grace_seconds,
+            settings.no_live_rows_per_second,
+        )
+        self.ingest.no_live = self.no_live
         self.retention = Retention(
             store,
             self.assigner,
@@ -294,6 +305,7 @@ def _background(ctl: Controller) -> Callable[[web.Application], AsyncIterator[No
             asyncio.create_task(ctl.ingest.decide_concurrent_forever(), name="concurrent"),
             asyncio.create_task(ctl.assigner.reconcile_forever(), name="reconcile"),
             asyncio.create_task(ctl.assigner.activate_forever(), name="activate"),
+            asyncio.create_task(ctl.no_live.run(), name="no-live"),
             asyncio.create_task(ctl.retention.run(), name="retention"),
             asyncio.create_task(ctl.clock.run(ctl.online_agents), name="clock"),
         ]

@@ -383,6 +383,12 @@ class Assigner:
     def placement(self, monitor: MonitorRow) -> set[str]:
         return set(self.turns(monitor))
 
+    def has_live_server(self, monitor: MonitorRow) -> bool:
+        """Whether a server placed for the monitor is live now: False when no selected
+        checkpoint has a live server that can run it (controller/nolive.py)."""
+        placed = (self.servers.get(agent) for agent in self.turns(monitor))
+        return any(srv is not None and rotation.live(srv) for srv in placed)
+
     def confirmer(self, guid: str, failed_agent: str) -> str:
         """The agent to re-check an error `failed_agent` saw: a live one at another selected
         checkpoint, the next in the rotation; only if there is none, the same agent."""

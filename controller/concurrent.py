@@ -13,6 +13,11 @@ has not come by then is counted as missing, not waited for. Its ErrorLevel is th
 
 A missing partial is not a failure (nothing was observed), but it stays in the denominator: a
 slot half of whose checkpoints were silent cannot reach a 75 % threshold on the other half.
+An inconclusive partial (error 4: its agent's connectivity canary failed too) is counted like a
+missing one: neither failed nor passed, in the denominator. When every partial that came is
+inconclusive, the concurrent check is inconclusive itself (error 4, NoError, `IsInconclusive`,
+moving no alert state); when none came at all, no concurrent check is made here (a slot with
+no live checkpoint is controller/nolive.py's).
 
 Slots being gathered live in memory, bounded (`max_slots`: the oldest is decided early when
 full). The concurrent check's uid is derived from the monitor and slot, so one stored twice
@@ -29,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.db.store import CONCURRENT
+from shared.errors import DESCRIPTIONS, INCONCLUSIVE_CODES, ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -85,27 +91,36 @@ def level_of(failed: int, expected: int, unconfirmed: int, confirmed: int) -> in
 def row_of(slot: Slot) -> tuple[dict[str, Any], int]:
     """The concurrent check's row (columns as controller/ingest.py builds them) and level."""
     partials = list(slot.partials.values())
-    failed = [p for p in partials if p.error_code != 0]
+    inconclusive = [p for p in partials if p.error_code in INCONCLUSIVE_CODES]
+    failed = [p for p in partials if p.error_code != 0 and p.error_code not in INCONCLUSIVE_CODES]
     missing = max(0, slot.expected - len(partials))
     level = level_of(
         len(failed), slot.expected, slot.unconfirmed_threshold, slot.confirmed_threshold
     )
     percentage = round(100.0 * len(failed) / slot.expected, 1) if slot.expected else 0.0
-    summary = f"{len(failed)} of {slot.expected} checkpoints failed ({percentage:g} %)" + (
-        f", {missing} did not report" if missing else ""
+    summary = (
+        f"{len(failed)} of {slot.expected} checkpoints failed ({percentage:g} %)"
+        + (f", {len(inconclusive)} inconclusive" if inconclusive else "")
+        + (f", {missing} did not report" if missing else "")
     )
-    if level == NO_ERROR:
+    if partials and len(inconclusive) == len(partials):
+        # nothing conclusive was observed: the slot says nothing about the target
+        code = int(ErrorCode.INCONCLUSIVE)
+        description = f"{DESCRIPTIONS[ErrorCode.INCONCLUSIVE]} ({summary})"
+    elif level == NO_ERROR:
         code, description = 0, "OK" if not failed else f"OK: {summary}"
     else:
         # the error most partials saw
         code = Counter(p.error_code for p in failed).most_common(1)[0][0]
         first = next(p for p in failed if p.error_code == code)
         description = f"{first.error_description} ({summary})"
-    times = [p.total_time_ms for p in partials if p.total_time_ms is not None]
+    times = [
+        p.total_time_ms for p in partials if p.total_time_ms is not None and p not in inconclusive
+    ]
     attributes: dict[str, Any] = {
         "MonitorType": slot.monitor_type,
         "ErrorDescription": description,
-        "ErrorMessage": summary if failed or missing else "",
+        "ErrorMessage": summary if failed or missing or inconclusive else "",
         "StagingMode": slot.staging,
         "IsConcurrentCheck": True,
         "PartialChecks": len(partials),
@@ -113,6 +128,10 @@ def row_of(slot: Slot) -> tuple[dict[str, Any], int]:
         "MissingPartialChecks": missing,
         "ErrorPercentage": percentage,
     }
+    if inconclusive:
+        attributes["InconclusivePartialChecks"] = len(inconclusive)
+    if code in INCONCLUSIVE_CODES:
+        attributes["IsInconclusive"] = True
     if times:
         attributes["TotalTime"] = round(sum(times) / len(times), 3)
     row = {

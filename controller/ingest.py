@@ -17,10 +17,12 @@ times, then its refused results go to the dead-letter table with the reason, the
 stored, and the batch is acknowledged, so it never holds the agent's in-flight window.
 
 Two kinds of result are stored but never move the alert state nor ask for a re-check: an
-inconclusive one (error 3: the agent's connectivity canary failed too; stored as NoError with
-`IsInconclusive`), and a second result for a slot a server of the same checkpoint has already
-reported (an agent cut off from the broker kept running a monitor its peer took over; flagged
-`IsDuplicateSlot`): a slot counts once.
+inconclusive one (error 4: the agent's connectivity canary failed too; stored as NoError with
+`IsInconclusive`; an inconclusive confirmation confirms nothing), and a second result for a
+slot a server of the same checkpoint has already reported (an agent cut off from the broker
+kept running a monitor its peer took over; flagged `IsDuplicateSlot`): a slot counts once.
+A real result for a slot the controller stored as inconclusive because no selected checkpoint
+was live (error 5, controller/nolive.py) replaces that placeholder, which is deleted.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ from controller.bus import ControllerBus
 from controller.concurrent import CONFIRMED, NO_ERROR, UNCONFIRMED
 from controller.db.store import CHECK, PARTIAL, Store, StoreRejected, StoreUnavailable, now_us
 from controller.metrics import ControllerMetrics
-from shared.errors import ErrorCode
+from controller.nolive import NoLiveSlots
+from shared.errors import INCONCLUSIVE_CODES, ErrorCode
 from shared.messages import CheckResult, ResultBatch, RunRequest
 from shared.results import storage_plan
 
@@ -60,7 +63,7 @@ REFUSED = (StoreRejected, ValueError, OverflowError, TypeError)
 
 
 def error_level(result: CheckResult, current: int) -> int:
-    if result.error_code in (ErrorCode.OK, ErrorCode.INCONCLUSIVE):
+    if result.error_code == ErrorCode.OK or result.error_code in INCONCLUSIVE_CODES:
         return NO_ERROR
     if result.is_confirmation or current == CONFIRMED:
         return CONFIRMED
@@ -134,6 +137,8 @@ class Ingest:
         self.slots: dict[tuple[str, int], int] = {}
         # agent id -> its clock's offset from the controller's, in ms (controller/clock.py)
         self.clock_offset_ms: Callable[[str], float | None] = lambda _agent: None
+        # the placeholders of slots nobody ran, which real results replace (set by the app)
+        self.no_live: NoLiveSlots | None = None
         self._queue: deque[Queued] = deque()
         self._pending: dict[tuple[str, str], Queued] = {}  # queued or being stored
         self._bytes = 0
@@ -396,7 +401,7 @@ class Ingest:
                 continue
             if self._is_partial(result):
                 # its own level, which is not the monitor's: the concurrent check decides that
-                level = NO_ERROR if result.error_code == 0 else UNCONFIRMED
+                level = error_level(result, NO_ERROR)
                 partials.add(result.uid)
                 results[result.uid] = (batch, result, level, True)
                 rows.append(self._row(batch.agent, result, level, PARTIAL))
@@ -410,7 +415,7 @@ class Ingest:
                     or self.slots.get((slot[0], slot[2])) == slot[1]
                 )
                 seen.add(slot)
-            inconclusive = result.error_code == ErrorCode.INCONCLUSIVE
+            inconclusive = result.error_code in INCONCLUSIVE_CODES
             counts = not (duplicate or inconclusive)  # a slot counts once, and only if it says
             level = error_level(result, levels.get(result.monitor_guid, NO_ERROR))
             # a result older than the newest one seen (an outbox replay after an outage) gets
@@ -437,8 +442,8 @@ class Ingest:
                 self.slots[key] = max(self.slots.get(key, 0), _us(result.scheduled_at))
             if not counts:
                 stale.add(uid)
-                if result.error_code == ErrorCode.INCONCLUSIVE:
-                    self.metrics.inconclusive_slots.inc()
+                if result.error_code in INCONCLUSIVE_CODES:
+                    self.metrics.inconclusive_slots.labels("canary").inc()
                 else:
                     self.metrics.duplicate_slots.inc()
                     log.info(
@@ -485,6 +490,7 @@ class Ingest:
                     del self._failed_at[next(iter(self._failed_at))]
                 request = RunRequest(monitor_guid=result.monitor_guid, confirms=uid)
                 confirmations.append((target, request))
+        await self._withdraw_placeholders(ordered)
         await self._store_concurrent()
         return confirmations
 
@@ -534,6 +540,30 @@ class Ingest:
             self.confirming[guid] = Asked(time.time(), target, asked.confirms, asked.failed_agent)
             await self._request_confirmations(
                 [(target, RunRequest(monitor_guid=guid, confirms=asked.confirms))]
+    async def _withdraw_placeholders(self, ordered: list[tuple[ResultBatch, CheckResult]]) -> None:
+        """Delete the no-live-checkpoint placeholders of the slots these results ran (after
+        their commit: controller/nolive.py). Idempotent, so a retry of the batch does it too."""
+        if self.no_live is None:
+            return
+        uids = sorted(
+            {
+                uid
+                for _batch, result in ordered
+                if not result.is_confirmation
+                and (uid := self.no_live.withdrawable(result.monitor_guid, result.scheduled_at))
+            }
+        )
+        if not uids:
+            return
+        withdrawn = await self.store.withdraw_placeholders(uids)
+        if withdrawn:
+            self.metrics.inconclusive_withdrawn.inc(withdrawn)
+            log.info(
+                "%d slots stored as inconclusive (no live checkpoint) have a real result now "
+                "(an agent cut off from the broker ran them); their placeholders are deleted "
+                "(monitors %s)",
+                withdrawn,
+                sorted({result.monitor_guid for _batch, result in ordered})[:10],
             )
 
     def _count_confirmation(self, agent: str, result: CheckResult) -> None:
@@ -545,7 +575,10 @@ class Ingest:
             if failed is not None and srv is not None:
                 same = failed.checkpoint_id == srv.checkpoint_id
                 where = "same_checkpoint" if same else "other_checkpoint"
-        outcome = "confirmed" if result.error_code != 0 else "cleared"
+        if result.error_code in INCONCLUSIVE_CODES:
+            outcome = "inconclusive"  # it says nothing: the error it re-checked stays unconfirmed
+        else:
+            outcome = "confirmed" if result.error_code != 0 else "cleared"
         self.metrics.confirmation_outcomes.labels(outcome, where).inc()
 
     # --- concurrent monitoring (controller/concurrent.py) ---------------------------------------
@@ -623,7 +656,10 @@ class Ingest:
             self.metrics.concurrent_checks.labels(LEVEL_NAMES[level]).inc()
             self.metrics.results.labels(LEVEL_NAMES[level]).inc()
             at = slot.scheduled_us / 1_000_000
-            if at >= self.latest.get(slot.monitor_guid, 0.0):
+            if row["error_code"] in INCONCLUSIVE_CODES:
+                # every partial that came was inconclusive: it moves no alert state
+                self.metrics.inconclusive_slots.labels("canary").inc()
+            elif at >= self.latest.get(slot.monitor_guid, 0.0):
                 self.latest[slot.monitor_guid] = at
                 self.levels[slot.monitor_guid] = level
             log.info(
@@ -731,7 +767,7 @@ class Ingest:
             attributes["IsPartialCheck"] = True
         if confirms_id is not None:
             attributes["ConfirmsCheckId"] = confirms_id
-        if result.error_code == ErrorCode.INCONCLUSIVE:
+        if result.error_code in INCONCLUSIVE_CODES:
             attributes["IsInconclusive"] = True
         if duplicate:
             attributes["IsDuplicateSlot"] = True

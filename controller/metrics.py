@@ -126,7 +126,8 @@ class ControllerMetrics:
         self.confirmation_outcomes = Counter(
             "picket_confirmations_total",
             "Confirmation re-checks answered, by outcome (confirmed: it failed too; cleared: it "
-            "passed) and by where they ran (other_checkpoint, same_checkpoint)",
+            "passed; inconclusive: it says nothing, the error stays unconfirmed) and by where "
+            "they ran (other_checkpoint, same_checkpoint)",
             ["outcome", "where"],
             registry=r,
         )
@@ -254,8 +255,28 @@ class ControllerMetrics:
         )
         self.inconclusive_slots = Counter(
             "picket_inconclusive_slots_total",
-            "Checks stored as inconclusive (the agent's connectivity canary failed too): "
-            "NoError, never alerting",
+            "Checks stored as inconclusive (NoError, never alerting), by reason: canary (the "
+            "check failed and the agent's connectivity canary too, error 4; a concurrent check "
+            "all of whose partials were) or no_live_checkpoint (no selected checkpoint had a "
+            "live server at the slot's time, stored by the controller, error 5)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("canary", "no_live_checkpoint"):
+            self.inconclusive_slots.labels(reason)
+        self.inconclusive_skipped = Counter(
+            "picket_inconclusive_slots_skipped_total",
+            "Slots of monitors without a live server that were not stored as inconclusive: "
+            "fleet_changed (the fleet changed since the slot: a server may have been live), "
+            "row_cap (over PICKET_NO_LIVE_ROWS_PER_SECOND), backlog (the task fell more than "
+            "an interval behind), database (the database was away or refused them)",
+            ["reason"],
+            registry=r,
+        )
+        self.inconclusive_withdrawn = Counter(
+            "picket_inconclusive_slots_withdrawn_total",
+            "No-live-checkpoint placeholders deleted because a real result for their slot "
+            "came (an agent cut off from the broker ran it and delivered later)",
             registry=r,
         )
         self.duplicate_slots = Counter(

@@ -117,6 +117,21 @@ class ControllerSettings(PicketSettings):
         default="",
         description="PEM file of the CAs that the SMTP server's certificate is verified "
         "against; empty: the system's",
+    no_live_grace_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        le=3600,
+        description="after the controller starts (or gets its broker back) it waits this long "
+        "before storing inconclusive slots (error 5) for monitors with no live checkpoint: "
+        "the agents' presence is not known before",
+    )
+    no_live_rows_per_second: int = Field(
+        default=5000,
+        ge=1,
+        le=1_000_000,
+        description="at most this many inconclusive slots (error 5, no live checkpoint) are "
+        "stored a second; beyond it they are skipped, logged and counted "
+        "(picket_inconclusive_slots_skipped_total)",
     )
 
     @field_validator("broker_admin_url", "agent_broker_url")

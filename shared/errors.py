@@ -13,9 +13,12 @@ class ErrorCode(IntEnum):
     INTERNAL = 1  # the agent could not run the check (a bug on our side, never the target's)
     UNSUPPORTED = 2  # this agent cannot do what the monitor asks (e.g. its libcurl lacks NTLM)
     AGENT_CONFIGURATION = 3  # the agent's own set-up prevents the check (its CA file unreadable)
-    # the check failed and so did the agent's own connectivity canary, or no selected
-    # checkpoint was live: the slot says nothing about the target (NoError, never alerting)
+    # the check failed and so did the agent's own connectivity canary: the slot says nothing
+    # about the target (NoError, never alerting)
     INCONCLUSIVE = 4
+    # stored by the controller, not an agent: no selected checkpoint had a live server that
+    # could run the monitor at the slot's time, so nobody checked (controller/nolive.py)
+    NO_LIVE_CHECKPOINT = 5
     DNS_FAILURE = 100
     CONNECTION_REFUSED = 110
     CONNECTION_FAILED = 111  # unreachable, reset during connect, ...
@@ -49,6 +52,7 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.UNSUPPORTED: "Not supported by this agent",
     ErrorCode.AGENT_CONFIGURATION: "The agent's configuration prevents the check",
     ErrorCode.INCONCLUSIVE: "Inconclusive: the checkpoint could not reach the network",
+    ErrorCode.NO_LIVE_CHECKPOINT: "Inconclusive: no selected checkpoint was live",
     ErrorCode.DNS_FAILURE: "DNS lookup failed",
     ErrorCode.CONNECTION_REFUSED: "Connection refused",
     ErrorCode.CONNECTION_FAILED: "Connection failed",
@@ -75,3 +79,7 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.VARIABLE_UNDEFINED: "Variable not defined",
     ErrorCode.ICMP_NOT_PERMITTED: "ICMP sockets not permitted",
 }
+
+# the codes of a slot that says nothing about the target: stored as NoError with
+# `IsInconclusive`, never confirmed, never alerting, left out by `?Inconclusive=false`
+INCONCLUSIVE_CODES = frozenset({ErrorCode.INCONCLUSIVE, ErrorCode.NO_LIVE_CHECKPOINT})

@@ -87,7 +87,7 @@ DESCRIPTIONS: dict[str, str] = {
     "max_batches_in_flight": "result batches sent but not yet acknowledged",
     "max_body_bytes": "response body bytes read for content matching",
     "canary": "connectivity canary, host:port the agent must always reach over TCP; a check "
-    "that fails while it does not answer either is inconclusive (error 3, never alerting); "
+    "that fails while it does not answer either is inconclusive (error 4, never alerting); "
     "empty: none",
     "canary_timeout_seconds": "how long the canary may take to accept a connection",
     "presence_keepalive_seconds": "MQTT keepalive of the agent: the broker declares it "

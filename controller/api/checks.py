@@ -16,7 +16,7 @@ from controller.assigner import Assigner
 from controller.db.store import CONCURRENT, PARTIAL, CheckRow
 from controller.ingest import LEVEL_NAMES, LEVELS_BY_NAME
 from shared import jsonin
-from shared.errors import ErrorCode
+from shared.errors import INCONCLUSIVE_CODES
 from shared.timefmt import iso, parse
 
 routes = web.RouteTableDef()
@@ -45,9 +45,10 @@ def represent(row: CheckRow, assigner: Assigner) -> dict[str, Any]:
             "CheckpointId": srv.checkpoint_id if srv else None,
             "IsPartialCheck": row.kind == PARTIAL,
             "IsConcurrentCheck": row.kind == CONCURRENT,
-            # Picket's: a slot that says nothing about the target (shared/errors.py, 3), and a
-            # second result for a slot its checkpoint had already reported (a failover overlap)
-            "IsInconclusive": row.error_code == ErrorCode.INCONCLUSIVE,
+            # Picket's: a slot that says nothing about the target (shared/errors.py: 4, the
+            # agent's canary failed too; 5, no selected checkpoint was live), and a second
+            # result for a slot its checkpoint had already reported (a failover overlap)
+            "IsInconclusive": row.error_code in INCONCLUSIVE_CODES,
             "IsDuplicateSlot": bool(row.attributes.get("IsDuplicateSlot", False)),
         }
     )

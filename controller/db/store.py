@@ -46,7 +46,7 @@ from controller.db.schema import (
 )
 from controller.duty import DutyOperator, OffDuty, off_duty_of
 from controller.trust import published_addresses
-from shared.errors import ErrorCode
+from shared.errors import INCONCLUSIVE_CODES, ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -1260,6 +1260,59 @@ class Store:
             result = await conn.execute(stmt, list(rows))
             return {r.uid for r in result}
 
+    async def withdraw_placeholders(self, uids: Sequence[str]) -> int:
+        """Delete these placeholder rows (error NO_LIVE_CHECKPOINT: controller/nolive.py), if
+        stored: a real result for their slot has come. Returns how many."""
+        if not uids:
+            return 0
+        c = monitor_check.c
+        code = int(ErrorCode.NO_LIVE_CHECKPOINT)
+        deleted = 0
+        async with self._begin() as conn:
+            for start in range(0, len(uids), 500):
+                chunk = list(uids[start : start + 500])
+                result = await conn.execute(
+                    sa.delete(monitor_check).where(c.uid.in_(chunk), c.error_code == code)
+                )
+                deleted += int(result.rowcount or 0)
+        return deleted
+
+    async def delete_superseded_placeholders(
+        self, uids: Sequence[str], early_us: int = 60_000_000, late_us: int = 600_000_000
+    ) -> set[str]:
+        """Of these placeholder rows, delete those whose slot (monitor, scheduled time within
+        a millisecond) has another row: a real result stored before or while the placeholder
+        was. The other row started within `early_us` before and `late_us` after the slot, so
+        the (monitor, time) index finds it. Returns the uids deleted."""
+        if not uids:
+            return set()
+        c = monitor_check.c
+        other = monitor_check.alias("other")
+        o = other.c
+        code = int(ErrorCode.NO_LIVE_CHECKPOINT)
+        real = (
+            sa.select(o.id)
+            .where(
+                o.monitor_guid == c.monitor_guid,
+                o.ts_us >= c.scheduled_us - early_us,
+                o.ts_us <= c.scheduled_us + late_us,
+                o.scheduled_us >= c.scheduled_us - 1000,
+                o.scheduled_us <= c.scheduled_us + 1000,
+                o.error_code != code,
+            )
+            .exists()
+        )
+        found: set[str] = set()
+        async with self._begin() as conn:
+            for start in range(0, len(uids), 500):
+                chunk = list(uids[start : start + 500])
+                doomed = sa.select(c.uid).where(c.uid.in_(chunk), c.error_code == code, real)
+                gone = {r.uid for r in await conn.execute(doomed)}
+                if gone:
+                    await conn.execute(sa.delete(monitor_check).where(c.uid.in_(sorted(gone))))
+                found |= gone
+        return found
+
     async def insert_dead_letters(self, rows: Sequence[dict[str, Any]]) -> None:
         """Results the database refused, kept with the reason (see schema.dead_letter)."""
         if rows:
@@ -1335,8 +1388,10 @@ class Store:
             c.monitor_guid == monitor_guid, c.check_kind != PARTIAL
         )
         if inconclusive is not None:
-            code = int(ErrorCode.INCONCLUSIVE)
-            query = query.where(c.error_code == code if inconclusive else c.error_code != code)
+            codes = sorted(int(code) for code in INCONCLUSIVE_CODES)
+            query = query.where(
+                c.error_code.in_(codes) if inconclusive else c.error_code.not_in(codes)
+            )
         if start_us is not None:
             query = query.where(c.ts_us >= start_us)
         if end_us is not None:
@@ -1382,11 +1437,14 @@ class Store:
 
     async def last_levels(self) -> dict[str, int]:
         """Each monitor's most recent error level (alert state survives a controller restart);
-        a partial check's level is not the monitor's."""
+        a partial check's level is not the monitor's, nor is an inconclusive check's."""
         c = monitor_check.c
         latest = (
             sa.select(c.monitor_guid, sa.func.max(c.id).label("id"))
-            .where(c.check_kind != PARTIAL)
+            .where(
+                c.check_kind != PARTIAL,
+                c.error_code.not_in(sorted(int(code) for code in INCONCLUSIVE_CODES)),
+            )
             .group_by(c.monitor_guid)
         ).subquery()
         async with self._connect() as conn:

@@ -264,7 +264,7 @@ async def test_a_failure_while_the_canary_fails_too_is_inconclusive(
     assert len(await api.checks(guid, Inconclusive="true")) >= 3
     assert await api.checks(guid, ErrorLevel="Unconfirmed") == []
     values = await scrape(http, stack.api + "/metrics")
-    assert values["picket_inconclusive_slots_total"] >= 3
+    assert values['picket_inconclusive_slots_total{reason="canary"}'] >= 3
     assert values.get("picket_confirmation_requests_total", 0) == 0
     status, body = await api.call(
         "GET", f"/api/v4/MonitorCheck/Monitor/{guid}", params={"Inconclusive": "maybe"}

@@ -197,7 +197,7 @@ async def test_an_inconclusive_check_is_no_error_and_moves_no_alert_state(ingest
         (CONFIRMED, False, False),
     ]
     metric = ingest.metrics.registry.get_sample_value
-    assert metric("picket_inconclusive_slots_total") == 2
+    assert metric("picket_inconclusive_slots_total", {"reason": "canary"}) == 2
     assert metric("picket_confirmation_requests_total") == 1  # none for the inconclusive ones
     # an inconclusive slot alone never starts an error either
     await ingest.process([_batch(_result(110.0))])

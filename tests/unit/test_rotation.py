@@ -130,7 +130,7 @@ def test_a_missing_partial_is_counted_after_the_bound_not_waited_for() -> None:
         return concurrent.Partial(agent, uuid.uuid4().hex, code, "failed" if code else "OK", 10.0)
 
     assert gatherer.add(("m", 1_000_000), partial("a", 0), slot) is None
-    assert gatherer.add(("m", 1_000_000), partial("b", 5), slot) is None
+    assert gatherer.add(("m", 1_000_000), partial("b", 110), slot) is None
     assert gatherer.due(now=99.0) == []
     (decided,) = gatherer.due(now=100.0)
     row, level = concurrent.row_of(decided)
@@ -138,15 +138,15 @@ def test_a_missing_partial_is_counted_after_the_bound_not_waited_for() -> None:
     assert row["attributes"]["MissingPartialChecks"] == 1
     assert row["attributes"]["FailedPartialChecks"] == 1
     # a partial arriving after the decision decides nothing again
-    assert gatherer.add(("m", 1_000_000), partial("c", 5), slot) is None
+    assert gatherer.add(("m", 1_000_000), partial("c", 110), slot) is None
     assert len(gatherer) == 0
 
     # a checkpoint without a live server is not waited for, but stays in the denominator
     def half_live() -> concurrent.Slot:
         return concurrent.Slot("m", 2_000_000, 3, 50, 75, deadline=200.0, awaited=2)
 
-    assert gatherer.add(("m", 2_000_000), partial("a", 5), half_live) is None
-    decided = gatherer.add(("m", 2_000_000), partial("b", 5), half_live)
+    assert gatherer.add(("m", 2_000_000), partial("a", 110), half_live) is None
+    decided = gatherer.add(("m", 2_000_000), partial("b", 110), half_live)
     assert decided is not None
     row, level = concurrent.row_of(decided)
     assert level == concurrent.UNCONFIRMED  # 2 of 3: 67 %, below 75 %
@@ -230,14 +230,16 @@ async def test_an_error_is_confirmed_from_another_checkpoint(
         return await original(agent, request)
 
     monkeypatch.setattr(ctl.bus, "run_now", run_now)
-    failed = _result(row.guid, time.time(), code=5)
+    failed = _result(row.guid, time.time(), code=110)
     batch = ResultBatch(batch_id="b1", agent=names[0], results=[failed])
     await ctl.ingest.process([batch])
     ((target, request),) = sent
     assert target != names[0] and target in names
     assert request.confirms == failed.uid
     # the other agent's confirmation is accepted (the controller asked it) and confirms
-    confirmation = _result(row.guid, time.time(), code=5, is_confirmation=True, confirms=failed.uid)
+    confirmation = _result(
+        row.guid, time.time(), code=110, is_confirmation=True, confirms=failed.uid
+    )
     await ctl.ingest.process([ResultBatch(batch_id="b2", agent=target, results=[confirmation])])
     levels = await _levels(ctl, [failed.uid, confirmation.uid])
     assert levels == {failed.uid: 1, confirmation.uid: 2}
@@ -264,7 +266,7 @@ async def test_concurrent_partials_make_one_concurrent_check(ctl: Controller) ->
     )
     assert set(ctl.assigner.turns(row).values()) == {rotation.EVERY_SLOT}
     slot = float(int(time.time()))
-    partials = [_result(row.guid, slot, code=5 if i < 2 else 0) for i in range(4)]
+    partials = [_result(row.guid, slot, code=110 if i < 2 else 0) for i in range(4)]
     for name, partial in zip(names, partials, strict=True):
         await ctl.ingest.process(
             [ResultBatch(batch_id=uuid.uuid4().hex, agent=name, results=[partial])]
@@ -290,7 +292,7 @@ async def test_a_slot_being_gathered_survives_a_controller_restart(ctl: Controll
     names = await _fleet(ctl, 3)
     row = await _monitor(ctl, UseConcurrentMonitoring=True)
     slot = float(int(time.time()))
-    partials = [_result(row.guid, slot, code=5) for _ in names]
+    partials = [_result(row.guid, slot, code=110) for _ in names]
     for name, partial in list(zip(names, partials, strict=True))[:2]:
         await ctl.ingest.process(
             [ResultBatch(batch_id=uuid.uuid4().hex, agent=name, results=[partial])]

@@ -1,7 +1,7 @@
 """The turn published with each assignment, so that a restarted controller does not publish
 every assignment again to learn it.
 
-Revision ID: 0007
+Revision ID: 0010
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
