@@ -540,6 +540,8 @@ class Ingest:
             self.confirming[guid] = Asked(time.time(), target, asked.confirms, asked.failed_agent)
             await self._request_confirmations(
                 [(target, RunRequest(monitor_guid=guid, confirms=asked.confirms))]
+            )
+
     async def _withdraw_placeholders(self, ordered: list[tuple[ResultBatch, CheckResult]]) -> None:
         """Delete the no-live-checkpoint placeholders of the slots these results ran (after
         their commit: controller/nolive.py). Idempotent, so a retry of the batch does it too."""

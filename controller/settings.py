@@ -117,6 +117,7 @@ class ControllerSettings(PicketSettings):
         default="",
         description="PEM file of the CAs that the SMTP server's certificate is verified "
         "against; empty: the system's",
+    )
     no_live_grace_seconds: float = Field(
         default=60.0,
         ge=0,
