@@ -4,6 +4,7 @@ import os
 
 from pydantic import Field, field_validator
 
+from shared import maintenance
 from shared.settings import BrokerUrl, ListenAddress, PicketSettings, parse_broker_url
 
 
@@ -69,6 +70,19 @@ class ControllerSettings(PicketSettings):
         description="how long after a concurrent slot's time limit its partial checks are "
         "waited for; one not in by then is counted as missing",
     )
+
+    time_zone: str = Field(
+        default="UTC",
+        description="the account's time zone, an IANA name such as Europe/Amsterdam: a "
+        "maintenance period sent without a TimeZone is read in it (Uptrends reads them in "
+        "the account's time zone) and keeps it",
+    )
+
+    @field_validator("time_zone")
+    @classmethod
+    def _iana_zone(cls, value: str) -> str:
+        maintenance.zone(value)
+        return value
 
     @field_validator("broker_admin_url", "agent_broker_url")
     @classmethod

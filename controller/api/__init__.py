@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from controller.api import checkpoints, checks, enrolment, monitors, register
+from controller.api import (
+    checkpoints,
+    checks,
+    enrolment,
+    maintenance,
+    monitor_groups,
+    monitors,
+    register,
+)
 
-RESOURCES = (register, monitors, checks, checkpoints, enrolment)
+RESOURCES = (register, monitors, checks, checkpoints, enrolment, monitor_groups, maintenance)
 
 
 def setup(app: web.Application) -> None:
