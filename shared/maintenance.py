@@ -84,7 +84,7 @@ class MaintenancePeriod(BaseModel):
     """One maintenance period as the API and the agents see it. The fields a ScheduleMode does
     not use are stored as null (a GET shows every field, as Uptrends does)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "1" is not a MonthDay
 
     Id: Annotated[int, Field(ge=0, lt=2**31)] = 0
     ScheduleMode: ScheduleModeName

@@ -147,7 +147,9 @@ async def test_all_monitors_group_cannot_be_changed(
         assert field == "monitorGroupGuid" and "All Monitors" in message, (method, path)
     assert await the_all_group(client) == everything
     # a second IsAll group cannot be made
-    field, _ = await error(client, "POST", "/MonitorGroup", {"Description": "x", "IsAll": True}, 400)
+    field, _ = await error(
+        client, "POST", "/MonitorGroup", {"Description": "x", "IsAll": True}, 400
+    )
     assert field == "IsAll"
 
 
