@@ -121,20 +121,37 @@ def enrol(controller_url: str, token: str, data_dir: Path) -> dict[str, str]:
     return {**identity, "broker_url": str(answer["BrokerUrl"])}
 
 
+class IdentityUnusable(Exception):
+    """identity.json is there but cannot be used: unreadable, not JSON, a field missing. Not a
+    ValueError on purpose: pydantic would make it a settings error with no setting to name;
+    `picket agent` exits with this message instead. It never contains the file's text (the
+    broker password is in it)."""
+
+
 def read_identity(data_dir: Path) -> dict[str, str] | None:
     """What enrolment wrote, or None if this agent was not enrolled."""
     path = data_dir / IDENTITY_FILE
+    fix = "fix it, or remove it and enrol again"
     try:
         raw = path.read_bytes()
     except (FileNotFoundError, NotADirectoryError):
         return None  # not enrolled (an unusable data directory is reported where it is used)
     except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+        raise IdentityUnusable(f"cannot read {path}: {exc.strerror}; {fix}") from None
     try:
         identity = json.loads(raw)
-    except ValueError:
-        raise ValueError(f"{path} is not JSON; enrol again") from None
+    except UnicodeDecodeError:
+        raise IdentityUnusable(f"{path} is not JSON (not UTF-8 text); {fix}") from None
+    except json.JSONDecodeError as exc:
+        raise IdentityUnusable(
+            f"{path} is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); {fix}"
+        ) from None
+    if not isinstance(identity, dict):
+        raise IdentityUnusable(f"{path} is not a JSON object; {fix}")
     fields = ("agent_id", "checkpoint", "region", "broker_url")
-    if not isinstance(identity, dict) or not all(isinstance(identity.get(f), str) for f in fields):
-        raise ValueError(f"{path} lacks one of {', '.join(fields)}; enrol again")
+    missing = [f for f in fields if not isinstance(identity.get(f), str) or not identity[f]]
+    if missing:
+        raise IdentityUnusable(
+            f"{path} lacks {', '.join(missing)} (each a non-empty string); {fix}"
+        )
     return {f: identity[f] for f in fields}

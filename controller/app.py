@@ -19,9 +19,10 @@ from controller.auth import Authenticator, AuthLimits, TooManyAttempts, ensure_a
 from controller.bus import ControllerBus
 from controller.clock import ClockTracker
 from controller.db.connect import DatabaseUnusable, open_store
-from controller.db.store import Store, StoreUnavailable
-from controller.dynsec import BrokerAdmin
+from controller.db.store import ServerRow, Store, StoreUnavailable
+from controller.dynsec import BrokerAdmin, LoginRemover
 from controller.ingest import Ingest
+from controller.integrations import Senders
 from controller.metrics import ControllerMetrics
 from controller.retention import Retention
 from controller.settings import ControllerSettings
@@ -46,6 +47,7 @@ class Controller:
         self.settings = settings
         self.store = store
         self.metrics = ControllerMetrics()
+        self.senders = Senders(settings, self.metrics)
         self.auth = Authenticator(
             store,
             AuthLimits(
@@ -63,6 +65,16 @@ class Controller:
         self.broker_admin = (
             BrokerAdmin(parse_broker_url(settings.broker_admin_url))
             if settings.broker_admin_url
+            else None
+        )
+        # deletes retired agents' broker logins, retrying until done; None: enrolment is off
+        self.logins = (
+            LoginRemover(
+                self.broker_admin,
+                lambda outcome, n: self.metrics.login_deletions.labels(outcome).inc(n),
+                self.metrics.logins_to_delete.set,
+            )
+            if self.broker_admin is not None
             else None
         )
         self.assigner = Assigner(
@@ -123,20 +135,71 @@ class Controller:
             hello.checkpoint != enrolled["checkpoint_name"]
             or hello.region != enrolled["region_name"]
         ):
-            # the token fixed where this agent measures from: it cannot move itself
+            # the token fixed where this agent measures from: it cannot move itself. Every one
+            # is counted; the line is rate-limited (one per agent every 10 s): an agent that
+            # keeps saying hello must not flood the log
             self.metrics.hellos_refused.labels("checkpoint").inc()
-            log.warning(
-                "hello of agent %s refused: it names checkpoint %s (region %s), but it was "
-                "enrolled for checkpoint %s (region %s)",
-                hello.agent,
-                hello.checkpoint,
-                hello.region,
-                enrolled["checkpoint_name"],
-                enrolled["region_name"],
-            )
+            suppressed = self.bus.log_limit.allow((hello.agent, "hello:enrolled-checkpoint"))
+            if suppressed is not None:
+                log.warning(
+                    "hello of agent %s refused: it names checkpoint %r (region %r), but it was "
+                    "enrolled for checkpoint %s (region %s) (%d more like it not logged)",
+                    hello.agent,
+                    hello.checkpoint,
+                    hello.region,
+                    enrolled["checkpoint_name"],
+                    enrolled["region_name"],
+                    suppressed,
+                )
             return
         await self.assigner.on_hello(hello, vouched=enrolled is not None)
+        await self.ingest.confirmers_changed()  # placement may have moved to it
         self.clock.round_now()
+
+    async def load_logins_to_delete(self) -> None:
+        """Every retired enrolled server's login, to delete (again: one the broker never
+        confirmed before a restart is not forgotten; one already gone is no error)."""
+        if self.logins is None:
+            return
+        for srv in list(self.assigner.servers.values()):
+            if srv.state == "retired" and await self.store.enrolled(srv.agent_id) is not None:
+                self.logins.add(srv.agent_id)
+
+    async def server_retired(self, srv: ServerRow) -> None:
+        """A retired agent must not connect any more: its broker login goes, if we made it."""
+        if await self.store.enrolled(srv.agent_id) is None:
+            self.metrics.login_deletions.labels("by_hand").inc()
+            log.info(
+                "agent %s (checkpoint %s) retired: it was given its broker credentials by hand, "
+                "not enrolled, so Picket has no login of it to delete; remove its login on the "
+                "broker to keep it from connecting",
+                srv.agent_id,
+                srv.checkpoint_name,
+            )
+            return
+        if self.logins is None:
+            self.metrics.login_deletions.labels("no_admin").inc()
+            log.warning(
+                "agent %s (checkpoint %s) retired, but its enrolled broker login cannot be "
+                "deleted: PICKET_BROKER_ADMIN_URL is not set; delete login %s on the broker",
+                srv.agent_id,
+                srv.checkpoint_name,
+                srv.agent_id,
+            )
+            return
+        self.logins.add(srv.agent_id)
+
+    async def server_returned(self, srv: ServerRow) -> None:
+        """A retired server approved again: its login, if still there, stays."""
+        if self.logins is not None and srv.agent_id in self.logins.pending:
+            self.logins.discard(srv.agent_id)
+        elif await self.store.enrolled(srv.agent_id) is not None:
+            log.warning(
+                "agent %s (checkpoint %s) approved again after its retirement deleted its broker "
+                "login: it cannot connect until it is enrolled again (a new token)",
+                srv.agent_id,
+                srv.checkpoint_name,
+            )
 
     def online_agents(self) -> list[str]:
         # a retired server's clock is no longer sampled (nor shown)
@@ -146,6 +209,8 @@ class Controller:
 
     async def on_state(self, agent_id: str, online: bool) -> None:
         await self.assigner.on_state(agent_id, online)
+        # a confirmation asked of an agent gone offline is asked of another now
+        await self.ingest.confirmers_changed()
 
     def on_results(
         self, batch: ResultBatch, size: int, rejects: list[tuple[str, str]] | None = None
@@ -222,6 +287,7 @@ def _background(ctl: Controller) -> Callable[[web.Application], AsyncIterator[No
         await ensure_admin(ctl.store, ctl.settings.data_dir, ctl.settings.admin_password, ctl.auth)
         await ctl.assigner.load()
         await ctl.ingest.load()
+        await ctl.load_logins_to_delete()
         tasks = [
             asyncio.create_task(ctl.bus.run(), name="bus"),
             asyncio.create_task(ctl.ingest.run(), name="ingest"),
@@ -231,6 +297,8 @@ def _background(ctl: Controller) -> Callable[[web.Application], AsyncIterator[No
             asyncio.create_task(ctl.retention.run(), name="retention"),
             asyncio.create_task(ctl.clock.run(ctl.online_agents), name="clock"),
         ]
+        if ctl.logins is not None:
+            tasks.append(asyncio.create_task(ctl.logins.run(), name="logins"))
         for task in tasks:
             task.add_done_callback(ctl.background_ended)
         yield
@@ -249,6 +317,7 @@ def create_app(ctl: Controller) -> web.Application:
 
     async def close_auth(_app: web.Application) -> None:
         ctl.auth.close()
+        await ctl.senders.close()
 
     app.on_cleanup.append(close_auth)
     return app

@@ -355,9 +355,17 @@ class Authenticator:
         for key in [k for k, (p, _, _) in self._cache.items() if p.username == username]:
             del self._cache[key]
 
+    def forget_operator(self, guid: str) -> None:
+        """Forget every remembered login of an operator and of its API accounts (its password,
+        login, rights changed, or it is gone). Another controller forgets them when its
+        `credential_cache_seconds` run out."""
+        for key in [k for k, (p, _, _) in self._cache.items() if p.operator_guid == guid]:
+            del self._cache[key]
+
     async def set_operator_password(self, guid: str, username: str, password: str) -> None:
         await self._store.set_operator_password(guid, await self.checker.hash(password))
         self.forget(username)
+        self.forget_operator(guid)
 
     def close(self) -> None:
         self.checker.close()
@@ -375,7 +383,10 @@ class Authenticator:
             if owner is None:
                 return None
             return Principal(owner["guid"], owner["full_name"], False, owner["is_admin"], username)
-        op = await self._store.operator_by_username(username)
+        # an operator logs in with its Email (any case); the built-in admin with its name
+        op = await self._store.operator_by_login(username)
+        if op is not None and op["allow_native_login"] is False:
+            op = None  # the same work and the same answer as an unknown name
         if not await self.checker.verify(password, op["password_hash"] if op else None):
             return None
         assert op is not None

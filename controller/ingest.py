@@ -77,6 +77,17 @@ RECOVER_SECONDS = 300.0
 LOGGED_CHARS = 100  # of an agent-chosen name or id in a log line (shown with %r)
 
 
+@dataclass
+class Asked:
+    """A confirmation asked for and not answered yet: when, of whom, for which failed check
+    (its uid) that which agent saw."""
+
+    at: float
+    agent: str
+    confirms: str
+    failed_agent: str
+
+
 @dataclass(eq=False)
 class Queued:
     batch: ResultBatch
@@ -110,8 +121,8 @@ class Ingest:
         self.max_backoff = 5.0
         self.levels: dict[str, int] = {}
         self.latest: dict[str, float] = {}  # start time of each monitor's newest result
-        # monitors with a confirmation asked for and no result of it yet: when it was asked
-        self.confirming: dict[str, float] = {}
+        # monitors with a confirmation asked for and no result of it yet (bounded by monitors)
+        self.confirming: dict[str, Asked] = {}
         # failed check uid -> the agent that saw it, until its confirmation comes (bounded)
         self._failed_at: dict[str, str] = {}
         self.gatherer = concurrent.Gatherer(concurrent_wait_seconds)
@@ -458,12 +469,17 @@ class Ingest:
             elif level == UNCONFIRMED and uid not in stale:
                 # at most one confirmation of a monitor in flight: the failures that come in
                 # meanwhile (a short interval, a long time limit) wait for its verdict
+                # (unless the agent asked can no longer answer: then this failure asks anew)
                 asked = self.confirming.get(result.monitor_guid)
-                if asked is not None and now - asked < CONFIRMATION_WAIT_SECONDS:
+                if (
+                    asked is not None
+                    and now - asked.at < CONFIRMATION_WAIT_SECONDS
+                    and self._can_confirm(result.monitor_guid, asked.agent) is not False
+                ):
                     continue
-                self.confirming[result.monitor_guid] = now
                 # from another live checkpoint of the selection if there is one
                 target = self.assigner.confirmer(result.monitor_guid, batch.agent)
+                self.confirming[result.monitor_guid] = Asked(now, target, uid, batch.agent)
                 self._failed_at[uid] = batch.agent
                 while len(self._failed_at) > MAX_CONFIRMATIONS_REMEMBERED:
                     del self._failed_at[next(iter(self._failed_at))]
@@ -471,6 +487,54 @@ class Ingest:
                 confirmations.append((target, request))
         await self._store_concurrent()
         return confirmations
+
+    def _can_confirm(self, guid: str, agent: str) -> bool | None:
+        """Whether `agent` can still run a confirmation of monitor `guid`: online and the
+        monitor still placed on it. None: a server the controller does not know (no say)."""
+        srv = self.assigner.server(agent)
+        monitor = self.assigner.monitors.get(guid)
+        if srv is None or monitor is None:
+            return None
+        return rotation.live(srv) and agent in self.assigner.turns(monitor)
+
+    async def confirmers_changed(self) -> None:
+        """After a presence or placement change: a confirmation asked of an agent that went
+        offline or lost the monitor is asked again at once of the confirmer now (or given up,
+        counted as `abandoned`, when no agent can run it), instead of holding the monitor's
+        next confirmation back for CONFIRMATION_WAIT_SECONDS."""
+        for guid, asked in list(self.confirming.items()):
+            if self.confirming.get(guid) is not asked:
+                continue  # answered meanwhile
+            if guid not in self.assigner.monitors:
+                del self.confirming[guid]  # deleted: nothing to confirm
+                continue
+            if self._can_confirm(guid, asked.agent) is not False:
+                continue
+            target = self.assigner.confirmer(guid, asked.failed_agent)
+            if target == asked.agent or not self._can_confirm(guid, target):
+                del self.confirming[guid]
+                self._failed_at.pop(asked.confirms, None)
+                self.metrics.confirmation_outcomes.labels("abandoned", "none").inc()
+                log.info(
+                    "monitor %s: the confirmation of check %s asked of agent %s is given up: "
+                    "that agent went offline or lost the monitor, and no other can run it",
+                    guid,
+                    asked.confirms,
+                    asked.agent,
+                )
+                continue
+            log.info(
+                "monitor %s: agent %s, asked to confirm check %s, went offline or lost the "
+                "monitor; asking agent %s",
+                guid,
+                asked.agent,
+                asked.confirms,
+                target,
+            )
+            self.confirming[guid] = Asked(time.time(), target, asked.confirms, asked.failed_agent)
+            await self._request_confirmations(
+                [(target, RunRequest(monitor_guid=guid, confirms=asked.confirms))]
+            )
 
     def _count_confirmation(self, agent: str, result: CheckResult) -> None:
         """picket_confirmations_total: the outcome, and whether it ran at another checkpoint."""

@@ -46,6 +46,20 @@ class ControllerMetrics:
         r = self.registry
         self._fleet = _FleetCollector()
         r.register(self._fleet)
+        self.notifications = Counter(
+            "picket_notifications_total",
+            "Notification deliveries by integration kind and outcome (sent, temporary: may "
+            "go through later, permanent: refused)",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.notification_seconds = Histogram(
+            "picket_notification_send_seconds",
+            "Time to deliver one notification, by integration kind",
+            ["kind"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
         self.api_requests = Counter(
             "picket_api_requests_total",
             "API requests answered",
@@ -120,6 +134,18 @@ class ControllerMetrics:
             "picket_enrolments_total",
             "Enrolment attempts by outcome: ok, unknown, used, expired, broker_failed",
             ["outcome"],
+            registry=r,
+        )
+        self.login_deletions = Counter(
+            "picket_broker_login_deletions_total",
+            "Retired agents' broker logins: deleted, failed (retried), by_hand (not enrolled: "
+            "no login Picket made), no_admin (enrolled, but no PICKET_BROKER_ADMIN_URL)",
+            ["outcome"],
+            registry=r,
+        )
+        self.logins_to_delete = Gauge(
+            "picket_broker_logins_to_delete",
+            "Retired agents' broker logins still to delete (retried until the broker does)",
             registry=r,
         )
         self.hellos_refused = Counter(

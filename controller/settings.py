@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -83,6 +84,54 @@ class ControllerSettings(PicketSettings):
     def _iana_zone(cls, value: str) -> str:
         maintenance.zone(value)
         return value
+
+    notify_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="time limit of one notification's delivery (connecting, sending, the "
+        "answer), after which it counts as a temporary failure",
+    )
+    notify_response_bytes: int = Field(
+        default=16_384,
+        ge=0,
+        le=1_048_576,
+        description="bytes of an integration endpoint's answer read (the rest is not), of "
+        "which the start is kept with a failure",
+    )
+    notify_connections: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="HTTP connections open at once to integration endpoints, all together; "
+        "more sends wait for one",
+    )
+    smtp_host: str = Field(
+        default="",
+        max_length=253,
+        description="SMTP server that e-mail notifications are sent through; empty: Email "
+        "integrations fail (permanently) until it is set",
+    )
+    smtp_port: int = Field(
+        default=587, ge=1, le=65535, description="port of the SMTP server (587, 465 for tls, 25)"
+    )
+    smtp_security: Literal["none", "starttls", "tls"] = Field(
+        default="starttls",
+        description="none (plain text), starttls (upgrade, required) or tls (TLS from the "
+        "first byte, usually port 465)",
+    )
+    smtp_username: str = Field(default="", description="login at the SMTP server; empty: no login")
+    smtp_password: str = Field(
+        default="", description="password of the SMTP login (never shown or logged)"
+    )
+    smtp_from: str = Field(
+        default="", max_length=254, description="sender address of e-mail notifications"
+    )
+    smtp_ca_file: str = Field(
+        default="",
+        description="PEM file of the CAs that the SMTP server's certificate is verified "
+        "against; empty: the system's",
+    )
 
     @field_validator("broker_admin_url", "agent_broker_url")
     @classmethod

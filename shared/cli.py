@@ -88,9 +88,13 @@ def main(argv: list[str] | None = None) -> None:
             _enrol(args)
         elif args.command == "agent":
             from agent.app import main as run_agent
+            from agent.enrol import IdentityUnusable
             from agent.settings import AgentSettings
 
-            agent_settings = load(AgentSettings, args)
+            try:
+                agent_settings = load(AgentSettings, args)
+            except IdentityUnusable as exc:
+                raise SystemExit(f"picket agent: {exc}") from None
             setup(agent_settings.log_level, "agent")
             run_agent(agent_settings)
         else:

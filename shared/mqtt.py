@@ -12,8 +12,10 @@ import asyncio
 import logging
 import random
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
 
 import aiomqtt
 
@@ -42,6 +44,113 @@ OnMessage = Callable[[Inbound], Awaitable[None]]
 
 def topic_matches(topic: str, pattern: str) -> bool:
     return aiomqtt.Topic(topic).matches(pattern)
+
+
+async def _wait_through_cancels(waits: Iterable[asyncio.Future[Any]], bound: float) -> None:
+    """Until one of `waits` is done or `bound` seconds pass, whatever cancels arrive meanwhile:
+    for clean-up already on its way out with a CancelledError (a stopping owner cancels again
+    after a grace period; the clean-up is bounded, and the CancelledError goes on after it)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound
+    pending = set(waits)
+    while pending and not any(w.done() for w in pending):
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return
+        try:
+            await asyncio.wait(pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            continue
+
+
+class _Connection:
+    """`async with _Connection(client)`: aiomqtt's `async with client`, safe to cancel.
+
+    aiomqtt 2.x connects in two steps: paho's blocking socket connect in a thread of the
+    default executor, then a wait for the broker's CONNACK. Cancelled in either step it gives
+    up the wait at once and leaves the connection behind: the thread goes on and may open the
+    socket after the cancel; the socket stays registered with the event loop, aiomqtt's
+    keepalive task keeps running, and nothing owns either. When the broker (or the keepalive)
+    closes that socket later, aiomqtt's callback raises on the cancelled CONNACK future (an
+    "Exception in callback" traceback); when the loop is closed first, paho's clean-up of the
+    forgotten client says "Event loop is closed" (empicano/aiomqtt#377, open). A connect that
+    fails for want of a CONNACK in time leaves its socket open the same way until the keepalive
+    notices.
+
+    Here a cancelled connect lets the thread's socket connect return (at most paho's connect
+    timeout; it cannot be interrupted, and the process would wait for it at exit anyway), then
+    closes the socket, which unregisters it and ends the keepalive task, and only then lets the
+    CancelledError go on. A failed connect is closed at once. This needs private parts of
+    aiomqtt and paho (the connect step, the paho client and its socket close, the keepalive
+    task); tests/unit/test_mqtt_cancel.py fails if a new aiomqtt changes them.
+    """
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self.client = client
+        self._paho = client._client
+        self._loop = asyncio.get_running_loop()
+        self._thread_done = asyncio.Event()
+        self._abandoned = False
+        blocking_connect = client._client_connect
+
+        def connect_in_thread() -> None:
+            # aiomqtt runs this in the executor thread; whatever the thread schedules on the
+            # loop (paho's reader, writer, keepalive task) is scheduled before our signal
+            try:
+                blocking_connect()
+            finally:
+                self._loop.call_soon_threadsafe(self._on_thread_done)
+
+        client._client_connect = connect_in_thread  # type: ignore[method-assign]
+
+    def _on_thread_done(self) -> None:
+        self._thread_done.set()
+        if self._abandoned:  # the socket came after the cancel and its bounded wait
+            self._close()
+
+    def _close(self) -> None:
+        """Close the socket, if the thread opened one (a no-op otherwise, or while the thread
+        is still connecting: it is closed when the thread is done)."""
+        if self._thread_done.is_set():
+            self._paho._sock_close()
+
+    async def __aenter__(self) -> aiomqtt.Client:
+        entering = asyncio.ensure_future(self.client.__aenter__())
+        try:
+            await asyncio.shield(entering)
+        except aiomqtt.MqttError:
+            self._close()  # no CONNACK in time, or a refusal: not left to the keepalive
+            raise
+        except asyncio.CancelledError:
+            await self._abandon(entering)
+            raise
+        return self.client
+
+    async def _abandon(self, entering: asyncio.Future[Any]) -> None:
+        self._abandoned = True
+        thread_done = asyncio.ensure_future(self._thread_done.wait())
+        try:
+            await _wait_through_cancels([thread_done], self._paho.connect_timeout + 1.0)
+        finally:
+            thread_done.cancel()
+        self._close()
+        entering.cancel()
+        keepalive = getattr(self.client, "_misc_task", None)
+        waits: list[asyncio.Future[Any]] = [entering]
+        if isinstance(keepalive, asyncio.Task):
+            waits.append(keepalive)
+        for wait in waits:
+            await _wait_through_cancels([wait], 2.0)
+            if wait.done() and not wait.cancelled():
+                wait.exception()  # retrieved: the cancel is what ends this connect
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.client.__aexit__(exc_type, exc, tb)
 
 
 class MqttSession:
@@ -102,7 +211,7 @@ class MqttSession:
         last_failure = ""
         while True:
             try:
-                async with self._new_client() as client:
+                async with _Connection(self._new_client()) as client:
                     for pattern in self._subscriptions:
                         await client.subscribe(pattern, qos=1, timeout=10)
                     self._client = client
@@ -205,16 +314,18 @@ async def control_request(
     tls_context = ssl.create_default_context(cafile=tls_ca_file) if target.tls else None
     try:
         async with asyncio.timeout(wait_seconds):
-            async with aiomqtt.Client(
-                target.host,
-                target.port,
-                username=target.username,
-                password=target.password,
-                identifier=client_id,
-                clean_session=True,
-                timeout=wait_seconds,
-                tls_context=tls_context,
-                logger=logging.getLogger("aiomqtt." + client_id),
+            async with _Connection(
+                aiomqtt.Client(
+                    target.host,
+                    target.port,
+                    username=target.username,
+                    password=target.password,
+                    identifier=client_id,
+                    clean_session=True,
+                    timeout=wait_seconds,
+                    tls_context=tls_context,
+                    logger=logging.getLogger("aiomqtt." + client_id),
+                )
             ) as client:
                 await client.subscribe(response_topic, qos=1)
                 await client.publish(topic, payload, qos=1)

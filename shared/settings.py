@@ -145,7 +145,10 @@ def load(settings_cls: type[S], flags: argparse.Namespace | None = None) -> S:
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
-            name = str(error["loc"][0]) if error["loc"] else "?"
+            if not error["loc"]:  # a check of several settings together: no one to name
+                lines.append(f"  {error['msg']}")
+                continue
+            name = str(error["loc"][0])
             lines.append(f"  PICKET_{name.upper()} / --{name.replace('_', '-')}: {error['msg']}")
         raise SystemExit("picket: invalid settings:\n" + "\n".join(lines)) from None
 

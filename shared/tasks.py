@@ -1,7 +1,7 @@
 """Stopping background tasks: cancelled, and waited for within a bound.
 
-A task's own clean-up may wait without a bound after a cancel: aiomqtt's client, cancelled
-early in a session, waits forever for the broker's goodbye. A process stopping (or exiting
+A task's own clean-up may wait without a bound after a cancel (a library's goodbye to a peer
+that never answers). A process stopping (or exiting
 non-zero because it cannot do its job) must not hang on that, so a task still running after
 `grace` seconds is cancelled again, and after three tries left behind with a warning.
 """

@@ -8,13 +8,25 @@ from controller.api import (
     checkpoints,
     checks,
     enrolment,
+    integrations,
     maintenance,
     monitor_groups,
     monitors,
+    operators,
     register,
 )
 
-RESOURCES = (register, monitors, checks, checkpoints, enrolment, monitor_groups, maintenance)
+RESOURCES = (
+    register,
+    monitors,
+    checks,
+    checkpoints,
+    enrolment,
+    operators,
+    integrations,
+    monitor_groups,
+    maintenance,
+)
 
 
 def setup(app: web.Application) -> None:

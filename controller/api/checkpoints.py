@@ -260,8 +260,15 @@ async def _set_state(request: web.Request, state: str) -> web.Response:
     _admin(request)
     wanted = id_param(request, "serverId")
     ctl = controller(request)
-    if await ctl.assigner.set_state(wanted, state) is None:
+    before = next((s.state for s in ctl.assigner.servers.values() if s.id == wanted), None)
+    updated = await ctl.assigner.set_state(wanted, state)
+    if updated is None:
         fail(404, f"Checkpoint server {wanted} not found", "serverId")
+    await ctl.ingest.confirmers_changed()  # a confirmer retired is asked of no more
+    if state == "retired" and before != "retired":
+        await ctl.server_retired(updated)
+    elif before == "retired" and state != "retired":
+        await ctl.server_returned(updated)
     servers, checkpoints = await _server_context(request)
     srv = next(s for s in servers if s.id == wanted)
     return _one(srv, servers, checkpoints, ctl)
@@ -275,7 +282,8 @@ async def approve_server(request: web.Request) -> web.Response:
 
 @routes.post(PREFIX + "/Checkpoint/Server/{serverId:\\d+}/Retire")
 async def retire_server(request: web.Request) -> web.Response:
-    """The server leaves the address lists and its monitors move to its peers."""
+    """The server leaves the address lists, its monitors move to its peers, and its broker
+    login, if enrolment made it, is deleted (retried until the broker has done it)."""
     return await _set_state(request, "retired")
 
 

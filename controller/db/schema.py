@@ -53,8 +53,75 @@ operator = sa.Table(
     sa.Column("username", sa.String(200), nullable=False, unique=True),
     sa.Column("full_name", sa.String(200), nullable=False),
     sa.Column("password_hash", sa.String(300), nullable=False),
+    # unused since 0007: membership of the Administrators group says who is one (dropping
+    # the column would make SQLite copy the table, and cascade-delete the API accounts)
     sa.Column("is_admin", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("created_us", sa.BigInteger, nullable=False),
+    # 0007: Uptrends' operator fields. `username` is the login: "admin" for the built-in
+    # operator, the lower-case Email for the others; email_key is the lower-case Email
+    sa.Column("email", sa.String(254), nullable=True),
+    sa.Column("email_key", sa.String(254), nullable=True),
+    sa.Column("backup_email", sa.String(254), nullable=True),
+    sa.Column("mobile_phone", sa.String(50), nullable=True),
+    sa.Column("is_on_duty", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("time_zone_id", sa.Integer, nullable=True),
+    sa.Column("allow_native_login", sa.Boolean, nullable=True),
+    # JSON: the fields Picket keeps but does not act on (CultureName, SmsProvider, ...)
+    sa.Column("settings", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("modified_us", sa.BigInteger, nullable=True),
+    sa.Index("ux_operator_email_key", "email_key", unique=True),
+)
+
+# operator groups (0007); the built-in Everyone (every operator, implicitly) and Administrators
+operator_group = sa.Table(
+    "operator_group",
+    metadata,
+    sa.Column("guid", sa.String(36), primary_key=True),
+    sa.Column("description", sa.String(200), nullable=False),
+    sa.Column("is_everyone", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("is_administrators", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_us", sa.BigInteger, nullable=False),
+)
+
+# members of groups other than Everyone (0007)
+operator_group_member = sa.Table(
+    "operator_group_member",
+    metadata,
+    sa.Column(
+        "group_guid",
+        sa.String(36),
+        sa.ForeignKey("operator_group.guid", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column(
+        "operator_guid",
+        sa.String(36),
+        sa.ForeignKey("operator.guid", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Index("ix_operator_group_member_operator", "operator_guid"),
+)
+
+# off-duty schedules (0007): wall-clock times, read in the operator's time zone
+duty_schedule = sa.Table(
+    "duty_schedule",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "operator_guid",
+        sa.String(36),
+        sa.ForeignKey("operator.guid", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("mode", sa.String(16), nullable=False),  # OneTime, Daily, Weekly, Monthly
+    sa.Column("start_local", sa.String(19), nullable=True),  # OneTime: YYYY-MM-DDTHH:MM:SS
+    sa.Column("end_local", sa.String(19), nullable=True),
+    sa.Column("week_day", sa.SmallInteger, nullable=True),  # Weekly: 0 Sunday ... 6 Saturday
+    sa.Column("month_day", sa.SmallInteger, nullable=True),  # Monthly: 1 ... 31
+    sa.Column("start_time", sa.String(5), nullable=True),  # HH:MM
+    sa.Column("end_time", sa.String(5), nullable=True),
+    sa.Column("created_us", sa.BigInteger, nullable=False),
+    sa.Index("ix_duty_schedule_operator", "operator_guid"),
 )
 
 api_account = sa.Table(
@@ -160,7 +227,22 @@ enrolment = sa.Table(
     sa.Column("public_key", sa.Text, nullable=True),
 )
 
-# monitor groups (0007): the built-in All Monitors group (is_all) has every monitor without
+# integrations (0009): where notifications go; `config` is the kind's configuration as JSON,
+# secrets included (the API shows them masked)
+integration = sa.Table(
+    "integration",
+    metadata,
+    sa.Column("guid", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("type", sa.String(40), nullable=False),  # Uptrends' Type
+    sa.Column("kind", sa.String(40), nullable=True),  # Picket's Kind of a GenericWebhook
+    sa.Column("config", sa.Text, nullable=False),
+    sa.Column("revision", sa.String(32), nullable=False),
+    sa.Column("created_us", sa.BigInteger, nullable=False),
+    sa.Column("modified_us", sa.BigInteger, nullable=False),
+)
+
+# monitor groups (0008): the built-in All Monitors group (is_all) has every monitor without
 # member rows; the others list theirs, removed with the monitor or the group
 monitor_group = sa.Table(
     "monitor_group",
@@ -189,7 +271,7 @@ monitor_group_member = sa.Table(
     sa.Index("ix_monitor_group_member_monitor", "monitor_guid"),
 )
 
-# the ids handed out to maintenance periods (0007), so that none is given twice; the periods
+# the ids handed out to maintenance periods (0008), so that none is given twice; the periods
 # themselves live in their monitor's definition (the agents get them with it)
 maintenance_period_id = sa.Table(
     "maintenance_period_id",

@@ -33,16 +33,21 @@ from controller.db.schema import (
     assignment_history,
     checkpoint,
     dead_letter,
+    duty_schedule,
     enrolment,
+    integration,
     maintenance_period_id,
     monitor,
     monitor_check,
     monitor_group,
     monitor_group_member,
     operator,
+    operator_group,
+    operator_group_member,
     region,
     server,
 )
+from controller.duty import DutyOperator, OffDuty, off_duty_of
 from controller.trust import published_addresses
 from shared.errors import ErrorCode
 
@@ -561,32 +566,148 @@ class Store:
 
     # --- operators and API accounts -----------------------------------------------------------
 
+    @staticmethod
+    def _operators_query() -> sa.Select[Any]:
+        """Operators with `is_admin`: membership of the Administrators group."""
+        admin = (
+            sa.exists()
+            .where(
+                operator_group_member.c.operator_guid == operator.c.guid,
+                operator_group_member.c.group_guid == operator_group.c.guid,
+                operator_group.c.is_administrators == sa.true(),
+            )
+            .label("is_admin")
+        )
+        columns = [c for c in operator.c if c.name != "is_admin"]
+        return sa.select(*columns, admin)
+
+    @staticmethod
+    def _operator(row: Any) -> dict[str, Any]:
+        found = dict(row._mapping)
+        found["is_admin"] = bool(found["is_admin"])
+        found["settings"] = json.loads(found.get("settings") or "{}")
+        return found
+
     async def operator_by_username(self, username: str) -> dict[str, Any] | None:
         async with self._connect() as conn:
-            row = (
-                await conn.execute(sa.select(operator).where(operator.c.username == username))
-            ).first()
-            return dict(row._mapping) if row else None
+            query = self._operators_query().where(operator.c.username == username)
+            row = (await conn.execute(query)).first()
+            return self._operator(row) if row else None
+
+    async def operator_by_login(self, name: str) -> dict[str, Any] | None:
+        """The operator who logs in as `name`: its user name (the built-in `admin`, or an
+        older operator's), or its Email in any case."""
+        async with self._connect() as conn:
+            query = self._operators_query().where(
+                sa.or_(operator.c.username == name, operator.c.email_key == name.lower())
+            )
+            rows = [self._operator(r) for r in await conn.execute(query)]
+        exact = [r for r in rows if r["username"] == name]
+        found = exact or rows
+        return found[0] if found else None
 
     async def operator_by_guid(self, guid: str) -> dict[str, Any] | None:
         async with self._connect() as conn:
-            row = (await conn.execute(sa.select(operator).where(operator.c.guid == guid))).first()
-            return dict(row._mapping) if row else None
+            query = self._operators_query().where(operator.c.guid == guid)
+            row = (await conn.execute(query)).first()
+            return self._operator(row) if row else None
+
+    async def operators(self) -> list[dict[str, Any]]:
+        async with self._connect() as conn:
+            query = self._operators_query().order_by(operator.c.created_us, operator.c.guid)
+            return [self._operator(r) for r in await conn.execute(query)]
+
+    async def _administrators_guid(self, conn: AsyncConnection) -> str:
+        found = await conn.scalar(
+            sa.select(operator_group.c.guid).where(operator_group.c.is_administrators == sa.true())
+        )
+        if found is None:
+            raise StoreRejected("the Administrators group is missing")
+        return str(found)
+
+    @staticmethod
+    def _login_values(values: dict[str, Any]) -> dict[str, Any]:
+        if "settings" in values and not isinstance(values["settings"], str):
+            values = {**values, "settings": json.dumps(values["settings"], sort_keys=True)}
+        return values
+
+    async def _login_taken(self, conn: AsyncConnection, guid: str, values: dict[str, Any]) -> bool:
+        checks = []
+        if values.get("username") is not None:
+            checks.append(operator.c.username == values["username"])
+            checks.append(operator.c.email_key == values["username"].lower())
+        if values.get("email_key") is not None:
+            checks.append(operator.c.email_key == values["email_key"])
+            checks.append(operator.c.username == values["email_key"])
+        if not checks:
+            return False
+        query = sa.select(operator.c.guid).where(sa.or_(*checks), operator.c.guid != guid)
+        return await conn.scalar(query) is not None
 
     async def create_operator(
-        self, guid: str, username: str, full_name: str, password_hash: str, is_admin: bool
+        self,
+        guid: str,
+        username: str,
+        full_name: str,
+        password_hash: str,
+        is_admin: bool,
+        **fields: Any,
     ) -> None:
-        async with self._begin() as conn:
-            await conn.execute(
-                sa.insert(operator).values(
-                    guid=guid,
-                    username=username,
-                    full_name=full_name,
-                    password_hash=password_hash,
-                    is_admin=is_admin,
-                    created_us=now_us(),
+        """NameTaken when the login (user name or Email) is another operator's."""
+        values = self._login_values(
+            {
+                "guid": guid,
+                "username": username,
+                "full_name": full_name,
+                "password_hash": password_hash,
+                "created_us": now_us(),
+                **fields,
+            }
+        )
+        try:
+            async with self._begin() as conn:
+                if await self._login_taken(conn, guid, values):
+                    raise NameTaken(username)
+                await conn.execute(sa.insert(operator).values(**values))
+                if is_admin:
+                    group = await self._administrators_guid(conn)
+                    await conn.execute(
+                        sa.insert(operator_group_member).values(
+                            group_guid=group, operator_guid=guid
+                        )
+                    )
+        except NameTaken:
+            raise
+        except StoreRejected:
+            async with self._connect() as conn:  # another writer took it meanwhile
+                if await self._login_taken(conn, guid, values):
+                    raise NameTaken(username) from None
+            raise
+
+    async def update_operator(self, guid: str, values: dict[str, Any]) -> bool:
+        """False when the operator is gone; NameTaken when the new login is another's."""
+        values = self._login_values({**values, "modified_us": now_us()})
+        try:
+            async with self._begin() as conn:
+                if await self._login_taken(conn, guid, values):
+                    raise NameTaken(str(values.get("email_key")))
+                result = await conn.execute(
+                    sa.update(operator).where(operator.c.guid == guid).values(**values)
                 )
-            )
+                return bool(result.rowcount)
+        except NameTaken:
+            raise
+        except StoreRejected:
+            async with self._connect() as conn:
+                if await self._login_taken(conn, guid, values):
+                    raise NameTaken(str(values.get("email_key"))) from None
+            raise
+
+    async def delete_operator(self, guid: str) -> bool:
+        """Its API accounts, memberships and schedules go with it."""
+        async with self._begin() as conn:
+            result = await conn.execute(sa.delete(operator).where(operator.c.guid == guid))
+        return bool(result.rowcount)
 
     async def set_operator_password(self, guid: str, password_hash: str) -> None:
         async with self._begin() as conn:
@@ -595,6 +716,249 @@ class Store:
                 .where(operator.c.guid == guid)
                 .values(password_hash=password_hash)
             )
+
+    # --- operator groups ----------------------------------------------------------------------
+
+    async def operator_groups(self) -> list[dict[str, Any]]:
+        async with self._connect() as conn:
+            query = sa.select(operator_group).order_by(
+                operator_group.c.is_everyone.desc(),
+                operator_group.c.is_administrators.desc(),
+                operator_group.c.created_us,
+                operator_group.c.guid,
+            )
+            return [dict(r._mapping) for r in await conn.execute(query)]
+
+    async def operator_group(self, guid: str) -> dict[str, Any] | None:
+        async with self._connect() as conn:
+            query = sa.select(operator_group).where(operator_group.c.guid == guid)
+            row = (await conn.execute(query)).first()
+            return dict(row._mapping) if row else None
+
+    async def create_operator_group(self, guid: str, description: str) -> None:
+        async with self._begin() as conn:
+            await conn.execute(
+                sa.insert(operator_group).values(
+                    guid=guid, description=description, created_us=now_us()
+                )
+            )
+
+    async def update_operator_group(self, guid: str, description: str) -> bool:
+        """Built-in groups are not changed here (False, as for a missing group)."""
+        async with self._begin() as conn:
+            result = await conn.execute(
+                sa.update(operator_group)
+                .where(
+                    operator_group.c.guid == guid,
+                    operator_group.c.is_everyone == sa.false(),
+                    operator_group.c.is_administrators == sa.false(),
+                )
+                .values(description=description)
+            )
+        return bool(result.rowcount)
+
+    async def delete_operator_group(self, guid: str) -> bool:
+        async with self._begin() as conn:
+            result = await conn.execute(
+                sa.delete(operator_group).where(
+                    operator_group.c.guid == guid,
+                    operator_group.c.is_everyone == sa.false(),
+                    operator_group.c.is_administrators == sa.false(),
+                )
+            )
+        return bool(result.rowcount)
+
+    @staticmethod
+    async def _members(conn: AsyncConnection, group_guids: Sequence[str]) -> list[str]:
+        """The operators in any of the groups (Everyone: all), in creation order."""
+        if not group_guids:
+            return []
+        everyone = await conn.scalar(
+            sa.select(sa.func.count())
+            .select_from(operator_group)
+            .where(operator_group.c.guid.in_(group_guids), operator_group.c.is_everyone)
+        )
+        query = sa.select(operator.c.guid).order_by(operator.c.created_us, operator.c.guid)
+        if not everyone:
+            query = query.where(
+                operator.c.guid.in_(
+                    sa.select(operator_group_member.c.operator_guid).where(
+                        operator_group_member.c.group_guid.in_(group_guids)
+                    )
+                )
+            )
+        return [r.guid for r in await conn.execute(query)]
+
+    async def operator_group_members(self, guid: str) -> list[str]:
+        async with self._connect() as conn:
+            return await self._members(conn, [guid])
+
+    async def groups_of_operator(self, operator_guid: str) -> list[str]:
+        """The groups the operator is in: Everyone, then the others."""
+        async with self._connect() as conn:
+            query = (
+                sa.select(operator_group.c.guid)
+                .where(
+                    sa.or_(
+                        operator_group.c.is_everyone == sa.true(),
+                        operator_group.c.guid.in_(
+                            sa.select(operator_group_member.c.group_guid).where(
+                                operator_group_member.c.operator_guid == operator_guid
+                            )
+                        ),
+                    )
+                )
+                .order_by(
+                    operator_group.c.is_everyone.desc(),
+                    operator_group.c.is_administrators.desc(),
+                    operator_group.c.created_us,
+                    operator_group.c.guid,
+                )
+            )
+            return [r.guid for r in await conn.execute(query)]
+
+    async def add_operator_group_member(self, group_guid: str, operator_guid: str) -> bool:
+        """True when added, False when a member already."""
+        async with self._begin() as conn:
+            result = await conn.execute(
+                self._insert(operator_group_member)
+                .values(group_guid=group_guid, operator_guid=operator_guid)
+                .on_conflict_do_nothing()
+            )
+        return bool(result.rowcount)
+
+    async def remove_operator_group_member(self, group_guid: str, operator_guid: str) -> bool:
+        async with self._begin() as conn:
+            result = await conn.execute(
+                sa.delete(operator_group_member).where(
+                    operator_group_member.c.group_guid == group_guid,
+                    operator_group_member.c.operator_guid == operator_guid,
+                )
+            )
+        return bool(result.rowcount)
+
+    async def set_duty_of_members(self, group_guid: str, on_duty: bool) -> int:
+        """IsOnDuty for every member of the group; how many operators that is."""
+        async with self._begin() as conn:
+            members = await self._members(conn, [group_guid])
+            if members:
+                await conn.execute(
+                    sa.update(operator)
+                    .where(operator.c.guid.in_(members))
+                    .values(is_on_duty=on_duty, modified_us=now_us())
+                )
+            return len(members)
+
+    # --- off-duty schedules -------------------------------------------------------------------
+
+    async def duty_schedules(self, operator_guid: str) -> list[dict[str, Any]]:
+        async with self._connect() as conn:
+            query = (
+                sa.select(duty_schedule)
+                .where(duty_schedule.c.operator_guid == operator_guid)
+                .order_by(duty_schedule.c.id)
+            )
+            return [dict(r._mapping) for r in await conn.execute(query)]
+
+    @staticmethod
+    async def _schedule_counts(conn: AsyncConnection, guids: Sequence[str]) -> dict[str, int]:
+        query = (
+            sa.select(duty_schedule.c.operator_guid, sa.func.count())
+            .where(duty_schedule.c.operator_guid.in_(guids))
+            .group_by(duty_schedule.c.operator_guid)
+        )
+        return {r[0]: int(r[1]) for r in await conn.execute(query)}
+
+    async def add_duty_schedule(
+        self, operator_guid: str, values: dict[str, Any], limit: int
+    ) -> int | None:
+        """The new schedule's id; None when the operator has `limit` schedules already."""
+        async with self._begin() as conn:
+            counts = await self._schedule_counts(conn, [operator_guid])
+            if counts.get(operator_guid, 0) >= limit:
+                return None
+            result = await conn.execute(
+                sa.insert(duty_schedule)
+                .values(operator_guid=operator_guid, created_us=now_us(), **values)
+                .returning(duty_schedule.c.id)
+            )
+            return int(result.scalar_one())
+
+    async def add_duty_schedule_for_members(
+        self, group_guid: str, values: dict[str, Any], limit: int
+    ) -> tuple[int, list[str]]:
+        """The schedule added to every member of the group: (members, []) when done; when
+        some members have `limit` schedules already, nothing is added: (0, those members)."""
+        async with self._begin() as conn:
+            members = await self._members(conn, [group_guid])
+            counts = await self._schedule_counts(conn, members)
+            full = [m for m in members if counts.get(m, 0) >= limit]
+            if full:
+                return 0, full
+            stamp = now_us()
+            if members:
+                await conn.execute(
+                    sa.insert(duty_schedule),
+                    [{"operator_guid": m, "created_us": stamp, **values} for m in members],
+                )
+            return len(members), []
+
+    async def update_duty_schedule(
+        self, operator_guid: str, schedule_id: int, values: dict[str, Any]
+    ) -> bool:
+        async with self._begin() as conn:
+            result = await conn.execute(
+                sa.update(duty_schedule)
+                .where(
+                    duty_schedule.c.id == schedule_id,
+                    duty_schedule.c.operator_guid == operator_guid,
+                )
+                .values(**values)
+            )
+        return bool(result.rowcount)
+
+    async def delete_duty_schedule(self, operator_guid: str, schedule_id: int) -> bool:
+        async with self._begin() as conn:
+            result = await conn.execute(
+                sa.delete(duty_schedule).where(
+                    duty_schedule.c.id == schedule_id,
+                    duty_schedule.c.operator_guid == operator_guid,
+                )
+            )
+        return bool(result.rowcount)
+
+    async def duty_roster(
+        self, operator_guids: Sequence[str], group_guids: Sequence[str]
+    ) -> list[DutyOperator]:
+        """The operators named and the members of the groups named, with their off-duty
+        schedules, in one read (controller/duty.py decides who is on duty)."""
+        async with self._connect() as conn:
+            wanted = list(dict.fromkeys([*operator_guids, *await self._members(conn, group_guids)]))
+            if not wanted:
+                return []
+            ops = list(await conn.execute(sa.select(operator).where(operator.c.guid.in_(wanted))))
+            schedules: dict[str, list[OffDuty]] = {}
+            query = (
+                sa.select(duty_schedule)
+                .where(duty_schedule.c.operator_guid.in_(wanted))
+                .order_by(duty_schedule.c.id)
+            )
+            for row in await conn.execute(query):
+                schedules.setdefault(row.operator_guid, []).append(off_duty_of(dict(row._mapping)))
+        order = {guid: i for i, guid in enumerate(wanted)}
+        return [
+            DutyOperator(
+                guid=r.guid,
+                full_name=r.full_name,
+                email=r.email,
+                backup_email=r.backup_email,
+                mobile_phone=r.mobile_phone,
+                is_on_duty=bool(r.is_on_duty),
+                time_zone_id=r.time_zone_id,
+                off_duty=tuple(schedules.get(r.guid, ())),
+            )
+            for r in sorted(ops, key=lambda r: order[r.guid])
+        ]
 
     async def create_api_account(
         self, username: str, password_hash: str, operator_guid: str, description: str
@@ -1112,3 +1476,70 @@ class Store:
                 return 0
             result = await conn.execute(sa.delete(monitor_check).where(c.id.in_(ids)))
         return int(result.rowcount or 0)
+
+    # --- integrations ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _integration_row(row: Any) -> dict[str, Any]:
+        found = dict(row._mapping)
+        found["config"] = json.loads(found["config"])
+        return found
+
+    async def integrations(self) -> list[dict[str, Any]]:
+        async with self._connect() as conn:
+            query = sa.select(integration).order_by(integration.c.created_us, integration.c.guid)
+            return [self._integration_row(r) for r in await conn.execute(query)]
+
+    async def integration(self, guid: str) -> dict[str, Any] | None:
+        async with self._connect() as conn:
+            query = sa.select(integration).where(integration.c.guid == guid)
+            row = (await conn.execute(query)).first()
+            return self._integration_row(row) if row else None
+
+    async def create_integration(
+        self,
+        guid: str,
+        name: str,
+        type_: str,
+        kind: str | None,
+        config: dict[str, Any],
+        revision: str,
+    ) -> None:
+        now = now_us()
+        async with self._begin() as conn:
+            await conn.execute(
+                sa.insert(integration).values(
+                    guid=guid,
+                    name=name,
+                    type=type_,
+                    kind=kind,
+                    config=json.dumps(config, ensure_ascii=False),
+                    revision=revision,
+                    created_us=now,
+                    modified_us=now,
+                )
+            )
+
+    async def update_integration(
+        self, guid: str, name: str, config: dict[str, Any], revision: str, expected: str
+    ) -> bool:
+        """Replace the configuration if it is still at revision `expected` (compare-and-set:
+        two edits at once cannot merge one's secrets into the other's URL); False if it is
+        gone or was changed meanwhile."""
+        async with self._begin() as conn:
+            result = await conn.execute(
+                sa.update(integration)
+                .where(integration.c.guid == guid, integration.c.revision == expected)
+                .values(
+                    name=name,
+                    config=json.dumps(config, ensure_ascii=False),
+                    revision=revision,
+                    modified_us=now_us(),
+                )
+            )
+        return bool(result.rowcount)
+
+    async def delete_integration(self, guid: str) -> bool:
+        async with self._begin() as conn:
+            result = await conn.execute(sa.delete(integration).where(integration.c.guid == guid))
+        return bool(result.rowcount)

@@ -3,6 +3,8 @@ proceeds; one whose background loop dies exits non-zero with the cause in its lo
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -127,6 +129,59 @@ def test_agent_with_an_unusable_data_dir_exits(tmp_path: Path) -> None:
     )
 
 
+_IDENTITY = {
+    "agent_id": "ams-1",
+    "checkpoint": "Amsterdam",
+    "region": "Europe",
+    "broker_url": f"mqtt://ams-1:{SECRET}@127.0.0.1:1",
+}
+
+
+def _identity_case(case: str, path: Path) -> str:
+    """Make `path` (the agent's identity.json) unusable in one way; the reason expected."""
+    if case == "permission":
+        path.write_text(json.dumps(_IDENTITY))
+        path.chmod(0)
+        return "cannot read " + str(path) + ": Permission denied"
+    if case == "symlink loop":
+        path.symlink_to(path)
+        return "cannot read " + str(path) + ": Too many levels of symbolic links"
+    if case == "directory":
+        path.mkdir()
+        return "cannot read " + str(path) + ": Is a directory"
+    if case == "bad JSON":
+        path.write_text(json.dumps(_IDENTITY)[:-20])  # cut short, in the broker URL's password
+        return str(path) + " is not JSON ("
+    if case == "not an object":
+        path.write_text("[]")
+        return str(path) + " is not a JSON object"
+    assert case == "missing field"
+    path.write_text(json.dumps({k: v for k, v in _IDENTITY.items() if k != "checkpoint"}))
+    return str(path) + " lacks checkpoint"
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["permission", "symlink loop", "directory", "bad JSON", "not an object", "missing field"],
+)
+def test_an_unusable_identity_file_is_named_with_the_reason(case: str, tmp_path: Path) -> None:
+    if case == "permission" and os.geteuid() == 0:
+        pytest.skip("root reads a file of mode 0 (the symlink-loop case covers the same path)")
+    data = tmp_path / "data"
+    data.mkdir()
+    expected = _identity_case(case, data / "identity.json")
+    env = _env(tmp_path)
+    env["PICKET_BROKER_URL"] = f"mqtt://127.0.0.1:{free_port()}"
+    result = _run([sys.executable, "-m", "shared.cli", "agent"], env)
+    err = result.stderr
+    assert result.returncode == 1, err
+    assert "Traceback" not in err and "PICKET_?" not in err, err
+    assert SECRET not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("picket agent: " + expected), last
+    assert last.endswith("fix it, or remove it and enrol again"), last
+
+
 @pytest.mark.parametrize("side", ["controller", "agent"])
 async def test_unreachable_broker_said_once_with_the_plan(
     side: str, tmp_path: Path, http: aiohttp.ClientSession
@@ -175,6 +230,63 @@ async def test_unreachable_broker_said_once_with_the_plan(
     lines = [line for line in output.splitlines() if plan in line]
     assert len(lines) == 1, output  # the same failure again is only at DEBUG
     assert " WARNING " in lines[0] and "retrying with backoff" in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("side", ["controller", "agent"])
+async def test_stopped_while_the_broker_never_answers(side: str, tmp_path: Path) -> None:
+    """A broker that accepts the connection and never answers (no CONNACK): SIGTERM stops the
+    process promptly, exit status 0, with its connection closed and nothing on stderr about
+    leftovers (aiomqtt's client cancelled mid-connect used to stay behind)."""
+    hung_up = asyncio.Event()
+    received = bytearray()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(4096):
+            received.extend(data)
+        hung_up.set()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    env = _env(
+        tmp_path,
+        PICKET_BROKER_URL=f"mqtt://{side}:{SECRET}@127.0.0.1:{port}",
+        PICKET_AGENT_ID="a1",
+        PYTHONWARNINGS="default",  # a socket left open or a task left pending would show
+    )
+    err_path = tmp_path / "stderr.log"
+    with open(err_path, "wb") as err_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", side],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err_file,
+        )
+    try:
+        started = " API on " if side == "controller" else " metrics on "
+
+        async def connecting() -> bool:
+            return started in err_path.read_text() and b"MQTT" in received
+
+        await wait_for(connecting, f"the {side} to wait for the broker's CONNACK")
+        proc.send_signal(signal.SIGTERM)
+        begun = time.monotonic()
+        code = await asyncio.to_thread(proc.wait, 60)
+        took = time.monotonic() - begun
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        server.close()
+        await server.wait_closed()
+    err = err_path.read_text(errors="replace")
+    assert code == 0, err
+    assert took < 10, f"{took:.1f}s to stop: {err}"
+    assert hung_up.is_set(), err
+    for bad in ("Traceback", "Event loop is closed", "Warning", "was destroyed", "never"):
+        assert bad not in err, err
+    assert SECRET not in err, err
 
 
 # A background loop made to fail from outside the product code (every real loop survives the

@@ -4,13 +4,16 @@ login; and an enrolled agent's settings come from its identity file."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import pytest
 import sqlalchemy as sa
 from aiohttp.test_utils import TestClient, TestServer
@@ -21,7 +24,8 @@ from controller.app import Controller, create_app
 from controller.db.schema import enrolment
 from controller.db.store import Store, now_us
 from controller.settings import ControllerSettings
-from tests.helpers import controller_client, free_port
+from shared.messages import Hello
+from tests.helpers import Mosquitto, controller_client, dynsec_plugin, free_port, wait_for
 
 PASSWORD = "unit-test-password"
 ADMIN = {"Authorization": "Basic " + base64.b64encode(f"admin:{PASSWORD}".encode()).decode()}
@@ -173,3 +177,131 @@ async def test_tokens_can_be_given_on_the_command_line(
     for _ in range(200):
         token = (await _token(api))["Token"]
         assert not token.startswith("-") and token.isalnum(), token
+
+
+BROKER_ADMIN = ("broker-admin", "broker-admin-secret")
+
+
+async def _can_connect(broker: Mosquitto, user: str, password: str) -> bool:
+    try:
+        async with aiomqtt.Client(
+            "127.0.0.1", broker.port, username=user, password=password, identifier=f"probe-{user}"
+        ):
+            return True
+    except aiomqtt.MqttError:
+        return False
+
+
+def _hello(agent_id: str) -> Hello:
+    return Hello(
+        agent=agent_id,
+        checkpoint="Amsterdam",
+        region="Europe",
+        ipv4=["198.51.100.1"],
+        ipv6=[],
+        version="1.2.3",
+        probe_types=["Http"],
+        capacity=10,
+    )
+
+
+async def _enrolled_server(api: TestClient[Any, Any], ctl: Controller) -> tuple[str, str, int]:
+    """A token spent: the agent's login, and its server (from its first hello)."""
+    status, login = await _enrol(api, (await _token(api))["Token"])
+    assert status == 201, login
+    await ctl.on_hello(_hello(login["AgentId"]))
+    return login["MqttUsername"], login["MqttPassword"], ctl.assigner.servers[login["AgentId"]].id
+
+
+async def _retire(api: TestClient[Any, Any], server_id: int) -> None:
+    resp = await api.post(f"/api/v4/Checkpoint/Server/{server_id}/Retire", headers=ADMIN)
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["Data"]["Attributes"]["State"] == "retired"
+
+
+def _metric(text: str, outcome: str) -> float:
+    wanted = f'picket_broker_login_deletions_total{{outcome="{outcome}"}} '
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(wanted))
+
+
+async def test_retiring_an_enrolled_server_deletes_its_broker_login(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Retired: its login goes, so it cannot connect any more. With the broker away the
+    retirement is still recorded and the deletion retried, through a controller restart."""
+    if dynsec_plugin() is None:
+        pytest.fail("mosquitto_dynamic_security.so is not installed (Debian package mosquitto)")
+    broker = Mosquitto(tmp_path / "broker", dynsec_admin=BROKER_ADMIN)
+    broker.start()
+    settings = {
+        "broker_admin_url": broker.login_url(*BROKER_ADMIN),
+        "database_url": f"sqlite+aiosqlite:///{tmp_path / 'picket.db'}",
+    }
+    try:
+        async with controller_client(tmp_path, PASSWORD, **settings) as (api, ctl):
+            user, password, server_id = await _enrolled_server(api, ctl)
+            assert await _can_connect(broker, user, password)
+            async with aiomqtt.Client(
+                "127.0.0.1", broker.port, username=user, password=password, identifier=user
+            ) as connected:
+                await _retire(api, server_id)
+                with pytest.raises(aiomqtt.MqttError):  # the broker drops it at once, too
+                    async with asyncio.timeout(60):
+                        async for _message in connected.messages:
+                            pass
+
+            async def refused() -> bool:
+                return not await _can_connect(broker, user, password)
+
+            await wait_for(refused, "the retired agent's login to be refused")
+
+            async def counted() -> bool:
+                text = await (await api.get("/metrics")).text()
+                return (
+                    _metric(text, "deleted") == 1 and "picket_broker_logins_to_delete 0.0" in text
+                )
+
+            await wait_for(counted, "the deletion to be counted")
+
+            # the broker away: recorded anyway, the deletion counted as failed and retried
+            user2, password2, server2 = await _enrolled_server(api, ctl)
+            broker.stop()
+            await _retire(api, server2)
+
+            async def failed_once() -> bool:
+                text = await (await api.get("/metrics")).text()
+                return _metric(text, "failed") >= 1
+
+            await wait_for(failed_once, "a failed deletion to be counted")
+            assert ctl.assigner.servers[user2].state == "retired"
+            assert any(
+                "not deleted yet" in r.getMessage() and user2 in r.getMessage()
+                for r in caplog.records
+            )
+            assert BROKER_ADMIN[1] not in caplog.text
+        # a controller restart does not forget it
+        broker.start()
+        async with controller_client(tmp_path, PASSWORD, **settings) as (api, ctl):
+
+            async def refused2() -> bool:
+                return not await _can_connect(broker, user2, password2)
+
+            await wait_for(refused2, "the login to be deleted after the restart")
+            assert await _can_connect(broker, *BROKER_ADMIN)  # the broker itself is up
+    finally:
+        broker.stop()
+
+
+async def test_retiring_a_server_with_credentials_given_by_hand_says_so(
+    client: tuple[TestClient[Any, Any], Controller], caplog: pytest.LogCaptureFixture
+) -> None:
+    api, ctl = client
+    await ctl.on_hello(_hello("by-hand-1"))
+    with caplog.at_level(logging.INFO):
+        await _retire(api, ctl.assigner.servers["by-hand-1"].id)
+    assert any(
+        "by-hand-1" in r.getMessage() and "no login of it to delete" in r.getMessage()
+        for r in caplog.records
+    )
+    metrics = await (await api.get("/metrics")).text()
+    assert _metric(metrics, "by_hand") == 1 and _metric(metrics, "deleted") == 0

@@ -345,3 +345,22 @@ async def test_a_retired_server_leaves_the_per_agent_metrics(make_fleet: MakeFle
     assert 'picket_assignments{agent="ams-2"}' in text
     assert ctl.clock.offset_ms("ams-1") is None
     assert ctl.online_agents() == ["ams-2"]
+
+
+async def test_refused_hellos_are_counted_each_and_logged_rarely(
+    make_fleet: MakeFleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An enrolled agent naming another checkpoint than its token fixed, again and again: every
+    hello counted, the log line rate-limited (shared.logs.LogLimit: one per 10 s)."""
+    client, ctl = await make_fleet()
+    await ctl.store.create_enrolment("e" * 64, "Amsterdam", "Europe", 2**62)
+    assert (await ctl.store.use_enrolment("e" * 64, "ams-1", "k"))[0] == "ok"
+    started = time.monotonic()
+    for _ in range(100):
+        await ctl.on_hello(hello("ams-1", "Elsewhere", "Europe", "198.51.100.1"))
+    elapsed = time.monotonic() - started
+    lines = [r for r in caplog.records if "hello of agent ams-1 refused" in r.getMessage()]
+    assert 1 <= len(lines) <= 1 + int(elapsed // 10), len(lines)
+    assert "ams-1" not in ctl.assigner.servers
+    metrics = await (await client.get("/metrics")).text()
+    assert 'picket_hellos_refused_total{field="checkpoint"} 100.0' in metrics

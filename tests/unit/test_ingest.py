@@ -113,7 +113,7 @@ async def test_one_confirmation_at_a_time_until_it_has_a_result(ingest: Ingest) 
     await ingest.process([_batch(second)])
     assert asked() == 2  # answered: the next error has its own
     # a confirmation whose result never comes (the agent restarted) holds nothing for ever
-    ingest.confirming[MONITOR] -= 3600
+    ingest.confirming[MONITOR].at -= 3600
     await ingest.process([_batch(_result(130.0, code=120))])
     assert asked() == 3
     assert await _levels(ingest) == [UNCONFIRMED] * 4 + [CONFIRMED, NO_ERROR] + [UNCONFIRMED] * 2

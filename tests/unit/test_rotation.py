@@ -372,3 +372,55 @@ async def test_primary_checkpoints_only_follows_the_checkpoints_flag(ctl: Contro
     assert not ctl.assigner.servers[names[1]].is_primary_checkpoint
     await ctl.assigner.checkpoint_primary(secondary, True)
     assert set(ctl.assigner.turns(ctl.assigner.monitors[primary_only])) == set(names)
+
+
+async def test_a_confirmation_whose_agent_goes_offline_is_asked_again_at_once(
+    ctl: Controller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent asked to confirm goes offline before answering: the confirmation is asked
+    of the next confirmer at once, not after CONFIRMATION_WAIT_SECONDS (300 s); with no agent
+    left that can run it, it is given up and counted."""
+    names = await _fleet(ctl, 3)
+    row = await _monitor(ctl)
+    sent: list[tuple[str, RunRequest]] = []
+    original = ctl.bus.run_now
+
+    async def run_now(agent: str, request: RunRequest) -> bool:
+        sent.append((agent, request))
+        return await original(agent, request)
+
+    monkeypatch.setattr(ctl.bus, "run_now", run_now)
+    failed = _result(row.guid, time.time(), code=5)
+    await ctl.ingest.process([ResultBatch(batch_id="b1", agent=names[0], results=[failed])])
+    ((first, _),) = sent
+    assert first != names[0]
+    await ctl.on_state(first, False)
+    assert len(sent) == 2
+    second, request = sent[1]
+    assert second not in (first, names[0]) and request.confirms == failed.uid
+    # its answer is accepted (the controller asked it) and confirms the error
+    answer = _result(row.guid, time.time(), code=5, is_confirmation=True, confirms=failed.uid)
+    await ctl.ingest.process([ResultBatch(batch_id="b2", agent=second, results=[answer])])
+    assert await _levels(ctl, [failed.uid, answer.uid]) == {failed.uid: 1, answer.uid: 2}
+    assert row.guid not in ctl.ingest.confirming
+
+    # a new error; its confirmer goes, then the only other one: the agent that saw it
+    # confirms itself (no other checkpoint is live); when it goes too, given up and counted
+    await ctl.on_state(first, True)
+    recovered = _result(row.guid, time.time() + 1)
+    again = _result(row.guid, time.time() + 2, code=5)
+    for batch_id, result in (("b3", recovered), ("b4", again)):
+        await ctl.ingest.process([ResultBatch(batch_id=batch_id, agent=names[0], results=[result])])
+    assert len(sent) == 3
+    asked = sent[-1][0]
+    other = next(n for n in names if n not in (names[0], asked))
+    await ctl.on_state(asked, False)
+    assert sent[-1][0] == other
+    await ctl.on_state(other, False)
+    assert sent[-1] == (names[0], RunRequest(monitor_guid=row.guid, confirms=again.uid))
+    await ctl.on_state(names[0], False)
+    assert row.guid not in ctl.ingest.confirming
+    abandoned = ctl.metrics.registry.get_sample_value(
+        "picket_confirmations_total", {"outcome": "abandoned", "where": "none"}
+    )
+    assert abandoned == 1

@@ -1,6 +1,6 @@
 """Monitor groups (with the built-in All Monitors group) and maintenance period ids.
 
-Revision ID: 0007
+Revision ID: 0008
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import uuid
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
