@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from shared import maintenance
+from controller import timezones
 from shared.settings import BrokerUrl, ListenAddress, PicketSettings, parse_broker_url
 
 
@@ -72,17 +72,18 @@ class ControllerSettings(PicketSettings):
         "waited for; one not in by then is counted as missing",
     )
 
-    time_zone: str = Field(
-        default="UTC",
-        description="the account's time zone, an IANA name such as Europe/Amsterdam: a "
-        "maintenance period sent without a TimeZone is read in it (Uptrends reads them in "
-        "the account's time zone) and keeps it",
+    time_zone_id: int = Field(
+        default=timezones.UTC_ID,
+        description="the account's time zone, a TimezoneId of GET /api/v4/Timezone (1000: "
+        "UTC, 1004: Europe/Amsterdam, ...): a maintenance period sent without a TimeZoneId is "
+        "read in it, as Uptrends reads them in the account's time zone, and keeps it",
     )
 
-    @field_validator("time_zone")
+    @field_validator("time_zone_id")
     @classmethod
-    def _iana_zone(cls, value: str) -> str:
-        maintenance.zone(value)
+    def _known_zone(cls, value: int) -> int:
+        if timezones.get(value) is None:
+            raise ValueError(f"{value} is not a TimezoneId of GET /api/v4/Timezone")
         return value
 
     notify_timeout_seconds: float = Field(

@@ -5,8 +5,9 @@ so each agent receives them with its assignment and skips the slots a `DisableMo
 period covers by itself (it needs neither the controller nor the broker when a period starts);
 the controller flags the results a period covers (`InMaintenance`) with the same code.
 
-Times are wall-clock times in the period's `TimeZone` (an IANA name; Uptrends reads them in the
-account's time zone, Picket's PICKET_TIME_ZONE, stored with each period). Recurring periods
+Times are wall-clock times in the period's `TimeZone`, an IANA name the controller resolves from
+its `TimeZoneId` when the period is saved (Uptrends reads them in the account's time zone:
+Picket's PICKET_TIME_ZONE_ID, kept with each period). Recurring periods
 (Daily, Weekly, Monthly) run from `StartTime` to `EndTime` ("HH:mm") on each matching day; an
 `EndTime` not after the `StartTime` ends on the next day (equal: 24 hours). `MonthDay` past the
 end of a month means that month's last day. A wall-clock time that a daylight-saving change
@@ -96,7 +97,10 @@ class MaintenancePeriod(BaseModel):
     StartTime: str | None = None
     EndTime: str | None = None
     Description: Annotated[str, Field(max_length=1000)] = ""
-    TimeZone: Annotated[str, Field(min_length=1, max_length=64)] = "UTC"  # Picket
+    # Picket: the zone of the times, as GET /Timezone numbers it, and its IANA name (set by
+    # the controller from the id; what the agents read)
+    TimeZoneId: Annotated[int, Field(ge=0, lt=2**31)] | None = None
+    TimeZone: Annotated[str, Field(min_length=1, max_length=64)] = "UTC"
 
     @field_validator("TimeZone")
     @classmethod

@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 from aiohttp import web
 from pydantic import ValidationError
 
+from controller import timezones
 from controller.api import monitors as monitor_api
 from controller.api.common import (
     PREFIX,
@@ -36,8 +37,19 @@ def validate(request: web.Request, raw: dict[str, Any], ident: int) -> dict[str,
     """A period from a body (its Id set to `ident`), as stored; a 400 names the field."""
     body = dict(raw)
     body["Id"] = ident
-    if body.get("TimeZone") is None:
-        body["TimeZone"] = controller(request).settings.time_zone
+    # the zone is chosen by its TimeZoneId; the IANA name shown beside it follows from it
+    body.pop("TimeZone", None)
+    zone_id = body.get("TimeZoneId")
+    if zone_id is None:
+        zone_id = body["TimeZoneId"] = controller(request).settings.time_zone_id
+    zone = timezones.get(zone_id) if type(zone_id) is int else None
+    if zone is None:
+        fail(
+            400,
+            f"TimeZoneId: {str(zone_id)[:20]} is not a TimezoneId of GET /api/v4/Timezone",
+            "TimeZoneId",
+        )
+    body["TimeZone"] = zone.iana
     try:
         period = maintenance.MaintenancePeriod.model_validate(body)
     except ValidationError as exc:

@@ -278,7 +278,8 @@ async def test_period_operations(api: tuple[TestClient[Any, Any], Controller]) -
         "StartTime": "22:00",
         "EndTime": "02:00",
         "Description": "",
-        "TimeZone": "UTC",
+        "TimeZoneId": 1000,
+        "TimeZone": "Etc/UTC",
     }
     assert created["Id"] != 999
     one_time = await call(
@@ -293,11 +294,13 @@ async def test_period_operations(api: tuple[TestClient[Any, Any], Controller]) -
             "StartTime": "05:00",
             "WeekDay": "Monday",
             "MaintenanceType": "DisableMonitoring",
-            "TimeZone": "Europe/Amsterdam",
+            "TimeZoneId": 1004,
+            "TimeZone": "Asia/Tokyo",  # read-only: follows from the id
         },
         201,
     )
     assert one_time["StartTime"] is None and one_time["WeekDay"] is None
+    assert (one_time["TimeZoneId"], one_time["TimeZone"]) == (1004, "Europe/Amsterdam")
     assert one_time["Id"] > created["Id"]
     assert await call(client, "GET", path) == [created, one_time]
 
@@ -353,13 +356,13 @@ async def test_cleanup_drops_one_time_periods_that_ended(
     guid = await new_monitor(client)
     path = f"/Monitor/{guid}/MaintenancePeriod"
 
-    def one_time(start: str, end: str, zone: str = "UTC") -> dict[str, Any]:
+    def one_time(start: str, end: str, zone: int = 1000) -> dict[str, Any]:
         return {
             "ScheduleMode": "OneTime",
             "StartDateTime": start,
             "EndDateTime": end,
             "MaintenanceType": "DisableMonitoring",
-            "TimeZone": zone,
+            "TimeZoneId": zone,
         }
 
     old = await call(
@@ -376,7 +379,7 @@ async def test_cleanup_drops_one_time_periods_that_ended(
         client,
         "POST",
         path,
-        one_time("2025-02-28T22:00:00", "2025-02-28T23:30:00", "America/New_York"),
+        one_time("2025-02-28T22:00:00", "2025-02-28T23:30:00", 1053),  # New York
         201,
     )
     daily = await call(client, "POST", path, NIGHTLY, 201)
@@ -409,7 +412,9 @@ async def test_bad_bodies_and_unknown_ids(api: tuple[TestClient[Any, Any], Contr
         ({**NIGHTLY, "ScheduleMode": "Monthly", "MonthDay": 40}, "MonthDay"),
         ({**NIGHTLY, "ScheduleMode": "Monthly", "MonthDay": "1"}, "MonthDay"),
         ({**NIGHTLY, "ScheduleMode": "OneTime"}, "StartDateTime"),
-        ({**NIGHTLY, "TimeZone": "Nowhere/Special"}, "TimeZone"),
+        ({**NIGHTLY, "TimeZoneId": 999_999}, "TimeZoneId"),
+        ({**NIGHTLY, "TimeZoneId": "1004"}, "TimeZoneId"),
+        ({**NIGHTLY, "TimeZoneId": True}, "TimeZoneId"),
         ({**NIGHTLY, "Extra": 1}, "Extra"),
         ({**NIGHTLY, "": 1}, '""'),
     ]:

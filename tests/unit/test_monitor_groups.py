@@ -276,7 +276,7 @@ async def test_alert_switches_and_maintenance_for_all_members(
     assert await call(client, "GET", f"/Monitor/{outside}/MaintenancePeriod") == []
     assert len(got_a) == len(got_b) == 1 and got_a[0]["Id"] != got_b[0]["Id"]
     for got in (got_a[0], got_b[0]):
-        assert {k: got[k] for k in period} == period and got["TimeZone"] == "UTC"
+        assert {k: got[k] for k in period} == period and got["TimeZone"] == "Etc/UTC"
 
     # the All Monitors group reaches every monitor
     all_guid = (await the_all_group(client))["MonitorGroupGuid"]
