@@ -49,8 +49,9 @@ class CheckMetrics:
         )
         self.slots_skipped = Counter(
             "picket_agent_slots_skipped_total",
-            "Slots not run: the agent was more than one interval late (behind), or the "
-            "monitor's previous check was still running (overlap)",
+            "Slots not run: the agent was more than one interval late (behind), the "
+            "monitor's previous check was still running (overlap), or a DisableMonitoring "
+            "maintenance period covered the slot (maintenance)",
             ["reason"],
             registry=r,
         )

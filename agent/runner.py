@@ -30,8 +30,9 @@ from agent.probes.base import Outcome, Probe, ProbeContext
 from agent.scheduler import Scheduled, Scheduler, rotation_slots
 from agent.scrub import scrub_outcome
 from agent.settings import AgentSettings
-from shared import monitors
+from shared import maintenance, monitors
 from shared.errors import ErrorCode
+from shared.maintenance import DISABLE_MONITORING
 from shared.messages import Assignment
 from shared.results import OBSERVED
 from shared.secrets import Scrubber, validation_summary
@@ -92,6 +93,7 @@ class Runner:
         behind = metrics.slots_skipped.labels("behind")
         self.scheduler = Scheduler(self._start_scheduled, behind.inc)
         self._skipped_overlap = metrics.slots_skipped.labels("overlap")
+        self._skipped_maintenance = metrics.slots_skipped.labels("maintenance")
         self.results: list[dict[str, Any]] = []
         self._checks: set[asyncio.Task[None]] = set()
         # one check of a monitor at a time: the monitors with a check running, the slots each
@@ -122,8 +124,20 @@ class Runner:
         )
         # the monitor's secret values, scrubbed from its results and logs: found once here
         scrubber = Scrubber.of(assignment.monitor)
+        # read here, from the assignment: no controller is needed when a period begins
+        paused = maintenance.schedules(
+            p for p in monitor.MaintenancePeriods if p.MaintenanceType == DISABLE_MONITORING
+        )
         self.scheduler.put(
-            Scheduled(guid, assignment.revision, monitor, interval, offset, scrubber=scrubber)
+            Scheduled(
+                guid,
+                assignment.revision,
+                monitor,
+                interval,
+                offset,
+                scrubber=scrubber,
+                paused=paused,
+            )
         )
         self._heap_changed.set()
 
@@ -136,6 +150,9 @@ class Runner:
         entry = self.scheduler.get(guid)
         if entry is None:
             log.warning("%s: run request for unknown monitor %s", self.name, guid)
+            return
+        if entry.in_maintenance(time.time()):
+            log.info("%s: monitor %s: run request ignored, in maintenance", self.name, guid)
             return
         if guid in self._running:
             # after the check of it that is running now, never beside it
@@ -178,6 +195,12 @@ class Runner:
     # --- checks -----------------------------------------------------------------------------
 
     def _start_scheduled(self, entry: Scheduled, slot: float) -> None:
+        if entry.paused and entry.in_maintenance(slot):
+            # the slot's own time decides, on this agent's clock: no result of a slot inside
+            # a DisableMonitoring period exists, whatever the broker or controller do then
+            self._skipped_maintenance.inc()
+            log.debug("%s: monitor %s: slot skipped, in maintenance", self.name, entry.guid)
+            return
         if entry.guid in self._running:
             # its previous check is still running (a time limit longer than the interval, a
             # confirmation): a second one beside it would only load the target twice

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from shared.maintenance import Schedule
 from shared.monitors import MonitorBase
 from shared.secrets import Scrubber
 
@@ -25,6 +26,11 @@ class Scheduled:
     next_due: float = math.inf  # the slot waiting in the heap
     generation: int = 0
     scrubber: Scrubber | None = None  # the monitor's secret values (shared.secrets)
+    # its DisableMonitoring maintenance periods: the slots they cover are not run
+    paused: tuple[Schedule, ...] = ()
+
+    def in_maintenance(self, moment: float) -> bool:
+        return any(s.covers(moment) for s in self.paused)
 
 
 def next_slot(now: float, interval: float, offset: float) -> float:

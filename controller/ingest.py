@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from controller import concurrent, rotation
+from controller import concurrent, maintenance, rotation
 from controller.assigner import Assigner
 from controller.bus import ControllerBus
 from controller.concurrent import CONFIRMED, NO_ERROR, UNCONFIRMED
@@ -635,6 +635,9 @@ class Ingest:
         while self._decided:
             slot = self._decided[0]
             row, level = concurrent.row_of(slot)
+            monitor = self.assigner.monitors.get(slot.monitor_guid)
+            if monitor is not None and maintenance.in_force(monitor, slot.scheduled_us / 1e6):
+                row["attributes"]["InMaintenance"] = True
             try:
                 row["attributes"] = orjson.dumps(row["attributes"]).decode()
                 inserted = await self.store.insert_checks([row])
@@ -773,6 +776,9 @@ class Ingest:
             attributes["IsInconclusive"] = True
         if duplicate:
             attributes["IsDuplicateSlot"] = True
+        if monitor is not None and maintenance.in_force(monitor, result.scheduled_at):
+            # its slot is in a maintenance period: alerting passes it by (docs/results.md)
+            attributes["InMaintenance"] = True
         offset = self.clock_offset_ms(agent_id)
         if offset is not None:
             # Timestamp and ScheduledTime are the agent's clock; this is how far it was off

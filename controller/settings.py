@@ -5,6 +5,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from controller import timezones
 from shared.settings import BrokerUrl, ListenAddress, PicketSettings, parse_broker_url
 
 
@@ -70,6 +71,20 @@ class ControllerSettings(PicketSettings):
         description="how long after a concurrent slot's time limit its partial checks are "
         "waited for; one not in by then is counted as missing",
     )
+
+    time_zone_id: int = Field(
+        default=timezones.UTC_ID,
+        description="the account's time zone, a TimezoneId of GET /api/v4/Timezone (1000: "
+        "UTC, 1004: Europe/Amsterdam, ...): a maintenance period sent without a TimeZoneId is "
+        "read in it, as Uptrends reads them in the account's time zone, and keeps it",
+    )
+
+    @field_validator("time_zone_id")
+    @classmethod
+    def _known_zone(cls, value: int) -> int:
+        if timezones.get(value) is None:
+            raise ValueError(f"{value} is not a TimezoneId of GET /api/v4/Timezone")
+        return value
 
     notify_timeout_seconds: float = Field(
         default=10.0,

@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from shared import regex, secrets
+from shared.maintenance import MAX_PERIODS, MaintenancePeriod
 from shared.msa import (
     MsaScript,
     MsaStep,
@@ -32,6 +33,9 @@ from shared.registry import Registry
 from shared.settings import split_host_port
 
 READ_ONLY_FIELDS = frozenset({"MonitorGuid", "Hash", "CreatedDate", "LastModifiedDate"})
+# kept in the definition, so each agent gets them with its assignment (shared/maintenance.py);
+# managed at /Monitor/{guid}/MaintenancePeriod, neither shown nor accepted as a monitor field
+PERIODS = "MaintenancePeriods"
 DEFAULT_CHECK_INTERVAL_MINUTES = 5
 
 
@@ -172,6 +176,9 @@ class MonitorBase(_Strict):
     Hash: str | None = None
     CreatedDate: str | None = None
     LastModifiedDate: str | None = None
+    MaintenancePeriods: Annotated[list[MaintenancePeriod], Field(max_length=MAX_PERIODS)] = Field(
+        default_factory=list
+    )
 
     @field_validator("Name")
     @classmethod
@@ -208,8 +215,10 @@ class MonitorBase(_Strict):
         return (self.CheckInterval or DEFAULT_CHECK_INTERVAL_MINUTES) * 60
 
     def definition(self) -> dict[str, Any]:
-        """What is stored and sent to agents: every field but the server-set ones."""
-        return self.model_dump(mode="json", exclude=set(READ_ONLY_FIELDS))
+        """What is stored and sent to agents: every field but the server-set ones (and no
+        maintenance periods when there are none: a definition, and its revision, as before)."""
+        exclude = set(READ_ONLY_FIELDS) | (set() if self.MaintenancePeriods else {PERIODS})
+        return self.model_dump(mode="json", exclude=exclude)
 
     @classmethod
     def redact(cls, definition: dict[str, Any]) -> dict[str, Any]:

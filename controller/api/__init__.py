@@ -9,12 +9,24 @@ from controller.api import (
     checks,
     enrolment,
     integrations,
+    maintenance,
+    monitor_groups,
     monitors,
     operators,
     register,
 )
 
-RESOURCES = (register, monitors, checks, checkpoints, enrolment, operators, integrations)
+RESOURCES = (
+    register,
+    monitors,
+    checks,
+    checkpoints,
+    enrolment,
+    operators,
+    integrations,
+    monitor_groups,
+    maintenance,
+)
 
 
 def setup(app: web.Application) -> None:

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from controller.api.common import PREFIX, controller, fail, ok
 from controller.assigner import Assigner
-from controller.db.store import CONCURRENT, PARTIAL, CheckRow
+from controller.db.store import CONCURRENT, PARTIAL, CheckRow, GroupRow
 from controller.ingest import LEVEL_NAMES, LEVELS_BY_NAME
 from shared import jsonin
 from shared.errors import INCONCLUSIVE_CODES
@@ -50,6 +50,9 @@ def represent(row: CheckRow, assigner: Assigner) -> dict[str, Any]:
             # result for a slot its checkpoint had already reported (a failover overlap)
             "IsInconclusive": row.error_code in INCONCLUSIVE_CODES,
             "IsDuplicateSlot": bool(row.attributes.get("IsDuplicateSlot", False)),
+            # Picket's: its slot is in one of the monitor's maintenance periods (alerting
+            # passes it by; docs/results.md)
+            "InMaintenance": bool(row.attributes.get("InMaintenance", False)),
         }
     )
     self_link = f"{PREFIX}/MonitorCheck/{row.id}"
@@ -141,10 +144,24 @@ def _period(request: web.Request, now: float) -> tuple[float | None, float | Non
 
 @routes.get(PREFIX + "/MonitorCheck/Monitor/{monitorGuid}")
 async def monitor_checks(request: web.Request) -> web.Response:
-    ctl = controller(request)
     guid = request.match_info["monitorGuid"].lower()
-    if await ctl.store.monitor(guid) is None:
+    if await controller(request).store.monitor(guid) is None:
         fail(404, f"Monitor {request.match_info['monitorGuid']} not found", "monitorGuid")
+    return await _page(request, guid)
+
+
+@routes.get(PREFIX + "/MonitorCheck/MonitorGroup/{monitorGroupGuid}")
+async def group_checks(request: web.Request) -> web.Response:
+    """The checks of a group's monitors (every monitor for All Monitors), paged together."""
+    text = request.match_info["monitorGroupGuid"]
+    group = await controller(request).store.monitor_group(text.lower())
+    if group is None:
+        fail(404, f"MonitorGroup {text} not found", "monitorGroupGuid")
+    return await _page(request, group)
+
+
+async def _page(request: web.Request, whose: str | GroupRow) -> web.Response:
+    ctl = controller(request)
     q = request.query
     try:
         take = int(q.get("Take", MAX_TAKE))
@@ -166,7 +183,7 @@ async def monitor_checks(request: web.Request) -> web.Response:
     start, end = _period(request, now)
     after = _decode_cursor(q["Cursor"]) if q.get("Cursor") else None
     rows = await ctl.store.checks_page(
-        guid,
+        whose,
         start_us=int(start * 1e6) if start is not None else None,
         end_us=int(end * 1e6) if end is not None else None,
         min_level=LEVELS_BY_NAME[level_name],

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from controller.api.common import PREFIX, controller, fail, invalid, json_body, ok
+from controller.api.common import PREFIX, ApiError, controller, fail, invalid, json_body, ok
 from controller.db.store import MonitorRow, NameTaken, RevisionChanged, now_us
 from shared import monitors, regex, secrets
 from shared.timefmt import iso
@@ -22,7 +22,17 @@ def revision_of(definition: dict[str, Any]) -> str:
     return secrets.revision(definition)  # keyed: the Hash tells nothing about the secrets
 
 
-def validate(raw: dict[str, Any]) -> monitors.MonitorBase:
+def validate(
+    raw: dict[str, Any], periods: list[dict[str, Any]] | None = None
+) -> monitors.MonitorBase:
+    """A monitor from a body, with the maintenance periods it keeps (`periods`, as stored)."""
+    if monitors.PERIODS in raw:
+        fail(
+            400,
+            f"{monitors.PERIODS}: is not a monitor field; maintenance periods are managed at "
+            "/Monitor/{monitorGuid}/MaintenancePeriod",
+            monitors.PERIODS,
+        )
     monitor_type = raw.get("MonitorType")
     if not isinstance(monitor_type, str) or not monitor_type:
         fail(400, "MonitorType: is required", "MonitorType")
@@ -35,6 +45,8 @@ def validate(raw: dict[str, Any]) -> monitors.MonitorBase:
             "MonitorType",
         )
     payload = {k: v for k, v in raw.items() if k not in monitors.READ_ONLY_FIELDS}
+    if periods:
+        payload[monitors.PERIODS] = periods
     try:
         return model.model_validate(payload, context=regex.FROM_OUTSIDE)
     except ValidationError as exc:
@@ -47,6 +59,7 @@ def _model(monitor_type: str) -> type[monitors.MonitorBase]:
 
 def represent(row: MonitorRow) -> dict[str, Any]:
     body = {"MonitorGuid": row.guid, **_model(row.monitor_type).redact(row.definition)}
+    body.pop(monitors.PERIODS, None)
     # GET returns the interval field that was set, not both
     for key in ("CheckInterval", "CheckIntervalSeconds"):
         if body.get(key) is None:
@@ -55,6 +68,11 @@ def represent(row: MonitorRow) -> dict[str, Any]:
     body["CreatedDate"] = iso(row.created_us / 1e6)
     body["LastModifiedDate"] = iso(row.modified_us / 1e6)
     return body
+
+
+def periods_of(row: MonitorRow) -> list[dict[str, Any]]:
+    """The monitor's maintenance periods as stored (shared/maintenance.py)."""
+    return list(row.definition.get(monitors.PERIODS) or [])
 
 
 def _row(guid: str, model: monitors.MonitorBase, created_us: int) -> MonitorRow:
@@ -151,6 +169,7 @@ def _known_fields() -> dict[str, str]:
     names = set(monitors.READ_ONLY_FIELDS)
     for type_name in monitors.monitor_types():
         names.update(_model(type_name).model_fields)
+    names.discard(monitors.PERIODS)
     return {name.lower(): name for name in names}
 
 
@@ -171,9 +190,7 @@ def _only(item: dict[str, Any], wanted: list[str]) -> dict[str, Any]:
 
 @routes.get(PREFIX + "/Monitor")
 async def list_monitors(request: web.Request) -> web.Response:
-    wanted = _filter(request)
-    rows = await controller(request).store.monitors()
-    return ok([_only(represent(r), wanted) for r in rows])
+    return ok(listed(request, await controller(request).store.monitors()))
 
 
 @routes.post(PREFIX + "/Monitor")
@@ -199,7 +216,7 @@ async def replace_monitor(request: web.Request) -> web.Response:
         if body["MonitorType"] != current.monitor_type:
             fail(400, "MonitorType: cannot be changed", "MonitorType")
         _model(current.monitor_type).keep_secrets(body, current.definition)
-        return _row(current.guid, validate(body), current.created_us)
+        return _row(current.guid, validate(body, periods_of(current)), current.created_us)
 
     return await _edit(request, build)
 
@@ -211,13 +228,16 @@ async def update_monitor(request: web.Request) -> web.Response:
         if body.get("MonitorType", current.monitor_type) != current.monitor_type:
             fail(400, "MonitorType: cannot be changed", "MonitorType")
         _model(current.monitor_type).keep_secrets(body, current.definition, patch=True)
+        if monitors.PERIODS in body:
+            validate(body)  # refused
         merged = {**current.definition, **body}
+        merged.pop(monitors.PERIODS, None)
         # switching between minutes and seconds: the field sent wins
         if "CheckInterval" in body and "CheckIntervalSeconds" not in body:
             merged["CheckIntervalSeconds"] = None
         if "CheckIntervalSeconds" in body and "CheckInterval" not in body:
             merged["CheckInterval"] = None
-        return _row(current.guid, validate(merged), current.created_us)
+        return _row(current.guid, validate(merged, periods_of(current)), current.created_us)
 
     return await _edit(request, build)
 
@@ -229,3 +249,42 @@ async def delete_monitor(request: web.Request) -> web.Response:
     if not await ctl.assigner.delete_monitor(current.guid):
         fail(404, f"Monitor {current.guid} not found", "monitorGuid")
     return web.Response(status=204)
+
+
+async def modify(
+    request: web.Request,
+    guid: str,
+    change: Callable[[dict[str, Any]], dict[str, Any] | None],
+) -> bool:
+    """Change a stored monitor through the placement (its agents get the new revision), as a
+    compare-and-swap that re-reads and retries when another edit won the race. `change` gets
+    a copy of the stored definition and returns the new one (None: nothing to change). False:
+    no such monitor (or deleted meanwhile)."""
+    ctl = controller(request)
+    for _attempt in range(EDIT_ATTEMPTS):
+        current = await ctl.store.monitor(guid)
+        if current is None:
+            return False
+        changed = change(copy.deepcopy(current.definition))
+        if changed is None:
+            return True
+        periods = changed.pop(monitors.PERIODS, None) or []
+        try:
+            model = validate(changed, periods)
+        except ApiError as exc:  # a stored definition a newer rule refuses
+            exc.messages = [(f, f"monitor {guid}: {m}") for f, m in exc.messages]
+            raise
+        row = _row(guid, model, current.created_us)
+        try:
+            return await ctl.assigner.save_monitor(row, False, current.revision)
+        except RevisionChanged:
+            continue
+        except NameTaken:  # the name cannot have changed; another monitor took it meanwhile
+            fail(409, f"monitor {guid}: its name is taken by another monitor", "Name")
+    fail(409, f"monitor {guid} kept changing during {EDIT_ATTEMPTS} attempts; try again")
+
+
+def listed(request: web.Request, rows: list[MonitorRow]) -> list[dict[str, Any]]:
+    """Monitors as GET /Monitor lists them, with its `filter`."""
+    wanted = _filter(request)
+    return [_only(represent(r), wanted) for r in rows]

@@ -244,3 +244,42 @@ integration = sa.Table(
     sa.Column("created_us", sa.BigInteger, nullable=False),
     sa.Column("modified_us", sa.BigInteger, nullable=False),
 )
+
+# monitor groups (0008): the built-in All Monitors group (is_all) has every monitor without
+# member rows; the others list theirs, removed with the monitor or the group
+monitor_group = sa.Table(
+    "monitor_group",
+    metadata,
+    sa.Column("guid", sa.String(36), primary_key=True),
+    sa.Column("description", sa.String(200), nullable=False, unique=True),
+    sa.Column("is_all", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_us", sa.BigInteger, nullable=False),
+)
+
+monitor_group_member = sa.Table(
+    "monitor_group_member",
+    metadata,
+    sa.Column(
+        "group_guid",
+        sa.String(36),
+        sa.ForeignKey("monitor_group.guid", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column(
+        "monitor_guid",
+        sa.String(36),
+        sa.ForeignKey("monitor.guid", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Index("ix_monitor_group_member_monitor", "monitor_guid"),
+)
+
+# the ids handed out to maintenance periods (0008), so that none is given twice; the periods
+# themselves live in their monitor's definition (the agents get them with it)
+maintenance_period_id = sa.Table(
+    "maintenance_period_id",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("monitor_guid", sa.String(36), nullable=False),
+    sa.Column("created_us", sa.BigInteger, nullable=False),
+)

@@ -36,8 +36,11 @@ from controller.db.schema import (
     duty_schedule,
     enrolment,
     integration,
+    maintenance_period_id,
     monitor,
     monitor_check,
+    monitor_group,
+    monitor_group_member,
     operator,
     operator_group,
     operator_group_member,
@@ -137,6 +140,13 @@ class CheckRow:
 
 
 CHECK, PARTIAL, CONCURRENT = 0, 1, 2  # monitor_check.check_kind
+
+
+@dataclass(frozen=True)
+class GroupRow:
+    guid: str
+    description: str
+    is_all: bool  # the built-in All Monitors group: every monitor, no member rows
 
 
 class StoreError(Exception):
@@ -1055,6 +1065,130 @@ class Store:
             result = await conn.execute(sa.delete(monitor).where(monitor.c.guid == guid))
         return bool(result.rowcount)
 
+    # --- monitor groups and maintenance period ids -------------------------------------------
+
+    @staticmethod
+    def _group(row: Any) -> GroupRow:
+        return GroupRow(guid=row.guid, description=row.description, is_all=bool(row.is_all))
+
+    async def monitor_groups(self) -> list[GroupRow]:
+        """The All Monitors group first, then the others as created."""
+        g = monitor_group.c
+        async with self._connect() as conn:
+            rows = await conn.execute(
+                sa.select(monitor_group).order_by(g.is_all.desc(), g.created_us, g.guid)
+            )
+            return [self._group(r) for r in rows]
+
+    async def monitor_group(self, guid: str) -> GroupRow | None:
+        async with self._connect() as conn:
+            row = (
+                await conn.execute(sa.select(monitor_group).where(monitor_group.c.guid == guid))
+            ).first()
+            return self._group(row) if row else None
+
+    async def save_monitor_group(self, row: GroupRow, create: bool) -> bool:
+        """Create or rename a group (never the All Monitors group). False: an update found it
+        gone or built in; NameTaken: another group has that description."""
+        g = monitor_group.c
+        taken = sa.select(g.guid).where(g.description == row.description, g.guid != row.guid)
+        try:
+            async with self._begin() as conn:
+                if await conn.scalar(taken) is not None:
+                    raise NameTaken(row.description)
+                if create:
+                    await conn.execute(
+                        sa.insert(monitor_group).values(
+                            guid=row.guid,
+                            description=row.description,
+                            is_all=False,
+                            created_us=now_us(),
+                        )
+                    )
+                    return True
+                result = await conn.execute(
+                    sa.update(monitor_group)
+                    .where(g.guid == row.guid, g.is_all.is_(False))
+                    .values(description=row.description)
+                )
+                return bool(result.rowcount)
+        except NameTaken:
+            raise
+        except StoreRejected:
+            async with self._connect() as conn:  # the unique index caught a concurrent create
+                if await conn.scalar(taken) is not None:
+                    raise NameTaken(row.description) from None
+            raise
+
+    async def delete_monitor_group(self, guid: str) -> bool:
+        """Its member rows go with it; the All Monitors group is never deleted."""
+        g = monitor_group.c
+        async with self._begin() as conn:
+            result = await conn.execute(
+                sa.delete(monitor_group).where(g.guid == guid, g.is_all.is_(False))
+            )
+        return bool(result.rowcount)
+
+    def _members_query(self, group: GroupRow) -> sa.Select[Any]:
+        """The guids of the group's monitors (all monitors for the All Monitors group)."""
+        if group.is_all:
+            return sa.select(monitor.c.guid)
+        m = monitor_group_member.c
+        return sa.select(m.monitor_guid).where(m.group_guid == group.guid)
+
+    async def group_monitor_guids(self, group: GroupRow) -> list[str]:
+        """The group's monitors, in the order the monitors were created."""
+        members = self._members_query(group).subquery()
+        query = (
+            sa.select(monitor.c.guid)
+            .where(monitor.c.guid.in_(sa.select(members.c[0])))
+            .order_by(monitor.c.created_us, monitor.c.guid)
+        )
+        async with self._connect() as conn:
+            return [r.guid for r in await conn.execute(query)]
+
+    async def add_group_member(self, group_guid: str, monitor_guid: str) -> None:
+        """Idempotent: a member added again stays one member."""
+        async with self._begin() as conn:
+            await conn.execute(
+                self._insert(monitor_group_member)
+                .values(group_guid=group_guid, monitor_guid=monitor_guid)
+                .on_conflict_do_nothing()
+            )
+
+    async def remove_group_member(self, group_guid: str, monitor_guid: str) -> bool:
+        m = monitor_group_member.c
+        async with self._begin() as conn:
+            result = await conn.execute(
+                sa.delete(monitor_group_member).where(
+                    m.group_guid == group_guid, m.monitor_guid == monitor_guid
+                )
+            )
+        return bool(result.rowcount)
+
+    async def groups_of_monitor(self, monitor_guid: str) -> list[str]:
+        """The guids of the groups a monitor is in: All Monitors and those listing it."""
+        g, m = monitor_group.c, monitor_group_member.c
+        listing = sa.select(m.group_guid).where(m.monitor_guid == monitor_guid)
+        query = (
+            sa.select(g.guid)
+            .where(sa.or_(g.is_all.is_(True), g.guid.in_(listing)))
+            .order_by(g.is_all.desc(), g.created_us, g.guid)
+        )
+        async with self._connect() as conn:
+            return [r.guid for r in await conn.execute(query)]
+
+    async def new_maintenance_period_id(self, monitor_guid: str) -> int:
+        """An id no maintenance period has had (ids are never given twice)."""
+        async with self._begin() as conn:
+            result = await conn.execute(
+                sa.insert(maintenance_period_id).values(
+                    monitor_guid=monitor_guid, created_us=now_us()
+                )
+            )
+            key = result.inserted_primary_key
+            return int(key[0]) if key else 0
+
     # --- assignments --------------------------------------------------------------------------
 
     async def assignments(self) -> dict[tuple[str, str], str]:
@@ -1371,7 +1505,7 @@ class Store:
 
     async def checks_page(
         self,
-        monitor_guid: str,
+        monitor_guid: str | GroupRow,
         start_us: int | None,
         end_us: int | None,
         min_level: int,
@@ -1380,13 +1514,17 @@ class Store:
         limit: int,
         inconclusive: bool | None = None,
     ) -> list[CheckRow]:
-        """`inconclusive`: only those (True), none of them (False), or all (None)."""
+        """A monitor's checks, or a group's monitors' (`monitor_guid` a GroupRow).
+        `inconclusive`: only those (True), none of them (False), or all (None)."""
         c = monitor_check.c
         # a concurrent slot is listed as its concurrent check; its partials are
         # partial_checks' (GET /MonitorCheck/{id}/Concurrent)
-        query = sa.select(monitor_check).where(
-            c.monitor_guid == monitor_guid, c.check_kind != PARTIAL
-        )
+        whose: sa.ColumnElement[bool]
+        if isinstance(monitor_guid, GroupRow):
+            whose = c.monitor_guid.in_(self._members_query(monitor_guid))
+        else:
+            whose = c.monitor_guid == monitor_guid
+        query = sa.select(monitor_check).where(whose, c.check_kind != PARTIAL)
         if inconclusive is not None:
             codes = sorted(int(code) for code in INCONCLUSIVE_CODES)
             query = query.where(

@@ -1,7 +1,7 @@
 """Integrations: where notifications go (webhook, Slack, Teams, PagerDuty, Alertmanager,
 e-mail), each with its configuration as JSON.
 
-Revision ID: 0009 (0008 is left to another branch; the merger links them)
+Revision ID: 0009 (after 0008, monitor groups)
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009"
-down_revision = "0007"
+down_revision = "0008"  # 0008: monitor groups
 branch_labels = None
 depends_on = None
 
