@@ -392,7 +392,7 @@ async def test_a_confirmation_whose_agent_goes_offline_is_asked_again_at_once(
         return await original(agent, request)
 
     monkeypatch.setattr(ctl.bus, "run_now", run_now)
-    failed = _result(row.guid, time.time(), code=5)
+    failed = _result(row.guid, time.time(), code=110)
     await ctl.ingest.process([ResultBatch(batch_id="b1", agent=names[0], results=[failed])])
     ((first, _),) = sent
     assert first != names[0]
@@ -401,7 +401,7 @@ async def test_a_confirmation_whose_agent_goes_offline_is_asked_again_at_once(
     second, request = sent[1]
     assert second not in (first, names[0]) and request.confirms == failed.uid
     # its answer is accepted (the controller asked it) and confirms the error
-    answer = _result(row.guid, time.time(), code=5, is_confirmation=True, confirms=failed.uid)
+    answer = _result(row.guid, time.time(), code=110, is_confirmation=True, confirms=failed.uid)
     await ctl.ingest.process([ResultBatch(batch_id="b2", agent=second, results=[answer])])
     assert await _levels(ctl, [failed.uid, answer.uid]) == {failed.uid: 1, answer.uid: 2}
     assert row.guid not in ctl.ingest.confirming
@@ -410,7 +410,7 @@ async def test_a_confirmation_whose_agent_goes_offline_is_asked_again_at_once(
     # confirms itself (no other checkpoint is live); when it goes too, given up and counted
     await ctl.on_state(first, True)
     recovered = _result(row.guid, time.time() + 1)
-    again = _result(row.guid, time.time() + 2, code=5)
+    again = _result(row.guid, time.time() + 2, code=110)
     for batch_id, result in (("b3", recovered), ("b4", again)):
         await ctl.ingest.process([ResultBatch(batch_id=batch_id, agent=names[0], results=[result])])
     assert len(sent) == 3
