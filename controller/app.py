@@ -12,6 +12,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from controller import api
+from controller.alerting.definitions import AlertDefinitions
 from controller.api import checkpoints, enrolment
 from controller.api.common import CONTROLLER, PRINCIPAL, ApiError, refuse_unstorable_text
 from controller.assigner import Assigner
@@ -49,6 +50,8 @@ class Controller:
         self.store = store
         self.metrics = ControllerMetrics()
         self.senders = Senders(settings, self.metrics)
+        # the alert definitions as alerting reads them, cached (controller/alerting)
+        self.alert_definitions = AlertDefinitions(store)
         self.auth = Authenticator(
             store,
             AuthLimits(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from controller.api import (
+    alert_definitions,
     checkpoints,
     checks,
     enrolment,
@@ -26,6 +27,7 @@ RESOURCES = (
     integrations,
     monitor_groups,
     maintenance,
+    alert_definitions,
 )
 
 

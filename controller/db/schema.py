@@ -283,3 +283,128 @@ maintenance_period_id = sa.Table(
     sa.Column("monitor_guid", sa.String(36), nullable=False),
     sa.Column("created_us", sa.BigInteger, nullable=False),
 )
+
+# alert definitions (0011): to whom and how alerts of their member monitors go. Each has the
+# four escalation levels 1-4 from its creation; members, level members and level integrations
+# are removed with what they name (a monitor, group, operator, operator group, integration)
+alert_definition = sa.Table(
+    "alert_definition",
+    metadata,
+    sa.Column("guid", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("is_active", sa.Boolean, nullable=False),
+    sa.Column("created_us", sa.BigInteger, nullable=False),
+    sa.Column("modified_us", sa.BigInteger, nullable=False),
+)
+
+
+def _definition_fk() -> sa.Column[str]:
+    return sa.Column(
+        "definition_guid",
+        sa.String(36),
+        sa.ForeignKey("alert_definition.guid", ondelete="CASCADE"),
+        primary_key=True,
+    )
+
+
+escalation_level = sa.Table(
+    "escalation_level",
+    metadata,
+    _definition_fk(),
+    sa.Column("level", sa.SmallInteger, primary_key=True),  # 1 ... 4
+    sa.Column("is_active", sa.Boolean, nullable=False),
+    sa.Column("mode", sa.String(24), nullable=False),  # AlertOnErrorCount, AlertOnErrorDuration
+    sa.Column("threshold_error_count", sa.Integer, nullable=False),
+    sa.Column("threshold_minutes", sa.Integer, nullable=False),
+    sa.Column("number_of_reminders", sa.Integer, nullable=False),
+    sa.Column("reminder_delay", sa.Integer, nullable=False),  # minutes
+    sa.Column("message", sa.Text, nullable=False),
+)
+
+alert_definition_monitor = sa.Table(
+    "alert_definition_monitor",
+    metadata,
+    _definition_fk(),
+    sa.Column(
+        "monitor_guid",
+        sa.String(36),
+        sa.ForeignKey("monitor.guid", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("created_us", sa.BigInteger, nullable=False),
+    sa.Index("ix_alert_definition_monitor_monitor", "monitor_guid"),
+)
+
+alert_definition_monitor_group = sa.Table(
+    "alert_definition_monitor_group",
+    metadata,
+    _definition_fk(),
+    sa.Column(
+        "group_guid",
+        sa.String(36),
+        sa.ForeignKey("monitor_group.guid", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("created_us", sa.BigInteger, nullable=False),
+    sa.Index("ix_alert_definition_monitor_group_group", "group_guid"),
+)
+
+escalation_level_operator = sa.Table(
+    "escalation_level_operator",
+    metadata,
+    _definition_fk(),
+    sa.Column("level", sa.SmallInteger, primary_key=True),
+    sa.Column(
+        "operator_guid",
+        sa.String(36),
+        sa.ForeignKey("operator.guid", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("created_us", sa.BigInteger, nullable=False),
+    sa.Index("ix_escalation_level_operator_operator", "operator_guid"),
+)
+
+escalation_level_operator_group = sa.Table(
+    "escalation_level_operator_group",
+    metadata,
+    _definition_fk(),
+    sa.Column("level", sa.SmallInteger, primary_key=True),
+    sa.Column(
+        "group_guid",
+        sa.String(36),
+        sa.ForeignKey("operator_group.guid", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("created_us", sa.BigInteger, nullable=False),
+    sa.Index("ix_escalation_level_operator_group_group", "group_guid"),
+)
+
+escalation_level_integration = sa.Table(
+    "escalation_level_integration",
+    metadata,
+    _definition_fk(),
+    sa.Column("level", sa.SmallInteger, primary_key=True),
+    sa.Column(
+        "integration_guid",
+        sa.String(36),
+        sa.ForeignKey("integration.guid", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("is_active", sa.Boolean, nullable=False),
+    sa.Column("send_ok_alerts", sa.Boolean, nullable=False),
+    sa.Column("send_reminder_alerts", sa.Boolean, nullable=False),
+    sa.Column("variable_values", sa.Text, nullable=False),  # JSON {name: value}
+    sa.Column("extra_email_addresses", sa.Text, nullable=False),  # JSON [address]
+    sa.Column("created_us", sa.BigInteger, nullable=False),
+    sa.Index("ix_escalation_level_integration_integration", "integration_guid"),
+)
+
+# one row (id 1): raised in the transaction of every change to what alerting reads (the
+# tables above, monitor group members, deletions that cascade into them), so that every
+# controller's cache of alert definitions sees a change made by another (controller/alerting)
+alerting_revision = sa.Table(
+    "alerting_revision",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("revision", sa.BigInteger, nullable=False),
+)

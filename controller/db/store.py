@@ -28,6 +28,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from controller.db import migrate
 from controller.db.schema import (
+    alert_definition,
+    alert_definition_monitor,
+    alert_definition_monitor_group,
+    alerting_revision,
     api_account,
     assignment,
     assignment_history,
@@ -35,6 +39,10 @@ from controller.db.schema import (
     dead_letter,
     duty_schedule,
     enrolment,
+    escalation_level,
+    escalation_level_integration,
+    escalation_level_operator,
+    escalation_level_operator_group,
     integration,
     maintenance_period_id,
     monitor,
@@ -712,6 +720,7 @@ class Store:
         """Its API accounts, memberships and schedules go with it."""
         async with self._begin() as conn:
             result = await conn.execute(sa.delete(operator).where(operator.c.guid == guid))
+            await self._bump_alerting(conn)  # it may be in alert definitions
         return bool(result.rowcount)
 
     async def set_operator_password(self, guid: str, password_hash: str) -> None:
@@ -771,6 +780,7 @@ class Store:
                     operator_group.c.is_administrators == sa.false(),
                 )
             )
+            await self._bump_alerting(conn)  # it may be in alert definitions
         return bool(result.rowcount)
 
     @staticmethod
@@ -1063,6 +1073,7 @@ class Store:
         """The monitor's checks go afterwards, in batches (controller/retention.py)."""
         async with self._begin() as conn:
             result = await conn.execute(sa.delete(monitor).where(monitor.c.guid == guid))
+            await self._bump_alerting(conn)  # it may be in alert definitions
         return bool(result.rowcount)
 
     # --- monitor groups and maintenance period ids -------------------------------------------
@@ -1127,6 +1138,7 @@ class Store:
             result = await conn.execute(
                 sa.delete(monitor_group).where(g.guid == guid, g.is_all.is_(False))
             )
+            await self._bump_alerting(conn)  # it may be in alert definitions
         return bool(result.rowcount)
 
     def _members_query(self, group: GroupRow) -> sa.Select[Any]:
@@ -1155,6 +1167,7 @@ class Store:
                 .values(group_guid=group_guid, monitor_guid=monitor_guid)
                 .on_conflict_do_nothing()
             )
+            await self._bump_alerting(conn)  # it may be in alert definitions
 
     async def remove_group_member(self, group_guid: str, monitor_guid: str) -> bool:
         m = monitor_group_member.c
@@ -1164,6 +1177,7 @@ class Store:
                     m.group_guid == group_guid, m.monitor_guid == monitor_guid
                 )
             )
+            await self._bump_alerting(conn)  # it may be in alert definitions
         return bool(result.rowcount)
 
     async def groups_of_monitor(self, monitor_guid: str) -> list[str]:
@@ -1671,4 +1685,428 @@ class Store:
     async def delete_integration(self, guid: str) -> bool:
         async with self._begin() as conn:
             result = await conn.execute(sa.delete(integration).where(integration.c.guid == guid))
+            await self._bump_alerting(conn)  # it may be in alert definitions
         return bool(result.rowcount)
+
+    # --- alert definitions ----------------------------------------------------------------------
+
+    @staticmethod
+    async def _bump_alerting(conn: AsyncConnection) -> None:
+        """Raise the alerting revision (in the caller's transaction): every controller's cache
+        of alert definitions reloads when it sees it (controller/alerting/definitions.py)."""
+        r = alerting_revision.c
+        await conn.execute(
+            sa.update(alerting_revision).where(r.id == 1).values(revision=r.revision + 1)
+        )
+
+    @staticmethod
+    async def _definition_locked(conn: AsyncConnection, guid: str) -> bool:
+        """Whether the definition exists; on PostgreSQL its row is locked until the end of the
+        transaction, so that two writers count its members one after the other."""
+        query = (
+            sa.select(alert_definition.c.guid)
+            .where(alert_definition.c.guid == guid)
+            .with_for_update()
+        )
+        return await conn.scalar(query) is not None
+
+    async def alerting_revision(self) -> int:
+        async with self._connect() as conn:
+            found = await conn.scalar(
+                sa.select(alerting_revision.c.revision).where(alerting_revision.c.id == 1)
+            )
+            return int(found or 0)
+
+    async def alert_definitions(self) -> list[dict[str, Any]]:
+        d = alert_definition.c
+        async with self._connect() as conn:
+            rows = await conn.execute(sa.select(alert_definition).order_by(d.created_us, d.guid))
+            return [dict(r._mapping) for r in rows]
+
+    async def alert_definition(self, guid: str) -> dict[str, Any] | None:
+        async with self._connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(alert_definition).where(alert_definition.c.guid == guid)
+                )
+            ).first()
+            return dict(row._mapping) if row else None
+
+    async def create_alert_definition(
+        self,
+        guid: str,
+        name: str,
+        is_active: bool,
+        levels: Sequence[dict[str, Any]],
+        limit: int,
+    ) -> bool:
+        """A definition with its escalation levels; False when `limit` definitions exist."""
+        now = now_us()
+        async with self._begin() as conn:
+            count = await conn.scalar(sa.select(sa.func.count()).select_from(alert_definition))
+            if int(count or 0) >= limit:
+                return False
+            await conn.execute(
+                sa.insert(alert_definition).values(
+                    guid=guid, name=name, is_active=is_active, created_us=now, modified_us=now
+                )
+            )
+            await conn.execute(
+                sa.insert(escalation_level), [{**lv, "definition_guid": guid} for lv in levels]
+            )
+            await self._bump_alerting(conn)
+        return True
+
+    async def update_alert_definition(self, guid: str, values: dict[str, Any]) -> bool:
+        async with self._begin() as conn:
+            result = await conn.execute(
+                sa.update(alert_definition)
+                .where(alert_definition.c.guid == guid)
+                .values(**values, modified_us=now_us())
+            )
+            await self._bump_alerting(conn)
+        return bool(result.rowcount)
+
+    async def delete_alert_definition(self, guid: str) -> bool:
+        """Its levels, members and level integrations go with it."""
+        async with self._begin() as conn:
+            result = await conn.execute(
+                sa.delete(alert_definition).where(alert_definition.c.guid == guid)
+            )
+            await self._bump_alerting(conn)
+        return bool(result.rowcount)
+
+    async def escalation_levels(self, guid: str) -> list[dict[str, Any]]:
+        e = escalation_level.c
+        async with self._connect() as conn:
+            rows = await conn.execute(
+                sa.select(escalation_level).where(e.definition_guid == guid).order_by(e.level)
+            )
+            return [dict(r._mapping) for r in rows]
+
+    async def update_escalation_level(self, guid: str, level: int, values: dict[str, Any]) -> bool:
+        e = escalation_level.c
+        async with self._begin() as conn:
+            result = await conn.execute(
+                sa.update(escalation_level)
+                .where(e.definition_guid == guid, e.level == level)
+                .values(**values)
+            )
+            if result.rowcount:
+                await conn.execute(
+                    sa.update(alert_definition)
+                    .where(alert_definition.c.guid == guid)
+                    .values(modified_us=now_us())
+                )
+            await self._bump_alerting(conn)
+        return bool(result.rowcount)
+
+    # members of a definition: "monitor" or "group"; of a level: "operator" or "group"
+    _DEFINITION_MEMBERS = {
+        "monitor": (alert_definition_monitor, "monitor_guid"),
+        "group": (alert_definition_monitor_group, "group_guid"),
+    }
+    _LEVEL_MEMBERS = {
+        "operator": (escalation_level_operator, "operator_guid"),
+        "group": (escalation_level_operator_group, "group_guid"),
+    }
+
+    async def alert_definition_members(self, guid: str) -> list[tuple[str, str]]:
+        """(kind, guid) of the definition's members, as added."""
+        found: list[tuple[int, str, str, str]] = []
+        async with self._connect() as conn:
+            for kind, (table, column) in self._DEFINITION_MEMBERS.items():
+                rows = await conn.execute(
+                    sa.select(table.c[column], table.c.created_us).where(
+                        table.c.definition_guid == guid
+                    )
+                )
+                found.extend((r.created_us, r[0], kind, r[0]) for r in rows)
+        return [(kind, member) for _, _, kind, member in sorted(found)]
+
+    async def add_alert_definition_member(
+        self, guid: str, kind: str, member: str, limit: int
+    ) -> bool | None:
+        """True: added or a member already; False: the definition is gone; None: it has
+        `limit` members. StoreRejected: the member is gone (a foreign key refused it)."""
+        table, column = self._DEFINITION_MEMBERS[kind]
+        async with self._begin() as conn:
+            if not await self._definition_locked(conn, guid):
+                return False
+            exists = await conn.scalar(
+                sa.select(sa.func.count())
+                .select_from(table)
+                .where(table.c.definition_guid == guid, table.c[column] == member)
+            )
+            if exists:
+                return True
+            total = 0
+            for other, _ in self._DEFINITION_MEMBERS.values():
+                total += int(
+                    await conn.scalar(
+                        sa.select(sa.func.count())
+                        .select_from(other)
+                        .where(other.c.definition_guid == guid)
+                    )
+                    or 0
+                )
+            if total >= limit:
+                return None
+            await conn.execute(
+                self._insert(table)
+                .values(definition_guid=guid, created_us=now_us(), **{column: member})
+                .on_conflict_do_nothing()
+            )
+            await self._bump_alerting(conn)
+        return True
+
+    async def remove_alert_definition_member(self, guid: str, kind: str, member: str) -> bool:
+        table, column = self._DEFINITION_MEMBERS[kind]
+        async with self._begin() as conn:
+            result = await conn.execute(
+                sa.delete(table).where(table.c.definition_guid == guid, table.c[column] == member)
+            )
+            await self._bump_alerting(conn)
+        return bool(result.rowcount)
+
+    async def escalation_level_members(self, guid: str, level: int) -> list[tuple[str, str]]:
+        """(kind, guid) of the level's operators and operator groups, as added."""
+        found: list[tuple[int, str, str, str]] = []
+        async with self._connect() as conn:
+            for kind, (table, column) in self._LEVEL_MEMBERS.items():
+                rows = await conn.execute(
+                    sa.select(table.c[column], table.c.created_us).where(
+                        table.c.definition_guid == guid, table.c.level == level
+                    )
+                )
+                found.extend((r.created_us, r[0], kind, r[0]) for r in rows)
+        return [(kind, member) for _, _, kind, member in sorted(found)]
+
+    async def add_escalation_level_member(
+        self, guid: str, level: int, kind: str, member: str, limit: int
+    ) -> bool | None:
+        """As add_alert_definition_member, for an escalation level's operators and groups."""
+        table, column = self._LEVEL_MEMBERS[kind]
+        async with self._begin() as conn:
+            if not await self._definition_locked(conn, guid):
+                return False
+            here = (table.c.definition_guid == guid, table.c.level == level)
+            exists = await conn.scalar(
+                sa.select(sa.func.count())
+                .select_from(table)
+                .where(*here, table.c[column] == member)
+            )
+            if exists:
+                return True
+            total = 0
+            for other, _ in self._LEVEL_MEMBERS.values():
+                total += int(
+                    await conn.scalar(
+                        sa.select(sa.func.count())
+                        .select_from(other)
+                        .where(other.c.definition_guid == guid, other.c.level == level)
+                    )
+                    or 0
+                )
+            if total >= limit:
+                return None
+            await conn.execute(
+                self._insert(table)
+                .values(definition_guid=guid, level=level, created_us=now_us(), **{column: member})
+                .on_conflict_do_nothing()
+            )
+            await self._bump_alerting(conn)
+        return True
+
+    async def remove_escalation_level_member(
+        self, guid: str, level: int, kind: str, member: str
+    ) -> bool:
+        table, column = self._LEVEL_MEMBERS[kind]
+        async with self._begin() as conn:
+            result = await conn.execute(
+                sa.delete(table).where(
+                    table.c.definition_guid == guid,
+                    table.c.level == level,
+                    table.c[column] == member,
+                )
+            )
+            await self._bump_alerting(conn)
+        return bool(result.rowcount)
+
+    @staticmethod
+    def _level_integration(row: Any) -> dict[str, Any]:
+        found = dict(row._mapping)
+        found["variable_values"] = json.loads(found["variable_values"])
+        found["extra_email_addresses"] = json.loads(found["extra_email_addresses"])
+        return found
+
+    def _level_integrations_query(self, guid: str, level: int) -> sa.Select[Any]:
+        li, i = escalation_level_integration.c, integration.c
+        return (
+            sa.select(
+                escalation_level_integration,
+                i.name.label("integration_name"),
+                i.type.label("integration_type"),
+                i.kind.label("integration_kind"),
+            )
+            .join(integration, i.guid == li.integration_guid)
+            .where(li.definition_guid == guid, li.level == level)
+            .order_by(li.created_us, li.integration_guid)
+        )
+
+    async def escalation_level_integrations(self, guid: str, level: int) -> list[dict[str, Any]]:
+        """The level's integrations, each with the integration's name, type and kind."""
+        async with self._connect() as conn:
+            rows = await conn.execute(self._level_integrations_query(guid, level))
+            return [self._level_integration(r) for r in rows]
+
+    async def escalation_level_integration(
+        self, guid: str, level: int, integration_guid: str
+    ) -> dict[str, Any] | None:
+        query = self._level_integrations_query(guid, level).where(
+            escalation_level_integration.c.integration_guid == integration_guid
+        )
+        async with self._connect() as conn:
+            row = (await conn.execute(query)).first()
+            return self._level_integration(row) if row else None
+
+    @staticmethod
+    def _level_integration_values(values: dict[str, Any]) -> dict[str, Any]:
+        stored = dict(values)
+        for name in ("variable_values", "extra_email_addresses"):
+            if name in stored:
+                stored[name] = json.dumps(stored[name], ensure_ascii=False)
+        return stored
+
+    async def add_escalation_level_integration(
+        self, guid: str, level: int, integration_guid: str, values: dict[str, Any], limit: int
+    ) -> str:
+        """ "added", "exists" (on the level already: nothing changed), "full" (`limit`
+        integrations on the level) or "gone" (the definition). StoreRejected: the integration
+        is gone."""
+        li = escalation_level_integration.c
+        here = (li.definition_guid == guid, li.level == level)
+        async with self._begin() as conn:
+            if not await self._definition_locked(conn, guid):
+                return "gone"
+            exists = await conn.scalar(
+                sa.select(sa.func.count())
+                .select_from(escalation_level_integration)
+                .where(*here, li.integration_guid == integration_guid)
+            )
+            if exists:
+                return "exists"
+            count = await conn.scalar(
+                sa.select(sa.func.count()).select_from(escalation_level_integration).where(*here)
+            )
+            if int(count or 0) >= limit:
+                return "full"
+            await conn.execute(
+                sa.insert(escalation_level_integration).values(
+                    definition_guid=guid,
+                    level=level,
+                    integration_guid=integration_guid,
+                    created_us=now_us(),
+                    **self._level_integration_values(values),
+                )
+            )
+            await self._bump_alerting(conn)
+        return "added"
+
+    async def update_escalation_level_integration(
+        self, guid: str, level: int, integration_guid: str, values: dict[str, Any]
+    ) -> bool:
+        li = escalation_level_integration.c
+        async with self._begin() as conn:
+            result = await conn.execute(
+                sa.update(escalation_level_integration)
+                .where(
+                    li.definition_guid == guid,
+                    li.level == level,
+                    li.integration_guid == integration_guid,
+                )
+                .values(**self._level_integration_values(values))
+            )
+            await self._bump_alerting(conn)
+        return bool(result.rowcount)
+
+    async def remove_escalation_level_integration(
+        self, guid: str, level: int, integration_guid: str
+    ) -> bool:
+        li = escalation_level_integration.c
+        async with self._begin() as conn:
+            result = await conn.execute(
+                sa.delete(escalation_level_integration).where(
+                    li.definition_guid == guid,
+                    li.level == level,
+                    li.integration_guid == integration_guid,
+                )
+            )
+            await self._bump_alerting(conn)
+        return bool(result.rowcount)
+
+    async def alerting_snapshot(self) -> tuple[int, dict[str, list[dict[str, Any]]]]:
+        """The alerting revision, then every active definition with what hangs from it, by
+        table: definitions, levels, monitors, groups (with is_all and, for the others, their
+        member monitors in group_members), operators, operator_groups, integrations. The
+        revision is read first: a change made while reading raises it past the one returned,
+        so the next look reloads."""
+        tables: dict[str, list[dict[str, Any]]] = {}
+        d = alert_definition.c
+        async with self._connect() as conn:
+            revision = int(
+                await conn.scalar(
+                    sa.select(alerting_revision.c.revision).where(alerting_revision.c.id == 1)
+                )
+                or 0
+            )
+            active = sa.select(d.guid).where(d.is_active.is_(True))
+
+            async def rows(query: sa.Select[Any]) -> list[dict[str, Any]]:
+                return [dict(r._mapping) for r in await conn.execute(query)]
+
+            tables["definitions"] = await rows(
+                sa.select(alert_definition)
+                .where(d.is_active.is_(True))
+                .order_by(d.created_us, d.guid)
+            )
+            tables["levels"] = await rows(
+                sa.select(escalation_level)
+                .where(escalation_level.c.definition_guid.in_(active))
+                .order_by(escalation_level.c.level)
+            )
+            for name, table in (
+                ("monitors", alert_definition_monitor),
+                ("operators", escalation_level_operator),
+                ("operator_groups", escalation_level_operator_group),
+            ):
+                tables[name] = await rows(
+                    sa.select(table)
+                    .where(table.c.definition_guid.in_(active))
+                    .order_by(table.c.created_us)
+                )
+            adg, g = alert_definition_monitor_group.c, monitor_group.c
+            tables["groups"] = await rows(
+                sa.select(adg.definition_guid, adg.group_guid, g.is_all)
+                .join(monitor_group, g.guid == adg.group_guid)
+                .where(adg.definition_guid.in_(active))
+                .order_by(adg.created_us)
+            )
+            m = monitor_group_member.c
+            tables["group_members"] = await rows(
+                sa.select(m.group_guid, m.monitor_guid).where(
+                    m.group_guid.in_(
+                        sa.select(adg.group_guid).where(adg.definition_guid.in_(active))
+                    )
+                )
+            )
+            li = escalation_level_integration.c
+            tables["integrations"] = [
+                self._level_integration(r)
+                for r in await conn.execute(
+                    sa.select(escalation_level_integration)
+                    .where(li.definition_guid.in_(active))
+                    .order_by(li.created_us, li.integration_guid)
+                )
+            ]
+        return revision, tables

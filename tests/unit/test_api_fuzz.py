@@ -225,7 +225,35 @@ async def _known_ids(client: TestClient[Any, Any]) -> list[str]:
     assert msa.status == 201, await msa.text()
     admin = await store.operator_by_username("admin")
     assert admin is not None
-    return [guid, (await msa.json())["MonitorGuid"], admin["guid"], "1", "2", "3"]
+    # an alert definition with an integration on its first level
+    definition = await client.post(
+        "/api/v4/AlertDefinition", json={"AlertName": "fuzz alerts"}, headers=ADMIN
+    )
+    assert definition.status == 201, await definition.text()
+    definition_guid = (await definition.json())["AlertDefinitionGuid"]
+    hook = await client.post(
+        "/api/v4/Integration",
+        json={"Type": "GenericWebhook", "Name": "fuzz hook", "Url": "http://127.0.0.1:9/"},
+        headers=ADMIN,
+    )
+    assert hook.status == 201, await hook.text()
+    hook_guid = (await hook.json())["IntegrationGuid"]
+    added = await client.post(
+        f"/api/v4/AlertDefinition/{definition_guid}/EscalationLevel/1/Integration",
+        json={"IntegrationGuid": hook_guid},
+        headers=ADMIN,
+    )
+    assert added.status == 201, await added.text()
+    return [
+        guid,
+        (await msa.json())["MonitorGuid"],
+        admin["guid"],
+        definition_guid,
+        hook_guid,
+        "1",
+        "2",
+        "3",
+    ]
 
 
 @settings(

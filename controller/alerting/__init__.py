@@ -1,0 +1,1 @@
+"""Alerting: alert definitions as the evaluator reads them (definitions.py)."""
