@@ -21,6 +21,10 @@ from tests.helpers import Api, Mosquitto, Proxy, Target, free_port, http_monitor
 pytestmark = pytest.mark.e2e
 
 KEEPALIVE = 2  # seconds: the broker sends the last will after 3 s of silence
+# Mosquitto 2.0 looks at its clients' keepalives only every 6 s (keepalive__check runs when
+# `last_keepalive_check + 5 < now`, in whole seconds), so the will comes 1.5 x keepalive to
+# 1.5 x keepalive + 6 s (+1 for whole seconds) after the last packet; Picket's part is the move
+DETECTION = 1.5 * KEEPALIVE + 6 + 1
 
 
 def _agent(stack: Stack, broker_url: str, agent_id: str, **extra: str) -> Any:
@@ -62,7 +66,7 @@ async def test_failover_within_two_keepalives_and_only_a_share_returns(
     first = _agent(stack, mosquitto.url, "agent-a")
     _agent(stack, mosquitto.url, "agent-b")
     api = await ready(stack, http)
-    interval = 5  # at least the detection time
+    interval = 5  # short, so a result from the peer soon follows the move
     guids = [
         await api.create_monitor(
             http_monitor(f"m{n}", f"{target.base}/ok", CheckIntervalSeconds=interval)
@@ -114,8 +118,9 @@ async def test_failover_within_two_keepalives_and_only_a_share_returns(
         return time.time() if done >= len(mine) else None
 
     moved_at = await wait_for(moved, "agent-a's monitors to move to agent-b", 60)
-    # the bound is 2 x keepalive; a loaded machine gets a little more
-    assert moved_at - lost <= 2 * KEEPALIVE + 3, moved_at - lost
+    # the bound is the broker's detection (DETECTION; 2 x keepalive for keepalives of 14 s and
+    # more) and Picket's move; a loaded machine gets a little more
+    assert moved_at - lost <= DETECTION + 3, moved_at - lost
     values = await scrape(http, stack.api + "/metrics")
     assert values["picket_failovers_total"] == 1
     assert values['picket_monitors_moved_total{reason="failover"}'] == len(mine)
@@ -134,7 +139,7 @@ async def test_failover_within_two_keepalives_and_only_a_share_returns(
     firsts = await wait_for(peer_checks, "results of agent-a's monitors from agent-b", 60)
     # within the detection bound and the next slot: at most ceil(bound / interval) slots missed
     for first_at in firsts.values():
-        assert first_at - lost <= 2 * KEEPALIVE + interval + 3, first_at - lost
+        assert first_at - lost <= DETECTION + interval + 3, first_at - lost
 
     # it dies (kill -9), and starts again: only its own share comes back
     os.kill(first.proc.pid, signal.SIGKILL)
