@@ -4,15 +4,17 @@ Mosquitto, the controller (SQLite) and three agents (`bench-a`, `bench-b`, `benc
 check worker each, checkpoint `Bench`) run as separate children on free loopback ports; the
 monitors check a loopback nginx (one worker, a 3-byte 200).
 
-1. `--monitors` HTTP monitors (default 100,000) at a `--interval` of 60 s are written straight
+1. `--monitors` HTTP monitors (default 100,000) at an `--interval` of 60 s are written straight
    into a fresh SQLite database (the controller's own migrations, then bulk INSERTs of rows
    built as POST /Monitor builds them: validated by the monitor model, revision from the
    definition): creating 100,000 through the REST API would take most of an hour (e2e
    measures ≈ 35 monitors/s under load). The agents start and connect first; then the
-   controller starts. Measured from the controller's spawn: when every monitor is assigned
-   (the controller records each publish in its `assignment` table, read from a read-only
-   SQLite connection), when the agents hold them all, and when every monitor has its first
-   stored result. Also the controller's CPU until every monitor was assigned.
+   controller starts. Measured from the controller's spawn, reading the controller's
+   `assignment` table (a row per publish) through a read-only SQLite connection: when every
+   monitor is on some agent, and when every monitor is *placed*: on the agent the
+   controller's own rendezvous function gives it over the three servers, and on no other.
+   Then when each agent holds its share (`picket_agent_assignments`), and when every monitor
+   has a stored result. Also the controller's CPU until placed.
 2. The controller's CPU (utime + stime from /proc/<pid>/stat) spent on one presence change:
    an agent lost (from when the controller marks it offline, `picket_agents_online` drops,
    until `picket_failovers_total` counts the failover: its monitors were placed on its peers)
@@ -20,24 +22,23 @@ monitors check a loopback nginx (one worker, a 3-byte 200).
    controller is quiet again). The controller also stores ≈ N/interval results a second
    meanwhile: its CPU rate measured just before (same scraping) is subtracted; the raw
    figure is printed too.
-3. `kill -9` of one agent's whole process group (agent and check worker: a host lost). From
-   the database: for each monitor it held, its first result from a peer whose check started
+3. `kill -9` of one agent's whole process group (agent and check worker). Its connection
+   closes, so the broker publishes its will at once; with `--silent-loss` it is first frozen
+   (SIGSTOP: the connection stays open and silent, as a host cut off) until the controller
+   notices, which takes 1.5 x its MQTT keepalive (`PICKET_PRESENCE_KEEPALIVE_SECONDS`, set
+   to `--keepalive`, default 5 s here, 15 s in production), and then killed. From the
+   database: for each monitor it held, its first result from a peer whose check started
    after the kill (p50/p99/max of the delay), and the slots missed (`missed_slots`: the slots
    between the last one stored before the kill and the peer's first one). Goal: every
-   monitor taken over within one interval + detection, where detection is what the agents'
-   keepalive implies: the broker declares an agent lost after 1.5 x its MQTT keepalive
-   (`PICKET_PRESENCE_KEEPALIVE_SECONDS`, set to `--keepalive`, default 5 s here, 15 s in
-   production).
+   monitor taken over within one interval + detection (1.5 x keepalive).
 4. No result lost: the killed agent starts again on its data directory (its outbox holds what
-   the controller had not acknowledged). Each agent's `picket_agent_checks_total` (checks
-   completed) is compared with the results stored from that agent with a start time up to
-   the scrape, plus its checks in flight then (`picket_agent_checks_in_flight`, stored with a
-   start before the scrape but counted after it); the controller's refusals
-   (`picket_results_refused_total`) and the agents' outbox drops are printed beside them.
-   The killed run's counter is its last scrape, just before the kill: what it produced
-   between that scrape and the kill is not counted anywhere, and results still in its memory
-   at the kill (up to one batch interval, 200 ms) die with it by design (they are the slots
-   missed of step 3).
+   the controller had not acknowledged). Each agent run's `picket_agent_checks_total`
+   (checks completed) at a scrape is compared, once the outboxes drained, with the results
+   stored from that server whose check started before the scrape; the controller's refusals
+   (`picket_results_refused_total`), its dropped duplicates and the agents' outbox drops are
+   printed beside them. The killed run's counter is its last scrape, just before the kill:
+   results still in its memory at the kill (completed, not yet in the outbox: up to
+   PICKET_BATCH_INTERVAL_MS, 200 ms) die with it by design and show as lost there.
 
 Everything is bounded: each wait has a time-out, after which the run reports what it reached
 and goes on (or stops, when there is nothing left to measure). On 2 cores, 100,000 monitors
