@@ -87,6 +87,7 @@ QUIET_SAMPLES = 3  # consecutive 1-s windows
 EVENT_TIMEOUT = 300.0
 DRAIN_TIMEOUT = 90.0
 START_TIMEOUT = 60.0
+ASSIGNED = 'picket_assignments{agent="'  # the controller's per-agent series
 LAG_SHARE = 0.9  # stored below this share of the scheduled rate: the results lag
 
 
@@ -416,6 +417,7 @@ class Startup:
     with_result: int = 0
     cpu_to_placed: float = 0.0
     expected: dict[str, int] = field(default_factory=dict)
+    stopped: str = ""  # why placement was not reached
 
 
 @dataclass
@@ -552,6 +554,15 @@ class Run:
             time.sleep(max(POLL, self.n / 50_000))  # reading 100,000 rows takes a while
         if result.placed_at is None:
             result.cpu_to_placed = fleet.controller_cpu()
+            samples = _try(fleet.controller_samples) or {}
+            shares = ", ".join(f"{agent} {count:,}" for agent, count in _assigned(samples))
+            servers = ", ".join(sorted(self.db.server_ids())) or "none"
+            pending = total(samples, "picket_control_messages_pending")
+            result.stopped = (
+                f"not placed after {PLACEMENT_TIMEOUT:.0f} s: servers registered (hellos "
+                f"handled): {servers}; hellos and presence waiting: {pending:.0f}; the "
+                f"controller's picket_assignments: {shares or '-'}"
+            )
         result.expected = per_agent
         return None not in (result.placed_at, result.held_at, result.first_results_at)
 
@@ -782,6 +793,15 @@ class Run:
         return accounts, fleet.controller_samples()
 
 
+def _assigned(samples: Samples) -> list[tuple[str, int]]:
+    """The controller's picket_assignments, (agent, monitors)."""
+    return [
+        (key[len(ASSIGNED) :].split('"', 1)[0], round(value))
+        for key, value in sorted(samples.items())
+        if key.startswith(ASSIGNED)
+    ]
+
+
 def _load() -> str:
     return ", ".join(f"{x:.1f}" for x in os.getloadavg())
 
@@ -845,11 +865,12 @@ def main(args: argparse.Namespace) -> list[Summary]:
         victim = fleet.agents[VICTIM]
         lost, kill_us, last_id, server_id, last = run.kill(baseline, failover, silent)
         run.takeover(failover, kill_us, last_id, server_id)
-        run.failover_figures(failover, kill_us, last_id, server_id)
         restart_us = _now_us()
         back = run.restart(baseline)
         assert victim.child is not None
         accounts, controller = run.accounts(kill_us, restart_us, last)
+        # after the drain: the slots the killed run's outbox held are stored by now
+        run.failover_figures(failover, kill_us, last_id, server_id)
         _print_events([lost, back], baseline)
         summaries += _print_failover(failover, interval, keepalive, detection, lost, silent)
         summaries += _print_accounts(accounts, controller, fleet)
@@ -889,10 +910,13 @@ def _print_startup(s: Startup, n: int, interval: int) -> None:
         "on an agent / placed: the controller's assignment table (a row per publish), read each\n"
         "second; placed compares it with the controller's own rendezvous function over the\n"
         f"three servers ({shares}). Held: each agent's picket_agent_assignments equals its\n"
-        f"share. Controller CPU from its spawn until placed: {s.cpu_to_placed:.1f} s (migrations,\n"
+        f"share. Controller CPU from its spawn until placed (or the time-out): "
+        f"{s.cpu_to_placed:.1f} s (migrations,\n"
         "load, three hellos, placement). A first result comes up to one interval\n"
         f"({interval} s) after the assignment: the monitor's slot is its phase."
     )
+    if s.stopped:
+        infra.note(s.stopped)
 
 
 def _startup_summaries(s: Startup, n: int) -> list[Summary]:
