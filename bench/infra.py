@@ -36,6 +36,8 @@ PACKAGES = {
     "prometheus-blackbox-exporter": "prometheus-blackbox-exporter",
     "curl": "curl",
     "dnsmasq": "dnsmasq-base",
+    "mosquitto_sub": "mosquitto-clients",
+    "mosquitto_pub": "mosquitto-clients",
 }
 
 

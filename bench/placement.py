@@ -54,6 +54,7 @@ import os
 import secrets
 import signal
 import sqlite3
+import subprocess
 import sys
 import time
 import uuid
@@ -600,6 +601,66 @@ class Run:
                 return True
         return False
 
+    def hello(self, baseline: float) -> Event:
+        """The controller's CPU on a hello from a known, online agent: its own retained hello
+        published again (mosquitto_pub), until the controller sends that agent its Sync, the
+        last thing it does for a hello (a mosquitto_sub subscribed before)."""
+        from shared import topics
+
+        agent = AGENTS[0]
+        event = Event(f"hello again from {agent} (no presence change)")
+        try:
+            sub, pub = infra.require("mosquitto_sub"), infra.require("mosquitto_pub")
+        except infra.Missing as exc:
+            event.note = f"not measured: {exc}"
+            return event
+        fleet = self.fleet
+        broker = ["-h", LOOPBACK, "-p", str(fleet.broker_port)]
+        hello = subprocess.run(
+            [sub, *broker, "-t", topics.hello(agent), "-C", "1", "-W", "10", "-N"],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        ).stdout
+        if not hello:
+            event.note = "its retained hello was not found"
+            return event
+        wait = str(int(EVENT_TIMEOUT))
+        waiter = subprocess.Popen(
+            [sub, *broker, "-d", "-t", topics.sync(agent), "-C", "1", "-W", wait],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=infra._die_with_parent,
+        )
+        try:
+            assert waiter.stdout is not None
+            for line in waiter.stdout:  # -d: its protocol steps; -W bounds it
+                if b"SUBACK" in line:
+                    break
+            c0, t0 = fleet.controller_cpu(), time.monotonic()
+            subprocess.run(
+                [pub, *broker, "-t", topics.hello(agent), "-r", "-s"],
+                input=hello,
+                capture_output=True,
+                timeout=30,
+                check=True,
+            )
+            code = waiter.wait(timeout=EVENT_TIMEOUT + 10)
+            event.seconds = time.monotonic() - t0
+            event.raw_cpu = fleet.controller_cpu() - c0
+            event.net_cpu = net_cpu(event.raw_cpu, baseline, event.seconds)
+            if code != 0:
+                event.note = f"no Sync within {EVENT_TIMEOUT:.0f} s"
+        finally:
+            if waiter.poll() is None:
+                waiter.kill()
+                waiter.wait(timeout=5)
+            if waiter.stdout is not None:
+                waiter.stdout.close()
+        return event
+
     def kill(
         self, baseline: float, failover: Failover, silent: bool
     ) -> tuple[Event, int, int, int, Samples]:
@@ -861,6 +922,7 @@ def main(args: argparse.Namespace) -> list[Summary]:
                 f"machine does not keep up with {n:,} monitors every {interval} s (try a smaller "
                 "--monitors); the figures below are those of an overloaded system"
             )
+        again = run.hello(baseline)
         failover = Failover()
         victim = fleet.agents[VICTIM]
         lost, kill_us, last_id, server_id, last = run.kill(baseline, failover, silent)
@@ -871,7 +933,7 @@ def main(args: argparse.Namespace) -> list[Summary]:
         accounts, controller = run.accounts(kill_us, restart_us, last)
         # after the drain: the slots the killed run's outbox held are stored by now
         run.failover_figures(failover, kill_us, last_id, server_id)
-        _print_events([lost, back], baseline)
+        _print_events([again, lost, back], baseline)
         summaries += _print_failover(failover, interval, keepalive, detection, lost, silent)
         summaries += _print_accounts(accounts, controller, fleet)
         summaries.append(
@@ -937,7 +999,7 @@ def _startup_summaries(s: Startup, n: int) -> list[Summary]:
 
 def _print_events(events: list[Event], baseline: float) -> None:
     infra.table(
-        "placement: the controller's CPU per presence change",
+        "placement: the controller's CPU per hello and per presence change",
         ["event", "seconds", "CPU s raw", "CPU s net", "note"],
         [
             [e.name, _s(e.seconds), f"{e.raw_cpu:.2f}", f"{e.net_cpu:.2f}", e.note or "-"]
@@ -946,7 +1008,9 @@ def _print_events(events: list[Event], baseline: float) -> None:
     )
     infra.note(
         f"raw: the controller's utime + stime over the event; net: minus its steady rate "
-        f"({100 * baseline:.0f}% of a core, storing results) times the event's length. Lost: from "
+        f"({100 * baseline:.0f}% of a core, storing results) times the event's length. Hello: "
+        "from publishing the agent's own retained hello again until the controller sent it its "
+        "Sync (it re-sends all that agent's assignments first). Lost: from "
         f"the controller marking the agent offline until it counted the failover. Back: from the "
         f"agent's spawn until the controller was quiet again (its CPU within {QUIET_MARGIN:g} "
         f"core of the steady rate for {QUIET_SAMPLES} s, no hello or presence waiting)."
@@ -1012,32 +1076,39 @@ def _print_failover(
 def _print_accounts(accounts: list[Account], controller: Samples, fleet: Fleet) -> list[Summary]:
     infra.table(
         "placement: results produced and stored, per agent run",
-        ["agent run", "produced", "failed", "stored", "lost"],
+        ["agent run", "produced", "failed", "stored", "not stored"],
         [[a.agent, f"{a.produced:,}", a.errors, f"{a.stored:,}", a.lost] for a in accounts],
     )
     refused = {
-        k: v for k, v in controller.items() if k.startswith("picket_results_refused_total") and v
+        k: round(v)
+        for k, v in controller.items()
+        if k.startswith("picket_results_refused_total") and v
     }
     dropped = sum(
         total(_try(a.samples) or {}, "picket_agent_outbox_dropped_results_total")
         for a in fleet.agents.values()
     )
+    # the killed run's last moments die with it by design (see the module's docstring)
+    live = sum(a.lost for a in accounts if "killed" not in a.agent)
+    at_kill = sum(a.lost for a in accounts if "killed" in a.agent)
+    lost = max(0, live - sum(refused.values()))
     infra.note(
         "produced: the run's picket_agent_checks_total (checks completed, failed ones among\n"
         "them) at the scrape, after which the benchmark waits for the outboxes to drain;\n"
         "stored: rows from that server whose check started up to the scrape (the killed run:\n"
         "up to its last scrape, just before the kill, and from then to the kill, which no\n"
-        "counter saw). A check counted by the scrape started before it, so lost = produced -\n"
-        "stored when positive; stored beyond produced are checks in flight at the scrape\n"
-        "(started before, counted after). The killed run loses by design what it completed but\n"
-        "had not yet written to its outbox (up to PICKET_BATCH_INTERVAL_MS, 200 ms).\n"
+        "counter saw). A check counted by the scrape started before it, so not stored =\n"
+        "produced - stored when positive (stored beyond produced are checks in flight at the\n"
+        "scrape: started before, counted after). Not stored is either refused by the controller\n"
+        "(picket_results_refused_total: e.g. not_assigned, a result for a monitor that was not\n"
+        "the agent's at that slot) or lost. The killed run loses by design what it completed\n"
+        "but had not yet written to its outbox (up to PICKET_BATCH_INTERVAL_MS, 200 ms).\n"
         f"controller refusals: {refused or 'none'}; agents' outbox drops: {dropped:.0f}; "
-        f"duplicates dropped: {total(controller, 'picket_results_duplicate_total'):.0f}"
+        f"duplicates dropped: {total(controller, 'picket_results_duplicate_total'):.0f}\n"
+        f"live runs: {live} not stored - {sum(refused.values())} refused = {lost} lost"
     )
-    # the killed run's last moments are lost by design (see the module's docstring)
-    lost = sum(a.lost for a in accounts if "killed" not in a.agent)
-    at_kill = sum(a.lost for a in accounts if "killed" in a.agent)
     return [
         Summary("placement", "results lost (live runs)", f"{lost}", "0", lost == 0),
+        Summary("placement", "results refused by the controller", f"{sum(refused.values())}"),
         Summary("placement", "results lost at the kill -9", f"{at_kill}"),
     ]
