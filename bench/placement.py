@@ -629,14 +629,14 @@ class Run:
         waiter = subprocess.Popen(
             [sub, *broker, "-t", topics.sync(agent), "-C", "1", "-W", wait],
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stdout=subprocess.DEVNULL,  # a Sync of 33,000 monitors would fill a pipe
+            stderr=subprocess.DEVNULL,
             start_new_session=True,
             preexec_fn=infra._die_with_parent,
         )
         try:
-            # its subscription is made within milliseconds on loopback (its output to a pipe
-            # is buffered, so its debug lines cannot say when)
+            # its subscription is made within milliseconds on loopback (mosquitto_sub cannot
+            # say when: its debug output to a pipe is buffered)
             time.sleep(1.0)
             c0, t0 = fleet.controller_cpu(), time.monotonic()
             subprocess.run(
@@ -656,8 +656,6 @@ class Run:
             if waiter.poll() is None:
                 waiter.kill()
                 waiter.wait(timeout=5)
-            if waiter.stdout is not None:
-                waiter.stdout.close()
         return event
 
     def kill(
