@@ -985,7 +985,7 @@ def _startup_summaries(s: Startup, n: int) -> list[Summary]:
             f"{n:,} monitors placed, s",
             _s(s.placed_at)
             if s.placed_at is not None
-            else f"{s.placed:,} in {PLACEMENT_TIMEOUT:.0f} s",
+            else f"not in {PLACEMENT_TIMEOUT:.0f} ({s.assigned:,} on an agent)",
             "< 30",
             s.placed_at is not None and s.placed_at < 30,
         ),
