@@ -14,7 +14,7 @@ from types import FrameType
 import pycurl
 import uvloop
 
-from bench import auth, e2e, engine, infra, lateness, probes, stall, timing
+from bench import auth, e2e, engine, infra, lateness, placement, probes, stall, timing
 from bench import results as results_bench
 from bench.infra import Summary
 
@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], list[Summary]]] = {
     "e2e": e2e.main,
     "results": results_bench.main,
     "auth": auth.main,
+    "placement": placement.main,
 }
 
 
@@ -69,6 +70,32 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=e2e.MAX_MONITORS,
         help=f"e2e: the last step of the ramp, in 1-second monitors (default {e2e.MAX_MONITORS})",
+    )
+    parser.add_argument(
+        "--monitors",
+        type=int,
+        default=placement.DEFAULT_MONITORS,
+        help=f"placement: monitors on the three agents (default {placement.DEFAULT_MONITORS:,})",
+    )
+    parser.add_argument(
+        "--interval",
+        type=int,
+        default=placement.DEFAULT_INTERVAL,
+        help=f"placement: their check interval in seconds (default {placement.DEFAULT_INTERVAL})",
+    )
+    parser.add_argument(
+        "--keepalive",
+        type=int,
+        default=placement.DEFAULT_KEEPALIVE,
+        help="placement: the agents' PICKET_PRESENCE_KEEPALIVE_SECONDS "
+        f"(default {placement.DEFAULT_KEEPALIVE})",
+    )
+    parser.add_argument(
+        "--silent-loss",
+        action="store_true",
+        help="placement: freeze the agent (SIGSTOP) until the controller notices, then kill -9 "
+        "it: a host cut off, found by the keepalive; without it kill -9 closes its connection "
+        "and the broker notices at once",
     )
     return parser
 

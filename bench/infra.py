@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +36,8 @@ PACKAGES = {
     "prometheus-blackbox-exporter": "prometheus-blackbox-exporter",
     "curl": "curl",
     "dnsmasq": "dnsmasq-base",
+    "mosquitto_sub": "mosquitto-clients",
+    "mosquitto_pub": "mosquitto-clients",
 }
 
 
@@ -97,7 +99,14 @@ def _die_with_parent() -> None:
 class Child:
     """A child process in its own session, stopped (SIGTERM, then SIGKILL) by `stop`."""
 
-    def __init__(self, name: str, argv: Sequence[str], log: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.name = name
         self.log = log
         out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
@@ -109,6 +118,8 @@ class Child:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=_die_with_parent,
+            env=None if env is None else dict(env),
+            cwd=cwd,
         )
 
     def tail(self, lines: int = 5) -> str:
@@ -131,8 +142,15 @@ class Child:
             self._out.close()
 
 
-def start_child(stack: ExitStack, name: str, argv: Sequence[str], log: Path | None = None) -> Child:
-    child = Child(name, argv, log)
+def start_child(
+    stack: ExitStack,
+    name: str,
+    argv: Sequence[str],
+    log: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Child:
+    child = Child(name, argv, log, env, cwd)
     stack.callback(child.stop)
     return child
 
