@@ -96,12 +96,15 @@ class Mosquitto:
         acl: str | None = None,
         users: dict[str, str] | None = None,
         dynsec_admin: tuple[str, str] | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         """Anonymous access to picket/v1/# by default; with `users`, only those logins, and
         `acl` (the text of an ACL file) deciding who may touch which topic; with
         `dynsec_admin` (user, password), the dynamic-security plugin decides, with that
-        login as its administrator and no other."""
+        login as its administrator and no other. It listens on `host` (a loopback address,
+        or one of a network the test made: tests/netns.py)."""
         self.dir = workdir
+        self.host = host
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -128,7 +131,7 @@ class Mosquitto:
                 subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, password], check=True)
             auth = ["allow_anonymous false", f"password_file {passwd}", f"acl_file {acl_file}"]
         lines = [
-            f"listener {self.port} 127.0.0.1",
+            f"listener {self.port} {host}",
             *auth,
             "persistence true",
             f"persistence_location {self.dir}/",
@@ -143,10 +146,10 @@ class Mosquitto:
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"mqtt://{self.host}:{self.port}"
 
     def login_url(self, user: str, password: str) -> str:
-        return f"mqtt://{user}:{password}@127.0.0.1:{self.port}"
+        return f"mqtt://{user}:{password}@{self.host}:{self.port}"
 
     def start(self) -> None:
         binary = "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else "mosquitto"
@@ -156,7 +159,7 @@ class Mosquitto:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                socket.create_connection((self.host, self.port), timeout=0.5).close()
                 return
             except OSError:
                 if self.proc.poll() is not None:
@@ -232,9 +235,17 @@ class Proxy:
 
 
 class Process:
-    """A `picket ...` child with its output in a file, stopped with SIGTERM."""
+    """A `picket ...` child with its output in a file, stopped with SIGTERM; `prefix` runs it
+    through a command that then executes it (`ip netns exec NAME`: tests/netns.py)."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], workdir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str],
+        workdir: Path,
+        prefix: list[str] | None = None,
+    ) -> None:
         self.name = name
         self.log_path = workdir / f"{name}.log"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("PICKET_")}
@@ -242,7 +253,7 @@ class Process:
         full_env["PYTHONUNBUFFERED"] = "1"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", *args],
+            [*(prefix or []), sys.executable, "-m", "shared.cli", *args],
             env=full_env,
             cwd=REPO,
             stdout=self._log,
