@@ -63,18 +63,9 @@ def ip(*args: str, netns: str | None = None) -> None:
         raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip()}")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_leftovers(keep_pid: int) -> list[str]:
-    """Namespaces and links of other runs (dead: see the module's text); what was removed."""
+    """Namespaces and links of runs other than `keep_pid`'s; what was removed. Called under
+    `fabric_lock`, so their runs are dead (a live one would hold the lock)."""
     removed = []
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     for line in names.splitlines():
