@@ -19,6 +19,7 @@ import os
 import re
 import selectors
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -72,7 +73,7 @@ def remove_leftovers(keep_pid: int) -> list[str]:
         name = line.split()[0] if line.split() else ""
         found = LEFTOVER.match(name)
         if found and int(found.group(1)) != keep_pid:
-            subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+            _delete_namespace(name)
             removed.append(name)
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     for line in links.splitlines():
@@ -85,6 +86,16 @@ def remove_leftovers(keep_pid: int) -> list[str]:
             subprocess.run(["ip", "link", "delete", name], capture_output=True)
             removed.append(name)
     return removed
+
+
+def _delete_namespace(name: str) -> None:
+    """The namespace, and what the test started in it and left there (a dead run's agents,
+    its forwarder): killed by pid, as `ip netns pids` lists them."""
+    pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout
+    for pid in pids.split():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), signal.SIGKILL)
+    subprocess.run(["ip", "netns", "delete", name], capture_output=True)
 
 
 @contextlib.contextmanager
@@ -106,10 +117,15 @@ class NetHost:
     netns: str
     ipv4: str
     ipv6: str
+    link: str  # its link's end in the root namespace
     delayed_ms: int = 0
 
     def command(self, argv: list[str]) -> list[str]:
         return ["ip", "netns", "exec", self.netns, *argv]
+
+    def cut(self) -> None:
+        """Its link goes down: from now on not a packet in or out, not even a goodbye."""
+        ip("link", "set", self.link, "down")
 
 
 @dataclass
@@ -142,9 +158,9 @@ class Fabric:
     def add_host(self, name: str, index: int) -> NetHost:
         """A host on the bridge over a veth pair: 198.51.100.<index>, 2001:db8::<index>."""
         netns = self._namespace(index)
-        host = NetHost(name, netns, f"198.51.100.{index}", f"2001:db8::{index:x}")
-        self.hosts.append(host)
         outside, inside = f"{self.prefix}r{index}", f"{self.prefix}n{index}"
+        host = NetHost(name, netns, f"198.51.100.{index}", f"2001:db8::{index:x}", outside)
+        self.hosts.append(host)
         ip("link", "add", outside, "type", "veth", "peer", "name", inside)
         self.links.append(outside)
         ip("link", "set", inside, "netns", netns)
@@ -159,9 +175,10 @@ class Fabric:
         """A host whose only link is a TUN device; a forwarder moves its packets to a TUN
         device in the root namespace and back, holding each one to the host `delay_ms`."""
         netns = self._namespace(index)
-        host = NetHost(name, netns, f"198.51.100.{index}", f"2001:db8::{index:x}", delay_ms)
-        self.hosts.append(host)
         outside = f"{self.prefix}t{index}"
+        v4, v6 = f"198.51.100.{index}", f"2001:db8::{index:x}"
+        host = NetHost(name, netns, v4, v6, outside, delay_ms)
+        self.hosts.append(host)
         forwarder = subprocess.Popen(
             [sys.executable, "-m", "tests.netns", "forward", netns, outside, str(delay_ms)],
             cwd=Path(__file__).resolve().parent.parent,
@@ -193,7 +210,7 @@ class Fabric:
             if forwarder.stdout is not None:
                 forwarder.stdout.close()
         for host in self.hosts:
-            subprocess.run(["ip", "netns", "delete", host.netns], capture_output=True)
+            _delete_namespace(host.netns)
         for link in reversed(self.links):
             subprocess.run(["ip", "link", "delete", link], capture_output=True)
 

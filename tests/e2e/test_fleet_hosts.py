@@ -9,8 +9,11 @@ It asserts: the public IP lists show exactly the hosts' addresses, the upcoming 
 included; rotation visits every checkpoint in turn, one check per slot in all; a target that
 fails only for one checkpoint's hosts gives Unconfirmed errors that another checkpoint does not
 confirm; the connect time measured from the delayed host shows the delay, the others' not; an
-enrolled agent's login can neither read nor forge another agent's topics; killing one of the
-two agents of a checkpoint moves its monitors to the other within 2 x keepalive.
+enrolled agent's login can neither read nor forge another agent's topics; losing one of the
+two hosts of a checkpoint (its link down and its agent killed, so that only the keepalive can
+tell) moves its monitors to the other: the broker's last will comes within its keepalive bound
+(1.5 x keepalive, checked by Mosquitto 2.0 only every 6 s), the move within 2 s of the will,
+and every moved monitor is checked from the peer by its next slot.
 
 Without namespaces (not root, no `ip`, no /dev/net/tun) the `netns` variant skips with the
 reason, and the `loopback` variant runs the same body with the agents in the root namespace,
@@ -28,7 +31,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +65,7 @@ DELAY_MS = 100  # held back by the forwarder, on every packet towards the delaye
 ROTATION_INTERVAL = 2
 PAIR_INTERVAL = 5  # at least the detection time (1.5 x keepalive)
 FORGED = "forged-by-another-login"
+MOSQUITTO_SWEEP = 6  # seconds between Mosquitto 2.0's keepalive checks
 
 
 @dataclass
@@ -77,6 +81,7 @@ class Host:
     metrics_listen: str
     delayed_ms: int = 0
     upcoming: bool = False  # left unapproved
+    cut: Callable[[], None] | None = None  # takes the host off the network
     agent_id: str = ""
     process: Process | None = None
 
@@ -124,6 +129,7 @@ def _in_namespaces(fabric: netns.Fabric) -> Hosts:
                 "127.0.0.1:9465",  # each namespace has its own loopback
                 made.delayed_ms,
                 upcoming,
+                made.cut,
             )
         )
     by_address = {h.ipv4: h.name for h in hosts} | {h.ipv6: h.name for h in hosts if h.ipv6}
@@ -182,7 +188,7 @@ def _in_loopback(hosts: list[Host]) -> Callable[[str, int, int], str | None]:
 
 
 @pytest.fixture(params=["netns", "loopback"])
-def hosts(request: pytest.FixtureRequest) -> Any:
+def hosts(request: pytest.FixtureRequest) -> Iterator[Hosts]:
     if request.param == "loopback":
         made = [
             Host(name, cp, region, f"127.0.0.{index}", None, [], f"127.0.0.1:{free_port()}", 0, up)
@@ -298,14 +304,15 @@ async def test_a_fleet_of_hosts(hosts: Hosts, tmp_path: Path, http: aiohttp.Clie
     processes: list[Process] = []
     try:
         async with _services(hosts, tmp_path) as (broker, target):
-            await _run(hosts, tmp_path, http, broker, target, processes)
+            try:
+                await _run(hosts, tmp_path, http, broker, target, processes)
+            finally:  # before the broker and the target go
+                for proc in reversed(processes):
+                    proc.stop()
     except BaseException:
         for proc in processes:
             print(f"----- {proc.name} output -----\n{proc.output()[-8000:]}")
         raise
-    finally:
-        for proc in reversed(processes):
-            proc.stop()
     for proc in processes:
         assert "Traceback" not in proc.output(), (proc.name, proc.output()[-5000:])
 
@@ -318,6 +325,12 @@ async def _run(
     target: SplitTarget,
     processes: list[Process],
 ) -> None:
+    started = time.monotonic()
+    phases: list[str] = []
+
+    def lap(what: str) -> None:
+        phases.append(f"{what} {time.monotonic() - started:.1f}")
+
     # the operator's one-time broker set-up: the controller's own login (docs/operations.md)
     await _ctl(broker, "createRole", "picket-controller")
     for acltype in ("publishClientSend", "subscribePattern"):
@@ -345,6 +358,7 @@ async def _run(
         return str(answer["Token"]) if status == 201 else None
 
     tokens = [await wait_for(functools.partial(token, h), "a token") for h in hosts.hosts]
+    lap("tokens")
     data_dirs = {h.name: tmp_path / f"agent-{h.name}" for h in hosts.hosts}
     await asyncio.gather(
         *(
@@ -352,6 +366,7 @@ async def _run(
             for h, t in zip(hosts.hosts, tokens, strict=True)
         )
     )
+    lap("enrolled")
     for host in hosts.hosts:
         env = {
             "PICKET_DATA_DIR": str(data_dirs[host.name]),
@@ -382,6 +397,7 @@ async def _run(
         return found if ready and all(s["State"] == "upcoming" for s in found.values()) else None
 
     found = await wait_for(all_upcoming, "every agent's hello, upcoming", 90)
+    lap("hellos")
     for host in hosts.hosts:
         if not host.upcoming:
             status, body = await admin.call(
@@ -422,6 +438,7 @@ async def _run(
         return found if ok else None
 
     found = await wait_for(active, "the approved servers active and online", 60)
+    lap("active")
     host_of_server = {s["Id"]: agent_host[a] for a, s in found.items()}
 
     status, account = await admin.call("POST", "/api/v4/Register")
@@ -431,7 +448,7 @@ async def _run(
         http_monitor("rotation", f"{target.base}/ok", CheckIntervalSeconds=ROTATION_INTERVAL)
     )
     split = await api.create_monitor(
-        http_monitor("split", f"{target.base}/fails-from/par-1", CheckIntervalSeconds=3)
+        http_monitor("split", f"{target.base}/fails-from/par-1", CheckIntervalSeconds=2)
     )
     pair = [
         await api.create_monitor(
@@ -446,12 +463,13 @@ async def _run(
     ]
 
     # rotation: one check per slot in all, from each live checkpoint in turn
-    async def twelve() -> list[dict[str, Any]] | None:
+    async def three_rounds() -> list[dict[str, Any]] | None:
         found = [_attrs(c) for c in await api.checks(rotating)]
         found = [c for c in found if not c.get("IsConfirmation")]
-        return found if len(found) >= 12 else None
+        return found if len(found) >= 9 else None
 
-    checks = sorted(await wait_for(twelve, "twelve rotation checks", 90), key=_slot)
+    checks = sorted(await wait_for(three_rounds, "nine rotation checks", 90), key=_slot)
+    lap("rotation")
     slots = [_slot(c) for c in checks]
     assert len(set(slots)) == len(slots), slots  # no slot run twice
     steps = {round(b - a, 3) for a, b in itertools.pairwise(slots)}
@@ -493,6 +511,7 @@ async def _run(
         assert original["ErrorLevel"] == "Unconfirmed" and original["ErrorCode"] != 0
         assert confirmation["ErrorCode"] == 0 and confirmation["ErrorLevel"] == "NoError"
         assert confirmation["CheckpointId"] != checkpoints["Paris"], confirmation
+    lap("confirmations")
     for check in map(_attrs, await api.checks(split)):
         assert check["ErrorLevel"] != "Confirmed", check
         paris = host_of_server[check["ServerId"]].name == "par-1"
@@ -503,10 +522,26 @@ async def _run(
     assert metrics.get(cleared, 0) >= 2, {k: v for k, v in metrics.items() if "confirm" in k}
 
     await _logins_confined(hosts, broker, data_dirs)
+    for guid in (rotating, split):  # done with: the machine is quieter for the failover
+        status, body = await api.call("DELETE", f"/api/v4/Monitor/{guid}")
+        assert status == 204, body
 
-    # kill -9 the busier agent of Amsterdam: its monitors move to the other within the bound
-    found = await servers()
+    lap("logins")
+    # the busier host of Amsterdam is lost: its link goes down and its agent is killed (its
+    # connection's end never reaches the broker); on loopback the agent freezes instead (its
+    # connection stays open, silent). Only the keepalive can tell. The broker publishes the
+    # agent's last will after 1.5 x keepalive without a packet, to the second, but Mosquitto
+    # 2.0 sweeps its clients' keepalives only every 6 s (src/keepalive.c, `last_keepalive_check
+    # + 5 < now`): with a 2 s keepalive the will comes 3 to 10 s after the loss. Picket's part,
+    # moving the monitors once the will is in, is bounded apart.
     pair_hosts = [h for h in hosts.hosts if h.checkpoint == "Amsterdam"]
+
+    async def only_pair_left() -> dict[str, dict[str, Any]] | None:
+        found = await servers()
+        held = sum(found[h.agent_id]["AssignedMonitors"] for h in pair_hosts)
+        return found if held == len(pair) else None
+
+    found = await wait_for(only_pair_left, "the deleted monitors unassigned", 30)
     victim, peer = sorted(pair_hosts, key=lambda h: -found[h.agent_id]["AssignedMonitors"])
     owned = found[victim.agent_id]["AssignedMonitors"]
     assert owned >= 1, found
@@ -514,20 +549,33 @@ async def _run(
         'picket_monitors_moved_total{reason="failover"}', 0
     )
     assert victim.process is not None
+    async with _last_will(broker, victim.agent_id) as will:
+        if victim.cut is not None:
+            victim.cut()
+            os.kill(victim.process.proc.pid, signal.SIGKILL)
+        else:
+            os.kill(victim.process.proc.pid, signal.SIGSTOP)
+        lost = time.monotonic()
+        lost_wall = time.time()
+
+        async def moved() -> float | None:
+            values = await scrape(http, f"{api_base}/metrics")
+            done = values.get('picket_monitors_moved_total{reason="failover"}', 0) - before
+            return time.monotonic() if done >= owned else None
+
+        moved_at = await wait_for(moved, f"{victim.name}'s monitors to move", 60, interval=0.25)
+        will_at = await asyncio.wait_for(will, 10)
+    lap("moved")
     os.kill(victim.process.proc.pid, signal.SIGKILL)
-    killed = time.monotonic()
-    killed_wall = time.time()
-
-    async def moved() -> float | None:
-        values = await scrape(http, f"{api_base}/metrics")
-        done = values.get('picket_monitors_moved_total{reason="failover"}', 0) - before
-        return time.monotonic() if done >= owned else None
-
-    moved_at = await wait_for(moved, f"{victim.name}'s monitors to move", 60, interval=0.1)
-    assert moved_at - killed <= 2 * KEEPALIVE + 2, moved_at - killed
+    # the broker: 1.5 x keepalive, its 6 s sweep, whole seconds; a loaded machine gets a
+    # little more
+    assert will_at - lost <= 1.5 * KEEPALIVE + MOSQUITTO_SWEEP + 1 + 2, will_at - lost
+    # Picket: the monitors have moved soon after the will (the bound's share that is ours)
+    assert moved_at - will_at <= 2, moved_at - will_at
     found = await servers()
     assert found[victim.agent_id]["AssignedMonitors"] == 0, found[victim.agent_id]
     assert not found[victim.agent_id]["Online"]
+    moved_wall = lost_wall + (moved_at - lost)
 
     # every Amsterdam-only monitor is checked from the peer within the bound plus one slot
     async def all_from_peer() -> dict[str, float] | None:
@@ -536,8 +584,7 @@ async def _run(
             after = [
                 parse(a["Timestamp"])
                 for a in map(_attrs, await api.checks(guid))
-                if a["ServerId"] == found[peer.agent_id]["Id"]
-                and parse(a["Timestamp"]) > killed_wall
+                if a["ServerId"] == found[peer.agent_id]["Id"] and parse(a["Timestamp"]) > lost_wall
             ]
             if not after:
                 return None
@@ -545,13 +592,46 @@ async def _run(
         return firsts
 
     firsts = await wait_for(all_from_peer, f"{peer.name} to check every Amsterdam monitor", 60)
+    lap("peer checked")
+    # and each is checked from the peer by its next slot (a loaded machine gets a little more)
     for first in firsts.values():
-        assert first - killed_wall <= 2 * KEEPALIVE + PAIR_INTERVAL + 2, first - killed_wall
+        assert first - moved_wall <= PAIR_INTERVAL + 2, first - moved_wall
     print(
         f"fleet ({hosts.kind}): ConnectionTime ms by host {by_host}; {victim.name}'s "
-        f"{owned} monitors moved after {moved_at - killed:.2f} s, all checked from "
-        f"{peer.name} within {max(firsts.values()) - killed_wall:.2f} s"
+        f"{owned} monitors moved {moved_at - lost:.2f} s after the loss (the will came after "
+        f"{will_at - lost:.2f} s), all checked from {peer.name} within "
+        f"{max(firsts.values()) - lost_wall:.2f} s; "
+        f"phases (s): {', '.join(phases)}"
     )
+
+
+@contextlib.asynccontextmanager
+async def _last_will(broker: Mosquitto, agent_id: str) -> AsyncIterator[asyncio.Future[float]]:
+    """When (time.monotonic) the broker publishes the agent's last will, its state offline;
+    watched with the controller's login."""
+    arrived: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+    async with aiomqtt.Client(
+        broker.host,
+        broker.port,
+        username=CONTROLLER[0],
+        password=CONTROLLER[1],
+        identifier="fleet-will-watcher",
+    ) as watcher:
+        await watcher.subscribe(f"picket/v1/agents/{agent_id}/state", qos=1)
+
+        async def watch() -> None:
+            async for message in watcher.messages:
+                if b'"offline"' in bytes(message.payload) and not message.retain:
+                    arrived.set_result(time.monotonic())
+                    return
+
+        task = asyncio.create_task(watch())
+        try:
+            yield arrived
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def _slot(check: dict[str, Any]) -> float:
