@@ -82,6 +82,7 @@ class Host:
     delayed_ms: int = 0
     upcoming: bool = False  # left unapproved
     cut: Callable[[], None] | None = None  # takes the host off the network
+    lost: bool = False  # cut off or frozen, then killed, by the test
     agent_id: str = ""
     process: Process | None = None
 
@@ -313,8 +314,12 @@ async def test_a_fleet_of_hosts(hosts: Hosts, tmp_path: Path, http: aiohttp.Clie
         for proc in processes:
             print(f"----- {proc.name} output -----\n{proc.output()[-8000:]}")
         raise
+    lost = {h.name for h in hosts.hosts if h.lost}
     for proc in processes:
-        assert "Traceback" not in proc.output(), (proc.name, proc.output()[-5000:])
+        # a killed agent's worker may print its parent's link reset before its own death
+        # signal lands (the kernel closes a dying process's files first): left out
+        if proc.name not in lost:
+            assert "Traceback" not in proc.output(), (proc.name, proc.output()[-5000:])
 
 
 async def _run(
@@ -549,6 +554,7 @@ async def _run(
         'picket_monitors_moved_total{reason="failover"}', 0
     )
     assert victim.process is not None
+    victim.lost = True
     async with _last_will(broker, victim.agent_id) as will:
         if victim.cut is not None:
             victim.cut()
