@@ -190,7 +190,15 @@ def main(argv: list[str]) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     settings = AgentSettings.model_validate_json(os.environ[SETTINGS_ENV])
     logs.setup(settings.log_level, f"agent/worker-{index}")
-    uvloop.run(serve(settings, index, fd))
+    try:
+        uvloop.run(serve(settings, index, fd))
+    except ConnectionError as exc:
+        # the main process died (kill -9: the kernel closes its files before our death signal
+        # lands); nobody is left to hand results to, so this is an exit, not a crash
+        log.warning(
+            "worker %d: the link to the agent's main process is lost (%s); exiting", index, exc
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":

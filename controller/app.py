@@ -144,30 +144,40 @@ class Controller:
         await self.assigner.sync_all()
 
     async def on_hello(self, hello: Hello) -> None:
-        enrolled = await self.store.enrolled(hello.agent)
-        if enrolled is not None and (
-            hello.checkpoint != enrolled["checkpoint_name"]
-            or hello.region != enrolled["region_name"]
-        ):
-            # the token fixed where this agent measures from: it cannot move itself. Every one
-            # is counted; the line is rate-limited (one per agent every 10 s): an agent that
-            # keeps saying hello must not flood the log
-            self.metrics.hellos_refused.labels("checkpoint").inc()
-            suppressed = self.bus.log_limit.allow((hello.agent, "hello:enrolled-checkpoint"))
-            if suppressed is not None:
-                log.warning(
-                    "hello of agent %s refused: it names checkpoint %r (region %r), but it was "
-                    "enrolled for checkpoint %s (region %s) (%d more like it not logged)",
-                    hello.agent,
-                    hello.checkpoint,
-                    hello.region,
-                    enrolled["checkpoint_name"],
-                    enrolled["region_name"],
-                    suppressed,
-                )
+        await self.on_hellos([hello])
+
+    async def on_hellos(self, hellos: list[Hello]) -> None:
+        """Hellos that came together (controller/bus.py ControlQueue): each checked against
+        its enrolment, then placed in one pass."""
+        admitted: list[tuple[Hello, bool]] = []
+        for hello in hellos:
+            enrolled = await self.store.enrolled(hello.agent)
+            if enrolled is not None and (
+                hello.checkpoint != enrolled["checkpoint_name"]
+                or hello.region != enrolled["region_name"]
+            ):
+                # the token fixed where this agent measures from: it cannot move itself. Every
+                # one is counted; the line is rate-limited (one per agent every 10 s): an agent
+                # that keeps saying hello must not flood the log
+                self.metrics.hellos_refused.labels("checkpoint").inc()
+                suppressed = self.bus.log_limit.allow((hello.agent, "hello:enrolled-checkpoint"))
+                if suppressed is not None:
+                    log.warning(
+                        "hello of agent %s refused: it names checkpoint %r (region %r), but it "
+                        "was enrolled for checkpoint %s (region %s) (%d more like it not logged)",
+                        hello.agent,
+                        hello.checkpoint,
+                        hello.region,
+                        enrolled["checkpoint_name"],
+                        enrolled["region_name"],
+                        suppressed,
+                    )
+                continue
+            admitted.append((hello, enrolled is not None))
+        if not admitted:
             return
-        await self.assigner.on_hello(hello, vouched=enrolled is not None)
-        await self.ingest.confirmers_changed()  # placement may have moved to it
+        await self.assigner.on_hellos(admitted)
+        await self.ingest.confirmers_changed()  # placement may have moved to them
         self.clock.round_now()
 
     async def load_logins_to_delete(self) -> None:

@@ -484,8 +484,9 @@ class Assigner:
 
     # --- reconciliation -------------------------------------------------------------------------
 
-    async def _place(self, guids: Iterable[str], force_agent: str | None = None) -> None:
-        """Place these monitors again and publish what changed (to `force_agent`: all it has).
+    async def _place(self, guids: Iterable[str], force: frozenset[str] = frozenset()) -> None:
+        """Place these monitors again and publish what changed (to the agents in `force`: all
+        they have).
         The caller holds `_lock`. StoreUnavailable: the publishes are made and the database
         writes wait (retried by the next pass and by reconcile_forever)."""
         if self._full_pass_needed:
@@ -503,7 +504,7 @@ class Assigner:
 
         async with asyncio.TaskGroup() as tasks:
             for done, guid in enumerate(sorted(full), 1):
-                for job in self._plan(guid, force_agent, record):
+                for job in self._plan(guid, force, record):
                     await window.acquire()
                     tasks.create_task(bounded(job))
                 if done % YIELD_EVERY == 0:
@@ -518,7 +519,7 @@ class Assigner:
         await self._flush()
 
     def _plan(
-        self, guid: str, force_agent: str | None, record: _PassLog
+        self, guid: str, force: frozenset[str], record: _PassLog
     ) -> list[Callable[[], Awaitable[None]]]:
         """The publishes that bring one monitor's assignments to its placement now."""
         self._retry.discard(guid)
@@ -537,7 +538,7 @@ class Assigner:
             stored = current.get(agent) == monitor.revision
             # a new turn in the rotation (a checkpoint came or went) is published again too
             unchanged = stored and self._turns.get((guid, agent)) == turn
-            if unchanged and agent != force_agent:
+            if unchanged and agent not in force:
                 continue
             jobs.append(functools.partial(self._publish, monitor, agent, turn, stored, record))
         for agent in current:
@@ -634,10 +635,10 @@ class Assigner:
             self.monitor_deleted.set()
             return deleted
 
-    async def sync_all(self, force_agent: str | None = None) -> None:
+    async def sync_all(self) -> None:
         """A full pass: every monitor placed again (after a (re)connection to the broker)."""
         async with self._lock:
-            await self._place(set(self.monitors) | self._published.monitors(), force_agent)
+            await self._place(set(self.monitors) | self._published.monitors())
 
     async def retry_failed(self) -> None:
         """Publishes and database writes that failed, tried again."""
@@ -668,6 +669,47 @@ class Assigner:
     async def on_hello(self, hello: Hello, vouched: bool = False) -> None:
         """`vouched`: the agent enrolled with an administrator's token, which is its approval
         (it is still upcoming for the activation time, so firewalls can be opened first)."""
+        await self.on_hellos([(hello, vouched)])
+
+    async def on_hellos(self, hellos: list[tuple[Hello, bool]]) -> None:
+        """Hellos that came together (a controller's start reads every agent's retained hello
+        at once), handled as one: every server is registered first, then one placement pass
+        covers what they all change. One at a time, three new servers would each re-place
+        every monitor that may select them, and the first would be handed all of them only to
+        give two thirds away again."""
+        registered: list[tuple[ServerRow | None, ServerRow]] = []
+        for hello, vouched in hellos:
+            srv = await self._register(hello, vouched)
+            registered.append((self.servers.get(srv.agent_id), srv))
+            self.servers[srv.agent_id] = srv
+        self._fleet_changed.set()
+        self._update_online_metric()
+        async with self._lock:
+            now = now_us()
+            affected: set[str] = set()
+            for old, srv in registered:
+                if old is None or _candidacy(old) != _candidacy(srv):
+                    # a server that could take no checks before nor now changes no placement
+                    could = srv.can_take_checks(now) or (
+                        old is not None and old.can_take_checks(now)
+                    )
+                    affected |= self._published.monitors_of(srv.agent_id)
+                    if could:
+                        affected |= self._may_select(srv) | (
+                            self._may_select(old) if old else set()
+                        )
+                elif old.online != srv.online:
+                    affected |= self._on_liveness(srv.agent_id)
+                else:
+                    affected |= self._published.monitors_of(srv.agent_id)
+            # re-send these agents' assignments (the broker may have lost them), then the lists
+            agents = frozenset(srv.agent_id for _old, srv in registered)
+            await self._place(affected, force=agents)
+            listed = {agent: self._published.of_agent(agent) for agent in agents}
+        for agent in sorted(agents):
+            await self.bus.sync(agent, Sync(monitors=listed[agent]))
+
+    async def _register(self, hello: Hello, vouched: bool) -> ServerRow:
         stamp = now_us()
         if self.require_approval and not vouched:
             new_state, activate_after = "pending", None
@@ -700,26 +742,7 @@ class Assigner:
             srv.ipv6,
             _state_note(srv),
         )
-        old = self.servers.get(srv.agent_id)
-        self.servers[srv.agent_id] = srv
-        self._fleet_changed.set()
-        self._update_online_metric()
-        async with self._lock:
-            now = now_us()
-            if old is None or _candidacy(old) != _candidacy(srv):
-                # a server that could take no checks before nor now changes no placement
-                could = srv.can_take_checks(now) or (old is not None and old.can_take_checks(now))
-                affected = self._published.monitors_of(srv.agent_id)
-                if could:
-                    affected |= self._may_select(srv) | (self._may_select(old) if old else set())
-            elif old.online != srv.online:
-                affected = self._on_liveness(srv.agent_id)
-            else:
-                affected = self._published.monitors_of(srv.agent_id)
-            # re-send this agent's assignments (the broker may have lost them), then the list
-            await self._place(affected, force_agent=srv.agent_id)
-            listed = self._published.of_agent(srv.agent_id)
-        await self.bus.sync(srv.agent_id, Sync(monitors=listed))
+        return srv
 
     async def on_state(self, agent_id: str, online: bool) -> None:
         self._presence[agent_id] = online

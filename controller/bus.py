@@ -41,13 +41,14 @@ from shared.settings import parse_broker_url
 
 log = logging.getLogger(__name__)
 
+Work = Callable[[], Awaitable[None]]
 MAX_KEY_CHARS = 64  # of an agent-chosen name in a rate-limit key
 PUBLISHES_IN_FLIGHT = 64  # QoS 1 publishes awaiting the broker's ack at once
 
 
 class BusHandler(Protocol):
     async def on_connected(self) -> None: ...
-    async def on_hello(self, hello: Hello) -> None: ...
+    async def on_hellos(self, hellos: list[Hello]) -> None: ...
     async def on_state(self, agent_id: str, online: bool) -> None: ...
     def on_results(
         self, batch: ResultBatch, size: int, rejects: list[tuple[str, str]] | None = None
@@ -93,19 +94,36 @@ class ControlQueue:
     Only the newest message of each kind per agent waits (a newer one replaces it), so the
     queue is bounded by the number of agents and nothing is shed that still matters. Work that
     finds the database away is retried with backoff (the store logs the outage once); the
-    messages behind it wait.
+    messages behind it wait. Hellos that wait one after another at the head are handed over
+    together (`take_head`): a burst of them, as at a controller's start, is placed in one pass.
     """
 
     def __init__(self, metrics: ControllerMetrics) -> None:
-        self._pending: OrderedDict[tuple[str, str], Callable[[], Awaitable[None]]] = OrderedDict()
+        self._pending: OrderedDict[tuple[str, str], tuple[Work, object]] = OrderedDict()
         self._wake = asyncio.Event()
         self._metrics = metrics
         metrics.control_pending.set_function(lambda: float(len(self._pending)))
 
-    def put(self, kind: str, agent_id: str, work: Callable[[], Awaitable[None]]) -> None:
+    def put(self, kind: str, agent_id: str, work: Work, item: object = None) -> None:
         self._pending.pop((kind, agent_id), None)
-        self._pending[(kind, agent_id)] = work
+        self._pending[(kind, agent_id)] = (work, item)
         self._wake.set()
+
+    def take_head(self, kind: str) -> list[tuple[tuple[str, str], Work, object]]:
+        """The messages of `kind` waiting at the head of the queue, taken out in order."""
+        taken = []
+        while self._pending and next(iter(self._pending))[0] == kind:
+            key, (work, item) = self._pending.popitem(last=False)
+            taken.append((key, work, item))
+        return taken
+
+    def put_back(self, taken: list[tuple[tuple[str, str], Work, object]]) -> None:
+        """Messages taken by `take_head` whose work failed, at the head again in their order
+        (unless a newer one of the same agent came meanwhile)."""
+        for key, work, item in reversed(taken):
+            if key not in self._pending:
+                self._pending[key] = (work, item)
+                self._pending.move_to_end(key, last=False)
 
     async def run(self, max_backoff: float = 5.0) -> None:
         delay = 0.5
@@ -114,13 +132,13 @@ class ControlQueue:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            key, work = self._pending.popitem(last=False)
+            key, (work, item) = self._pending.popitem(last=False)
             try:
                 await work()
                 delay = 0.5
             except StoreUnavailable:
                 if key not in self._pending:  # first again, unless a newer one came meanwhile
-                    self._pending[key] = work
+                    self._pending[key] = (work, item)
                     self._pending.move_to_end(key, last=False)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, max_backoff)
@@ -186,7 +204,7 @@ class ControllerBus:
                             suppressed,
                         )
                     return
-                self.control.put("hello", hello.agent, lambda: self._handler.on_hello(hello))
+                self.control.put("hello", hello.agent, lambda: self._hello_burst(hello), item=hello)
             elif len(levels) == 3 and levels[0] == "agents" and levels[2] == "state":
                 if not message.payload:
                     return  # a retained state being cleared
@@ -219,6 +237,16 @@ class ControllerBus:
                     (str(exc).splitlines() or [""])[0][:512],
                     suppressed,
                 )
+
+    async def _hello_burst(self, first: Hello) -> None:
+        """This hello and the hellos waiting right behind it, handled as one."""
+        taken = self.control.take_head("hello")
+        hellos = [first, *(item for _key, _work, item in taken if isinstance(item, Hello))]
+        try:
+            await self._handler.on_hellos(hellos)
+        except StoreUnavailable:
+            self.control.put_back(taken)  # retried after the first, which the queue puts back
+            raise
 
     async def assign(self, agent_id: str, monitor_guid: str, assignment: Assignment | None) -> bool:
         payload = b"" if assignment is None else assignment.model_dump_json().encode()

@@ -21,7 +21,7 @@ class Handler:
     async def on_connected(self) -> None:
         return None
 
-    async def on_hello(self, hello: Hello) -> None:
+    async def on_hellos(self, hellos: list[Hello]) -> None:
         return None
 
     async def on_state(self, agent_id: str, online: bool) -> None:

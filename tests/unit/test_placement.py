@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import time
 import uuid
@@ -21,6 +22,7 @@ from controller import rotation
 from controller.app import Controller
 from controller.assigner import Assigner, Published, _merge_write
 from controller.db.schema import monitor as monitor_table
+from controller.db.store import StoreUnavailable
 from shared import monitors
 from shared.messages import Assignment, Hello, Sync
 from tests.helpers import Mosquitto, controller_parts, http_monitor, wait_for
@@ -298,3 +300,51 @@ def test_published_is_indexed_both_ways() -> None:
     published.pop(("m1", "b"))
     assert published.monitors_of("b") == set()
     assert published.agents() == ["a"]
+
+
+async def test_hellos_that_come_together_are_placed_in_one_pass(
+    ctl: Controller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A controller's start reads every agent's retained hello at once: the servers are all
+    registered first, then one pass places each monitor once on its final agent (one at a
+    time, the first server would be handed every monitor, then give two thirds away)."""
+    guids = await _monitors(ctl, MONITORS)  # stored, no server yet: nothing placed
+    assert not ctl.assigner._published.monitors()
+    sent = Sent(ctl, monkeypatch)
+    names = [f"agent-{i}" for i in range(3)]
+    for name in names:  # as the bus queues them when they arrive together
+        hello = Hello(agent=name, checkpoint="City", region="Loopland", probe_types=["Http"])
+        ctl.bus.control.put("hello", name, functools.partial(ctl.bus._hello_burst, hello), hello)
+    # put without a pause between them: the bus's own queue runner takes them as one burst
+    await wait_for(lambda: _true(len(sent.syncs) == 3), "a Sync to each of the three", 60)
+    assert not sent.removed, "nothing placed and taken back"
+    assert sorted(guid for _agent, guid in sent.assigned) == sorted(guids), "each monitor once"
+    placed = _placed(ctl, names)
+    assert all(placed.values())
+    for agent, message in sent.syncs:
+        assert set(message.monitors) == placed[agent]
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_a_burst_of_hellos_that_meets_a_database_outage_is_put_back_whole(
+    ctl: Controller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hellos taken with the first are not lost when the store is away: all of them are
+    handled once it is back."""
+    seen: list[list[str]] = []
+    failures = [StoreUnavailable("away")]
+
+    async def on_hellos(hellos: list[Hello]) -> None:
+        seen.append([hello.agent for hello in hellos])
+        if failures:
+            raise failures.pop()
+
+    monkeypatch.setattr(ctl.bus._handler, "on_hellos", on_hellos)
+    for name in ("a", "b", "c"):
+        hello = Hello(agent=name, checkpoint="City", region="Loopland", probe_types=["Http"])
+        ctl.bus.control.put("hello", name, functools.partial(ctl.bus._hello_burst, hello), hello)
+    await wait_for(lambda: _true(len(seen) == 2), "the burst handled again", 30)
+    assert seen == [["a", "b", "c"], ["a", "b", "c"]]
