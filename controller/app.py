@@ -146,9 +146,25 @@ class Controller:
     async def on_hello(self, hello: Hello) -> None:
         await self.on_hellos([hello])
 
-    async def on_hellos(self, hellos: list[Hello]) -> None:
+    async def on_hellos(
+        self, hellos: list[Hello], more: Callable[[], list[Hello]] | None = None
+    ) -> None:
         """Hellos that came together (controller/bus.py ControlQueue): each checked against
-        its enrolment, then placed in one pass."""
+        its enrolment, then placed in one pass (with those `more` gives while it waits)."""
+
+        async def admitted_more() -> list[tuple[Hello, bool]]:
+            return await self._admit(more()) if more is not None else []
+
+        admitted = await self._admit(hellos)
+        if not admitted and more is None:
+            return
+        await self.assigner.on_hellos(admitted, admitted_more)
+        await self.ingest.confirmers_changed()  # placement may have moved to them
+        self.clock.round_now()
+
+    async def _admit(self, hellos: list[Hello]) -> list[tuple[Hello, bool]]:
+        """The hellos to register, each with whether its agent enrolled (a refused one is
+        counted and logged, rate-limited)."""
         admitted: list[tuple[Hello, bool]] = []
         for hello in hellos:
             enrolled = await self.store.enrolled(hello.agent)
@@ -174,11 +190,7 @@ class Controller:
                     )
                 continue
             admitted.append((hello, enrolled is not None))
-        if not admitted:
-            return
-        await self.assigner.on_hellos(admitted)
-        await self.ingest.confirmers_changed()  # placement may have moved to them
-        self.clock.round_now()
+        return admitted
 
     async def load_logins_to_delete(self) -> None:
         """Every retired enrolled server's login, to delete (again: one the broker never

@@ -102,6 +102,8 @@ def _candidacy(srv: ServerRow) -> tuple[object, ...]:
 
 
 PHASE_STEP_MS = 10
+# how long a hello waits for the rest of its burst before placing (controller/bus.py)
+HELLO_SETTLE_SECONDS = 0.3
 
 
 def phase_offset(monitor_guid: str, interval_seconds: int) -> float:
@@ -671,20 +673,36 @@ class Assigner:
         (it is still upcoming for the activation time, so firewalls can be opened first)."""
         await self.on_hellos([(hello, vouched)])
 
-    async def on_hellos(self, hellos: list[tuple[Hello, bool]]) -> None:
+    async def on_hellos(
+        self,
+        hellos: list[tuple[Hello, bool]],
+        more: Callable[[], Awaitable[list[tuple[Hello, bool]]]] | None = None,
+    ) -> None:
         """Hellos that came together (a controller's start reads every agent's retained hello
         at once), handled as one: every server is registered first, then one placement pass
         covers what they all change. One at a time, three new servers would each re-place
         every monitor that may select them, and the first would be handed all of them only to
-        give two thirds away again."""
+        give two thirds away again. `more`: hellos that came since, asked for after a short
+        settle once the lock is held (a pass that held it, or the event loop busy reading the
+        retained messages, can let a burst arrive in parts)."""
         registered: list[tuple[ServerRow | None, ServerRow]] = []
-        for hello, vouched in hellos:
-            srv = await self._register(hello, vouched)
-            registered.append((self.servers.get(srv.agent_id), srv))
-            self.servers[srv.agent_id] = srv
-        self._fleet_changed.set()
-        self._update_online_metric()
+
+        async def register(batch: list[tuple[Hello, bool]]) -> None:
+            for hello, vouched in batch:
+                srv = await self._register(hello, vouched)
+                registered.append((self.servers.get(srv.agent_id), srv))
+                self.servers[srv.agent_id] = srv
+            self._fleet_changed.set()
+            self._update_online_metric()
+
+        await register(hellos)
         async with self._lock:
+            if more is not None:
+                await asyncio.sleep(HELLO_SETTLE_SECONDS)
+                while extra := await more():
+                    await register(extra)
+            if not registered:
+                return
             now = now_us()
             affected: set[str] = set()
             for old, srv in registered:

@@ -48,7 +48,9 @@ PUBLISHES_IN_FLIGHT = 64  # QoS 1 publishes awaiting the broker's ack at once
 
 class BusHandler(Protocol):
     async def on_connected(self) -> None: ...
-    async def on_hellos(self, hellos: list[Hello]) -> None: ...
+    async def on_hellos(
+        self, hellos: list[Hello], more: Callable[[], list[Hello]] | None = None
+    ) -> None: ...
     async def on_state(self, agent_id: str, online: bool) -> None: ...
     def on_results(
         self, batch: ResultBatch, size: int, rejects: list[tuple[str, str]] | None = None
@@ -239,11 +241,18 @@ class ControllerBus:
                 )
 
     async def _hello_burst(self, first: Hello) -> None:
-        """This hello and the hellos waiting right behind it, handled as one."""
+        """This hello and the hellos waiting right behind it, handled as one; `more` hands the
+        handler those that came since (it asks once it may place, after a short settle)."""
         taken = self.control.take_head("hello")
+
+        def more() -> list[Hello]:
+            extra = self.control.take_head("hello")
+            taken.extend(extra)
+            return [item for _key, _work, item in extra if isinstance(item, Hello)]
+
         hellos = [first, *(item for _key, _work, item in taken if isinstance(item, Hello))]
         try:
-            await self._handler.on_hellos(hellos)
+            await self._handler.on_hellos(hellos, more)
         except StoreUnavailable:
             self.control.put_back(taken)  # retried after the first, which the queue puts back
             raise

@@ -36,7 +36,9 @@ from controller.api.common import (
     invalid,
     json_body,
     ok,
+    path_guid,
     principal,
+    require_admin,
 )
 from controller.db.store import StoreRejected
 from controller.integrations import email, template
@@ -71,20 +73,14 @@ LEVEL_DEFAULTS: dict[str, Any] = {
 
 
 def _admin(request: web.Request) -> None:
-    if not principal(request).is_admin:
-        fail(403, "Only a member of the Administrators group may manage alert definitions")
+    require_admin(request, "alert definitions")
 
 
 def _changed(request: web.Request) -> None:
     controller(request).alert_definitions.invalidate()
 
 
-def _path_guid(request: web.Request, name: str) -> str:
-    text = request.match_info[name]
-    try:
-        return str(uuid.UUID(text))
-    except ValueError:
-        fail(404, f"{name}: no such id {text[:40]!r}", name)
+_path_guid = path_guid
 
 
 def _hash(body: dict[str, Any]) -> str:

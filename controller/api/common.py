@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -128,3 +129,18 @@ async def refuse_unstorable_text(request: web.Request, handler: Handler) -> web.
 
 def ok(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, dumps=lambda v: json.dumps(v, ensure_ascii=False))
+
+
+def require_admin(request: web.Request, what: str) -> None:
+    """Until the API's permissions: only members of Administrators manage `what`."""
+    if not principal(request).is_admin:
+        fail(403, f"Only a member of the Administrators group may manage {what}")
+
+
+def path_guid(request: web.Request, name: str) -> str:
+    """A guid from the path, lower-case; one that is no guid is a 404 like an unknown one."""
+    text = request.match_info[name]
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        fail(404, f"{name}: no such id {text[:40]!r}", name)

@@ -24,7 +24,9 @@ from controller.api.common import (
     invalid,
     json_body,
     ok,
+    path_guid,
     principal,
+    require_admin,
 )
 from controller.integrations import Kind, base
 from shared import secrets
@@ -40,16 +42,11 @@ OUTCOME_NAMES = {"sent": "Sent", "temporary": "TemporaryFailure", "permanent": "
 
 
 def _admin(request: web.Request) -> None:
-    if not principal(request).is_admin:
-        fail(403, "Only a member of the Administrators group may manage integrations")
+    require_admin(request, "integrations")
 
 
 def _guid(request: web.Request) -> str:
-    text = request.match_info["integrationGuid"]
-    try:
-        return str(uuid.UUID(text))
-    except ValueError:
-        fail(404, f"integrationGuid: no such id {text[:40]!r}", "integrationGuid")
+    return path_guid(request, "integrationGuid")
 
 
 async def _integration(request: web.Request) -> dict[str, Any]:

@@ -37,7 +37,9 @@ from controller.api.common import (
     invalid,
     json_body,
     ok,
+    path_guid,
     principal,
+    require_admin,
 )
 from controller.auth import ADMIN_USERNAME
 from controller.db.store import NameTaken
@@ -64,17 +66,10 @@ _HHMM = re.compile(r"^([01]?[0-9]|2[0-3]):[0-5][0-9]$")
 
 
 def _admin(request: web.Request) -> None:
-    if not principal(request).is_admin:
-        fail(403, "Only a member of the Administrators group may manage operators and groups")
+    require_admin(request, "operators and groups")
 
 
-def _guid(request: web.Request, name: str) -> str:
-    """A guid from the path, lower-case; one that is no guid is a 404 like an unknown one."""
-    text = request.match_info[name]
-    try:
-        return str(uuid.UUID(text))
-    except ValueError:
-        fail(404, f"{name}: no such id {text[:40]!r}", name)
+_guid = path_guid
 
 
 # --- time zones ---------------------------------------------------------------------------------

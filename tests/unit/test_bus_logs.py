@@ -5,6 +5,7 @@ limit is bounded."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,7 @@ class Handler:
     async def on_connected(self) -> None:
         return None
 
-    async def on_hellos(self, hellos: list[Hello]) -> None:
+    async def on_hellos(self, hellos: list[Hello], more: Any = None) -> None:
         return None
 
     async def on_state(self, agent_id: str, online: bool) -> None:

@@ -337,7 +337,7 @@ async def test_a_burst_of_hellos_that_meets_a_database_outage_is_put_back_whole(
     seen: list[list[str]] = []
     failures = [StoreUnavailable("away")]
 
-    async def on_hellos(hellos: list[Hello]) -> None:
+    async def on_hellos(hellos: list[Hello], more: Any = None) -> None:
         seen.append([hello.agent for hello in hellos])
         if failures:
             raise failures.pop()
