@@ -32,19 +32,26 @@ T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
     """A free loopback port below the kernel's ephemeral range, so that no outgoing connection
-    can take it between this check and the child process binding it."""
+    can take it between this check and the child process binding it; never one this process
+    handed out before (two fixtures could otherwise be given the same port, both unbound yet)."""
     low, _high = (
         int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
     )
     for _ in range(200):
         port = random.randrange(20_000, min(low, 32_768))
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _HANDED_OUT.add(port)
             return port
     raise RuntimeError("no free loopback port found")
 
