@@ -683,8 +683,8 @@ class Assigner:
         covers what they all change. One at a time, three new servers would each re-place
         every monitor that may select them, and the first would be handed all of them only to
         give two thirds away again. `more`: hellos that came since, asked for after a short
-        settle once the lock is held (a pass that held it, or the event loop busy reading the
-        retained messages, can let a burst arrive in parts)."""
+        settle and again once the lock is held (a pass that held it, or the event loop busy
+        reading the retained messages, can let a burst arrive in parts)."""
         registered: list[tuple[ServerRow | None, ServerRow]] = []
 
         async def register(batch: list[tuple[Hello, bool]]) -> None:
@@ -696,9 +696,10 @@ class Assigner:
             self._update_online_metric()
 
         await register(hellos)
+        if more is not None:
+            await asyncio.sleep(HELLO_SETTLE_SECONDS)  # not holding the lock: saves go on
         async with self._lock:
             if more is not None:
-                await asyncio.sleep(HELLO_SETTLE_SECONDS)
                 while extra := await more():
                     await register(extra)
             if not registered:
